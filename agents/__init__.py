@@ -1,0 +1,1 @@
+"""Learning agents: one file each, readable top to bottom."""

