@@ -1,0 +1,776 @@
+"""Answer extraction, safe parsing, symbolic equivalence and partial credit.
+
+Model output is untrusted text. Nothing here calls `eval`, `exec`, `sympify` or `parse_expr`: a
+small recursive-descent parser accepts a whitelist of tokens (numbers, `+ - * / ^`, brackets,
+`sqrt`, `pi`, single-letter variables) and builds sympy objects itself. Before any power is
+computed its size is estimated, so `9^{9^{9^{9}}}` is refused in microseconds instead of hanging in
+C big-integer code, where no timeout could stop it.
+
+Why not latex2sympy2_extended / math-verify: latex2sympy2's grammar rejects `0.\\overline{63}`
+and it evaluates powers with no size guard; Math-Verify misses thin-space thousands, scientific
+notation, a Unicode minus, plain-text pi and two boxes side by side, and its timeout does not stop
+big-integer work (see the tests for each case).
+
+Equality rules (`answers_equal`):
+  * integers, fractions and terminating decimals compare **exactly** (0.5 == 1/2; 123457 != 123456);
+  * only when a side is written as a decimal and the other side has no such finite decimal value
+    (1/3, pi, sqrt 2) is a tolerance used: the exact side, rounded to the decimal's number of
+    places, must equal the decimal, and the relative error must be at most 1% (3.14 == pi,
+    0.33 == 1/3, 1.41 == sqrt 2, but 0.3 != 1/3, 1.4 != sqrt 2 and 3.1 != pi);
+  * a percentage `p%` equals `p` or `p/100`;
+  * `x = 3` compares as `3`; tuples keep order, sets do not; open and closed intervals differ;
+  * expressions with variables are equal when their difference is zero at several exact rational
+    points (bounded work, unlike `simplify`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import signal
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fractions import Fraction
+
+import sympy
+
+MAX_TEXT_CHARS = 50_000      # completions are scanned from their last 50k characters
+MAX_ANSWER_CHARS = 400       # a final answer longer than this is not parsed
+MAX_DEPTH = 40               # bracket / operator nesting
+MAX_RESULT_BITS = 20_000     # a power whose result needs more bits than this is refused
+MAX_SYMBOLIC_EXPONENT = 32   # x^n with variables: larger n is refused (expansion blows up)
+TIME_LIMIT_S = 1.0           # wall-clock backstop for a grading call (main thread only)
+RELATIVE_TOLERANCE = 1e-2    # for an inexact decimal; see the module docstring
+
+
+class ParseError(ValueError):
+    """The answer text is not a math answer this parser accepts."""
+
+
+class TooLarge(ParseError):
+    """Evaluating the answer would exceed the size limits."""
+
+
+class GradingTimeout(Exception):
+    pass
+
+
+# =============================================================================================
+# Extraction
+# =============================================================================================
+
+_NUMBER = r"[-−]?\$?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?%?|[-−]?\.\d+%?"
+_ANSWER_PHRASES = re.compile(
+    r"(?:final\s+answer\s*(?:is|:)|the\s+answer\s+is|answer\s*:|answer\s+is)\s*[:=]?\s*",
+    re.IGNORECASE)
+
+
+def _last_boxed_groups(text: str) -> list[list[str]]:
+    """Contents of every `\\boxed{...}` / `\\fbox{...}`, brace-matched, grouped when side by side."""
+    groups: list[list[str]] = []
+    last_end = -10**9
+    pattern = re.compile(r"\\(?:boxed|fbox)\s*\{")
+    match = pattern.search(text)
+    while match:
+        start = match.end()
+        depth, i = 1, start
+        while i < len(text) and depth:
+            if text[i] == "{":
+                depth += 1
+            elif text[i] == "}":
+                depth -= 1
+            i += 1
+        if depth:  # unbalanced: ignore this box
+            match = pattern.search(text, start)
+            continue
+        content = text[start:i - 1]
+        while re.fullmatch(r"\s*\\(?:boxed|fbox)\s*\{.*\}\s*", content, re.S):  # \boxed{\boxed{3}}
+            content = content.strip()
+            content = content[content.index("{") + 1:-1]
+        between = text[last_end:match.start()] if last_end >= 0 else "x" * 100
+        # Side by side: separated only by punctuation, spaces, `$` or the words "or"/"and".
+        if groups and re.fullmatch(r"[\s,;$]*(?:or|and)?[\s,;$]*", between):
+            groups[-1].append(content)
+        else:
+            groups.append([content])
+        last_end = i
+        match = pattern.search(text, i)
+    return groups
+
+
+_MATH_LINE = re.compile(r"[\d\s.+\-*/^()=%,]*(?:(?:\\?pi|π|√|\\?sqrt|\\frac|\\overline|\\ldots|[a-z])"
+                        r"[\d\s.+\-*/^(){}=%,\\]*)*")
+_FALLBACK_NUMBER = re.compile(r"\d+\s+\d+/\d+(?![\d.])|\d*\.\\overline\{\d+\}|\d*\.\d+(?:\.\.\.|\\ldots|…)"
+                              r"|\\frac\{\d+\}\{\d+\}|" + _NUMBER + r"|\d+/\d+")
+
+
+def _join_thousands(text: str) -> str:
+    """1\\,234 and 1 234 (thin or plain space between digit groups) -> 1234."""
+    return re.sub(r"(?<![\d.,])\d{1,3}(?:(?:\\,|\u2009|\u202f| )\d{3})+(?![\d/.])",
+                  lambda m: re.sub(r"\\,|\u2009|\u202f| ", "", m.group(0)), text)
+
+
+def _clean_phrase(phrase: str) -> str | None:
+    """The math in an answer phrase such as '$1,234 dollars.' or 'x = \\frac{1}{2}, so ...'."""
+    phrase = _join_thousands(phrase.strip())
+    phrase = re.split(r"\n|(?<=[^\d\s])\.\s|\.$|\.\s+[A-Z]|;|\bso\b|\bbecause\b|\bsince\b", phrase)[0]
+    phrase = phrase.strip().strip("$").strip()
+    phrase = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", phrase).strip()
+    phrase = phrase.rstrip(".").strip()
+    if not phrase:
+        return None
+    if re.search(r"\\[a-zA-Z]|[{}^]|\bsqrt\b|[π√]|\bpi\b|[=\[\]]|^\(", phrase):
+        return phrase
+    numbers = re.findall(_NUMBER + r"|\d+\s*/\s*\d+", phrase)
+    numbers = [n for n in (re.sub(r"\s+", "", n) for n in numbers) if n]
+    if not numbers:
+        return phrase if re.fullmatch(r"[a-zA-Z0-9+\-*/() .]+", phrase) else None
+    number = r"[-−]?\$?\d[\d,.]*%?"
+    if re.match(rf"\s*{number}(?:\s*(?:,|\bor\b|\band\b)\s*{number})+\s*$", phrase):
+        return ", ".join(dict.fromkeys(numbers))  # answers side by side ("5 or 6"): a list, not either
+    mixed = re.match(r"\s*(\d+\s+\d+\s*/\s*\d+)(?![\d.])", phrase)
+    if mixed:
+        return mixed.group(1)  # mixed number "1 1/2 cups"
+    expr = re.fullmatch(r"[\d\s.+\-*/×÷·()^−%]+", phrase)
+    return phrase if expr and len(numbers) > 1 else numbers[0]
+
+
+def extract_answer(text: str | None) -> str | None:
+    """The final answer stated in free model text, or None.
+
+    In order: the last `\\boxed{}` (boxes side by side become one list), the last `#### N`, the last
+    "The answer is ...", "Final answer: ...", "Answer: ...", then the last number in the text.
+    """
+    if not text or not isinstance(text, str):
+        return None
+    text = text[-MAX_TEXT_CHARS:].replace("−", "-")
+    groups = _last_boxed_groups(text)
+    if groups:
+        contents = list(dict.fromkeys(c.strip() for c in groups[-1]))
+        return ", ".join(contents) if len(contents) > 1 else contents[0] or None
+    hashes = re.findall(r"####\s*([^\n]+)", text)
+    if hashes:
+        return _clean_phrase(hashes[-1])
+    phrases = list(_ANSWER_PHRASES.finditer(text))
+    for match in reversed(phrases):
+        answer = _clean_phrase(text[match.end():match.end() + 300])
+        if answer:
+            return answer
+    lines = [re.sub(r"(?<!\.)\.$", "", line.strip()).strip("$ ")
+             for line in text.strip().splitlines() if line.strip()]
+    if lines and len(lines[-1]) <= 80 and _MATH_LINE.fullmatch(lines[-1]) and re.search(r"\d|pi|π", lines[-1]):
+        return lines[-1]  # the last line is itself an answer: "pi/2", "sqrt(8)", "36 + 32 = 68"
+    numbers = _FALLBACK_NUMBER.findall(_join_thousands(text))
+    if numbers:
+        return numbers[-1].rstrip(".,")
+    return None
+
+
+# =============================================================================================
+# Normalisation: LaTeX and plain text to the parser's small language
+# =============================================================================================
+
+_LATEX_REPLACEMENTS = [
+    (r"\\left|\\right|\\!|\\displaystyle|\\mathbf|\\bigl|\\bigr|\\Bigl|\\Bigr", ""),
+    (r"\\(?:text|textbf|mbox|mathrm|operatorname)\s*\{([^{}]*)\}", r" \1 "),
+    (r"\^\s*\{?\\circ\}?|°|\\degree", ""),
+    (r"\\%|%", "%"),
+    (r"\\\$|\$", ""),
+    (r"\\cdot|\\times|×|·", "*"),
+    (r"\\div|÷", "/"),
+    (r"\\pi\b|π", " pi "),
+    (r"\\infty|∞", " oo "),
+    (r"\\le\b|\\leq\b", "<="),
+    (r"\\ge\b|\\geq\b", ">="),
+    (r"\\lbrace|\\\{", "«"),
+    (r"\\rbrace|\\\}", "»"),
+    (r"\\[,;:> ]|~|\\quad|\\qquad", " "),
+    (r"−|–", "-"),
+    (r"√", " sqrt "),
+    (r"\\[dt]frac", r"\\frac"),
+]
+
+
+def _match_braces(s: str, start: int) -> int:
+    """Index just after the group starting at s[start] == '{'."""
+    depth = 0
+    for i in range(start, len(s)):
+        if s[i] == "{":
+            depth += 1
+        elif s[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    raise ParseError("unbalanced braces")
+
+
+def _take_group(s: str, i: int) -> tuple[str, int]:
+    """A LaTeX argument at s[i:]: a braced group or a single character."""
+    while i < len(s) and s[i] == " ":
+        i += 1
+    if i >= len(s):
+        raise ParseError("missing argument")
+    if s[i] == "{":
+        end = _match_braces(s, i)
+        return s[i + 1:end - 1], end
+    return s[i], i + 1
+
+
+def _expand_macros(s: str) -> str:
+    """Rewrite \\frac{a}{b}, \\sqrt{x}, \\sqrt[n]{x} and \\overline{d} into plain syntax."""
+    out, i = [], 0
+    while i < len(s):
+        if s.startswith("\\frac", i):
+            num, i = _take_group(s, i + 5)
+            den, i = _take_group(s, i)
+            out.append(f"(({_expand_macros(num)})/({_expand_macros(den)}))")
+        elif s.startswith("\\sqrt", i):
+            i += 5
+            index = None
+            if i < len(s) and s[i] == "[":
+                close = s.index("]", i)
+                index, i = s[i + 1:close], close + 1
+            arg, i = _take_group(s, i)
+            arg = _expand_macros(arg)
+            out.append(f"(root(({arg}),({_expand_macros(index)})))" if index else f"(sqrt({arg}))")
+        elif s.startswith("\\overline", i):
+            digits, i = _take_group(s, i + 9)
+            out.append(f"R{digits}R")  # a repeating block, resolved by the number rule
+        elif s[i] == "{":
+            out.append("(")
+            i += 1
+        elif s[i] == "}":
+            out.append(")")
+            i += 1
+        else:
+            out.append(s[i])
+            i += 1
+    return "".join(out)
+
+
+def _repeating(integer: str, fixed: str, block: str) -> Fraction:
+    """integer.fixed(block)(block)... as an exact fraction."""
+    base = Fraction(int(integer or "0"))
+    fixed_value = Fraction(int(fixed), 10 ** len(fixed)) if fixed else Fraction(0)
+    block_value = Fraction(int(block), (10 ** len(block) - 1) * 10 ** len(fixed))
+    return base + fixed_value + block_value
+
+
+def _ellipsis_repeating(match: re.Match) -> str:
+    """0.333... / 0.1666\\ldots / 0.142857142857... -> an exact fraction in brackets."""
+    sign, integer, digits = match.group(1) or "", match.group(2), match.group(3)
+    for period in range(1, len(digits) // 2 + 1):
+        block = digits[-period:]
+        repeats = 0
+        pos = len(digits)
+        while pos - period >= 0 and digits[pos - period:pos] == block:
+            repeats += 1
+            pos -= period
+        if repeats >= 2:
+            value = _repeating(integer, digits[:pos], block)
+            return f"{sign}({value.numerator}/{value.denominator})"
+    value = _repeating(integer, digits[:-1], digits[-1])
+    return f"{sign}({value.numerator}/{value.denominator})"
+
+
+def normalize(s: str) -> str:
+    """LaTeX / plain text -> the parser's language. Raises ParseError on what it cannot read."""
+    if len(s) > MAX_ANSWER_CHARS:
+        raise ParseError(f"answer longer than {MAX_ANSWER_CHARS} characters")
+    s = s.strip().strip("$").strip()
+    s = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", s).strip()
+    for pattern, replacement in _LATEX_REPLACEMENTS:
+        s = re.sub(pattern, replacement, s)
+    # Thousands separators: 1,234,567 / 1\,234 (now '1 234') / 1 234 -- not '2 1/4', not '1, 2'.
+    s = re.sub(r"(?<![\d.])(\d{1,3})((?:[, ]\d{3})+)(?![\d/])(?!\.\d*[, ]\d)",
+               lambda m: m.group(1) + m.group(2).replace(",", "").replace(" ", ""), s)
+    # Mixed numbers: 2\frac{1}{4} and 2 1/4 are 2 + 1/4, not 2 * 1/4.
+    s = re.sub(r"(?<![\d.)*/^])(\d+)\s*\\frac\s*\{(\d+)\}\s*\{(\d+)\}", r"(\1+\\frac{\2}{\3})", s)
+    s = re.sub(r"(?<![\d.)*/^])(\d+)\s+(\d+)\s*/\s*(\d+)(?![\d.])", r"(\1+\2/\3)", s)
+    s = re.sub(r"(-?)(\d*)\.(\d+)\s*(?:\\ldots|\\cdots|\.\.\.|…)", _ellipsis_repeating, s)
+    s = _expand_macros(s)
+    # Unit and filler words ("5 apples", "12 cm") are not part of the value.
+    s = re.sub(r"(?<![a-zA-Z\\])(?!(?:sqrt|root|pi|oo)\b)(?:[a-zA-Z]{3,}|cm|mm|km|kg|mg|ft|lb|oz|hr|ml)\b", " ", s)
+    if "\\" in s:
+        raise ParseError(f"unsupported LaTeX command in {s!r}")
+    s = re.sub(r"(\d*)\.(\d*)R(\d+)R", lambda m: "({0})".format(
+        "/".join(map(str, _repeating(m.group(1), m.group(2), m.group(3)).as_integer_ratio()))), s)
+    s = re.sub(r"\bsqrt\s*(\d+(?:\.\d+)?)", r"sqrt(\1)", s)
+    s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
+    if not s:
+        raise ParseError("empty answer")
+    return s
+
+
+# =============================================================================================
+# The whitelisted parser
+# =============================================================================================
+
+_TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)"
+                    r"|(?P<name>sqrt|root|pi|oo|[a-zA-Z])(?![a-zA-Z])|(?P<op>\*\*|<=|>=|[-+*/^()\[\],=%<>]))")
+
+
+@dataclass(frozen=True)
+class Num:
+    """A parsed value with how it was written (decimal places, percent) for the equality rules."""
+
+    value: sympy.Expr
+    decimals: int | None = None   # places after the point when written as a decimal literal
+    percent: bool = False
+
+
+def _tokenize(s: str) -> list[tuple[str, str]]:
+    tokens, pos = [], 0
+    s = s.rstrip()
+    while pos < len(s):
+        match = _TOKEN.match(s, pos)
+        if not match or match.end() == pos:
+            raise ParseError(f"unexpected character {s[pos:pos + 10]!r}")
+        kind = match.lastgroup
+        tokens.append((kind, match.group(kind)))
+        pos = match.end()
+    return tokens
+
+
+def _check_power(base: sympy.Expr, exponent: sympy.Expr) -> None:
+    """Refuse powers whose exact value would be too big to compute quickly."""
+    if not exponent.is_number:
+        raise TooLarge("symbolic exponent")
+    if base.free_symbols:
+        if exponent.is_Rational and abs(exponent) > MAX_SYMBOLIC_EXPONENT:
+            raise TooLarge(f"exponent {exponent} on an expression with variables")
+        return
+    if exponent.is_Rational:
+        e = abs(Fraction(int(exponent.p), int(exponent.q)))
+        if base.is_Rational:
+            b = Fraction(int(base.p), int(base.q))
+            size = max(abs(b.numerator).bit_length(), abs(b.denominator).bit_length())
+            if size > 1 and e * size > MAX_RESULT_BITS:
+                raise TooLarge(f"power with about {int(e * size)} bits")
+        elif e > 4096:
+            raise TooLarge("power of an irrational with a large exponent")
+    elif exponent.is_real is False:
+        raise ParseError("complex exponent")
+
+
+class _Parser:
+    """expr := term (('+'|'-') term)* ; term := unary (('*'|'/'|implicit) unary)* ;
+    unary := ('-'|'+') unary | power ; power := atom ('^' unary)? ; atom := number | name | call | (expr)."""
+
+    def __init__(self, tokens):
+        self.tokens, self.i, self.depth = tokens, 0, 0
+
+    def peek(self):
+        return self.tokens[self.i] if self.i < len(self.tokens) else (None, None)
+
+    def take(self, value=None):
+        kind, text = self.peek()
+        if kind is None or (value is not None and text != value):
+            raise ParseError(f"expected {value!r}, found {text!r}")
+        self.i += 1
+        return kind, text
+
+    def nest(self):
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise TooLarge("nested too deeply")
+
+    def expr(self):
+        self.nest()
+        value = self.term()
+        while self.peek()[1] in ("+", "-"):
+            op = self.take()[1]
+            rhs = self.term()
+            value = Num(value.value + rhs.value if op == "+" else value.value - rhs.value)
+        self.depth -= 1
+        return value
+
+    def term(self):
+        value = self.unary()
+        while True:
+            kind, text = self.peek()
+            if text in ("*", "/"):
+                self.take()
+                rhs = self.unary()
+                if text == "/":
+                    if rhs.value == 0:
+                        raise ParseError("division by zero")
+                    value = Num(value.value / rhs.value)
+                else:
+                    value = Num(value.value * rhs.value)
+            elif kind in ("num", "name") or text == "(":
+                value = Num(value.value * self.unary().value)  # implicit product: 2x, 2 sqrt(3)
+            else:
+                return value
+
+    def unary(self):
+        text = self.peek()[1]
+        if text in ("-", "+"):
+            self.take()
+            self.nest()
+            inner = self.unary()
+            self.depth -= 1
+            return Num(-inner.value, inner.decimals, inner.percent) if text == "-" else inner
+        return self.power()
+
+    def power(self):
+        base = self.atom()
+        if self.peek()[1] in ("^", "**"):
+            self.take()
+            self.nest()
+            exponent = self.unary()
+            self.depth -= 1
+            _check_power(base.value, exponent.value)
+            base = Num(sympy.Pow(base.value, exponent.value))
+        if self.peek()[1] == "%":
+            self.take()
+            base = Num(base.value, base.decimals, percent=True)
+        return base
+
+    def atom(self):
+        kind, text = self.take()
+        if kind == "num":
+            mantissa, _, exp = text.lower().partition("e")
+            value = Fraction(mantissa) * Fraction(10) ** int(exp or 0) if abs(int(exp or 0)) <= 400 else None
+            if value is None:
+                raise TooLarge("exponent in scientific notation")
+            decimals = len(mantissa.split(".")[1]) if "." in mantissa and not exp else None
+            return Num(sympy.Rational(value.numerator, value.denominator), decimals)
+        if kind == "name":
+            if text == "pi":
+                return Num(sympy.pi)
+            if text == "oo":
+                return Num(sympy.oo)
+            if text in ("sqrt", "root"):
+                self.take("(")
+                arg = self.expr().value
+                index = 2
+                if text == "root":
+                    self.take(",")
+                    index = self.expr().value
+                self.take(")")
+                if text == "root":
+                    _check_power(arg, 1 / index)
+                    return Num(sympy.root(arg, index))
+                if arg.is_Rational and max(arg.p.bit_length(), arg.q.bit_length()) > MAX_RESULT_BITS:
+                    raise TooLarge("square root of a huge number")
+                return Num(sympy.sqrt(arg))
+            return Num(sympy.Symbol(text))
+        if text == "(":
+            inner = self.expr()
+            self.take(")")
+            return inner
+        raise ParseError(f"unexpected {text!r}")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A parsed answer: a number/expression, a tuple, a set, an interval, or an equation's value."""
+
+    kind: str                     # "number", "expr", "tuple", "set", "interval"
+    items: tuple = ()             # Num items for number/expr (one), tuple and set
+    interval: sympy.Interval | None = None
+
+
+def _parse_expression(s: str) -> Num:
+    tokens = _tokenize(s)
+    if not tokens:
+        raise ParseError("empty expression")
+    parser = _Parser(tokens)
+    value = parser.expr()
+    if parser.i != len(tokens):
+        raise ParseError(f"unexpected {parser.peek()[1]!r}")
+    return value
+
+
+def _split_top_level(s: str) -> list[str]:
+    parts, depth, current = [], 0, []
+    for ch in s:
+        if ch in "([{«":
+            depth += 1
+        elif ch in ")]}»":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return [p.strip() for p in parts]
+
+
+def _parse_item(s: str) -> Num:
+    # Equations: "x = 3" compares as 3 (the right-hand side after a lone variable).
+    if "=" in s and "<=" not in s and ">=" not in s:
+        lhs, _, rhs = s.rpartition("=")
+        s = rhs if rhs.strip() else lhs
+    value = _parse_expression(s)
+    return value
+
+
+def _kind(num: Num) -> str:
+    return "expr" if num.value.free_symbols else "number"
+
+
+def parse_answer(s: str | None) -> Answer:
+    """Parse an extracted answer safely. Raises ParseError (or TooLarge) when it cannot."""
+    if s is None:
+        raise ParseError("no answer")
+    with _time_limit(TIME_LIMIT_S):
+        text = normalize(str(s))
+        if text.startswith("«") and text.endswith("»"):
+            items = tuple(_parse_item(p) for p in _split_top_level(text[1:-1]) if p)
+            return Answer("set", items)
+        bracketed = re.fullmatch(r"([\[(])(.*)([\])])", text)
+        if bracketed and not _encloses(text):
+            bracketed = None
+        if bracketed and len(_split_top_level(bracketed.group(2))) == 2 and "," in bracketed.group(2):
+            left, right = (_parse_item(p).value for p in _split_top_level(bracketed.group(2)))
+            if bracketed.group(1) == "(" and bracketed.group(3) == ")":
+                return Answer("tuple", (Num(left), Num(right)),
+                              sympy.Interval(left, right, True, True) if _is_real(left, right) else None)
+            if not _is_real(left, right):
+                raise ParseError("interval with non-real ends")
+            return Answer("interval", interval=sympy.Interval(
+                left, right, bracketed.group(1) == "(", bracketed.group(3) == ")"))
+        if bracketed and len(_split_top_level(bracketed.group(2))) > 2 and bracketed.group(1) == "(":
+            return Answer("tuple", tuple(_parse_item(p) for p in _split_top_level(bracketed.group(2))))
+        parts = _split_top_level(text)
+        if len(parts) > 1:
+            return Answer("set", tuple(_parse_item(p) for p in parts if p))
+        item = _parse_item(text)
+        return Answer(_kind(item), (item,))
+
+
+def _encloses(text: str) -> bool:
+    """Whether the first bracket of `text` closes at its last character: "(1, 2]" yes, "(1)(2)" no."""
+    depth = 0
+    for i, ch in enumerate(text):
+        depth += ch in "([«"
+        depth -= ch in ")]»"
+        if depth == 0 and i < len(text) - 1:
+            return False
+    return True
+
+
+def _is_real(*values) -> bool:
+    return all(v.is_real or v in (sympy.oo, -sympy.oo) for v in values)
+
+
+# =============================================================================================
+# Equality and partial credit
+# =============================================================================================
+
+
+@contextmanager
+def _time_limit(seconds: float):
+    """A wall-clock backstop where signals work (the main thread). The size guards above are what
+    keep C-level big-integer work bounded; this only catches slow pure-Python sympy paths."""
+    if threading.current_thread() is not threading.main_thread() or signal.getitimer(signal.ITIMER_REAL)[0]:
+        yield
+        return
+
+    def handler(signum, frame):
+        raise GradingTimeout(f"grading took longer than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _terminating(value: sympy.Expr) -> bool:
+    if not value.is_Rational:
+        return False
+    q = int(value.q)
+    while q % 2 == 0:
+        q //= 2
+    while q % 5 == 0:
+        q //= 5
+    return q == 1
+
+
+def _numbers_equal(a: Num, b: Num) -> bool:
+    x, y = a.value, b.value
+    candidates_x = [x] + ([x / 100] if a.percent else [])
+    candidates_y = [y] + ([y / 100] if b.percent else [])
+    return any(_values_equal(cx, cy, a.decimals, b.decimals)
+               for cx in candidates_x for cy in candidates_y)
+
+
+def _values_equal(x, y, decimals_x, decimals_y) -> bool:
+    if x == y:  # structural equality first: also covers oo == oo, where x - y is nan
+        return True
+    if x.free_symbols or y.free_symbols:
+        return _expressions_equal(x, y)
+    diff = x - y
+    if diff == 0:
+        return True
+    if x.is_Rational and y.is_Rational:
+        # Exact unless one side is a decimal standing for a value with no finite decimal form.
+        for dec, approx, exact in ((decimals_x, x, y), (decimals_y, y, x)):
+            if dec is not None and not _terminating(exact):
+                return _decimal_matches(approx, exact, dec)
+        return False
+    # One side irrational (pi, sqrt 2): equal exactly, or as a rounded decimal.
+    for dec, approx, exact in ((decimals_x, x, y), (decimals_y, y, x)):
+        if dec is not None and approx.is_Rational:
+            return _decimal_matches(approx, exact, dec)
+    try:
+        return abs(sympy.N(diff, 50)) < sympy.Float("1e-40", 50) * max(1, abs(sympy.N(y, 50)))
+    except (TypeError, ValueError):
+        return False
+
+
+def _decimal_matches(decimal: sympy.Rational, exact: sympy.Expr, places: int) -> bool:
+    value = sympy.N(exact, 60)
+    if not value.is_real:
+        return False
+    rounded = sympy.Rational(str(round(sympy.Float(value, 60), places)))
+    if rounded != decimal:
+        return False
+    error = abs(sympy.Rational(decimal) - sympy.nsimplify(value, rational=True))
+    return exact == 0 or error <= sympy.Rational(RELATIVE_TOLERANCE) * abs(sympy.nsimplify(value, rational=True))
+
+
+def _expressions_equal(x, y) -> bool:
+    if x.free_symbols != y.free_symbols:
+        return False
+    symbols = sorted(x.free_symbols, key=str)
+    points = [sympy.Rational(2, 7), sympy.Rational(-3, 11), sympy.Rational(5, 3), sympy.Rational(13, 17)]
+    for k in range(3):
+        subs = {s: points[(k + j) % len(points)] + j for j, s in enumerate(symbols)}
+        try:
+            if sympy.simplify(x.subs(subs) - y.subs(subs)) != 0:
+                return False
+        except (ZeroDivisionError, TypeError):
+            return False
+    return True
+
+
+def _items_equal(a: tuple, b: tuple, ordered: bool) -> bool:
+    if len(a) != len(b):
+        return False
+    if ordered:
+        return all(_numbers_equal(x, y) for x, y in zip(a, b))
+    remaining = list(b)
+    for x in a:
+        for j, y in enumerate(remaining):
+            if _numbers_equal(x, y):
+                del remaining[j]
+                break
+        else:
+            return False
+    return True
+
+
+def _answers_equal(p: Answer, g: Answer) -> bool:
+    if p.kind in ("number", "expr") and g.kind in ("number", "expr"):
+        return _numbers_equal(p.items[0], g.items[0])
+    if p.kind == g.kind == "tuple":
+        return _items_equal(p.items, g.items, ordered=True)
+    if p.kind == g.kind == "set":
+        return _items_equal(p.items, g.items, ordered=False)
+    intervals = [a.interval for a in (p, g) if a.kind in ("interval", "tuple")]
+    if len(intervals) == 2 and all(i is not None for i in intervals) and "interval" in (p.kind, g.kind):
+        return intervals[0] == intervals[1]
+    return False
+
+
+@dataclass(frozen=True)
+class Grade:
+    """The outcome of grading one completion (or one extracted answer) against a gold answer."""
+
+    extracted: str | None
+    correct: bool
+    credit: float
+    reason: str = ""
+
+
+def _as_answer(x) -> Answer:
+    return x if isinstance(x, Answer) else parse_answer(x)
+
+
+def answers_equal(pred, gold) -> bool:
+    """Whether two answers (strings or parsed `Answer`s) are mathematically equal. Never raises."""
+    return compare(pred, gold).correct
+
+
+def partial_credit(pred, gold) -> float:
+    """Credit in [0, 1] for an extracted answer against the gold answer. Never raises.
+
+    1 when equal. Otherwise, for real numbers p and gold g, with rel = |p - g| / |g| (|p| if g = 0):
+
+        credit = 0.1 [parsed, right kind] + 0.1 [same sign] + 0.7 / (1 + 10 rel)
+
+    which falls monotonically with the relative error and stays below 0.9 for any wrong number, so
+    no wrong answer earns full credit. Tuples and sets of the right size: 0.1 + 0.8 x (share of
+    elements that match), below 0.9 unless all match, which is equality. Answers of another kind
+    (a list for a number: hedging) and expressions that differ earn 0.1 at most; nothing extracted
+    or unparseable earns 0.
+    """
+    return compare(pred, gold).credit
+
+
+def compare(pred, gold) -> Grade:
+    """Equality and partial credit in one bounded call; failures become a reason, not an exception."""
+    extracted = pred if isinstance(pred, str) or pred is None else None
+    if pred is None or (isinstance(pred, str) and not pred.strip()):
+        return Grade(extracted, False, 0.0, "nothing extracted")
+    try:
+        with _time_limit(TIME_LIMIT_S):
+            g = _as_answer(gold)
+            try:
+                p = _as_answer(pred)
+            except TooLarge as error:
+                return Grade(extracted, False, 0.0, f"too large: {error}")
+            except (ParseError, GradingTimeout, ArithmeticError) as error:
+                return Grade(extracted, False, 0.0, f"unparseable answer: {error}")
+            if _answers_equal(p, g):
+                return Grade(extracted, True, 1.0, "equal")
+            return Grade(extracted, False, _near_miss_credit(p, g), "not equal")
+    except (ParseError, GradingTimeout, ArithmeticError) as error:
+        return Grade(extracted, False, 0.0, f"gold answer problem: {error}")
+    except Exception as error:  # a grader bug must not crash training; the reason says what broke
+        return Grade(extracted, False, 0.0, f"grader error: {type(error).__name__}: {error}")
+
+
+def _near_miss_credit(p: Answer, g: Answer) -> float:
+    if p.kind == g.kind == "number":
+        return _number_credit(p.items[0].value, g.items[0].value)
+    if p.kind == g.kind and p.kind in ("tuple", "set") and len(p.items) == len(g.items):
+        if p.kind == "tuple":
+            matches = sum(_numbers_equal(x, y) for x, y in zip(p.items, g.items))
+        else:
+            matches = sum(any(_numbers_equal(x, y) for y in g.items) for x in p.items)
+        return min(0.1 + 0.8 * matches / len(g.items), 0.89)
+    if p.kind == g.kind or {p.kind, g.kind} <= {"tuple", "interval"}:
+        return 0.1
+    return 0.0
+
+
+def _number_credit(p: sympy.Expr, g: sympy.Expr) -> float:
+    try:
+        pf, gf = complex(sympy.N(p, 30)), complex(sympy.N(g, 30))
+    except (TypeError, ValueError, OverflowError):
+        return 0.1
+    if pf.imag or gf.imag or not all(map(math.isfinite, (pf.real, gf.real))):
+        return 0.1
+    pv, gv = pf.real, gf.real
+    rel = abs(pv - gv) / abs(gv) if gv else abs(pv)
+    same_sign = (pv > 0) == (gv > 0) and (pv == 0) == (gv == 0)
+    return min(0.1 + 0.1 * same_sign + 0.7 / (1 + 10 * rel), 0.89)
+
+
+def grade(completion: str | None, gold) -> Grade:
+    """Extract the final answer from a completion and compare it with the gold answer."""
+    try:
+        extracted = extract_answer(completion)
+    except Exception as error:  # extraction is regex work on bounded text; never crash training
+        return Grade(None, False, 0.0, f"extraction error: {error}")
+    result = compare(extracted, gold)
+    return Grade(extracted, result.correct, result.credit, result.reason)

@@ -1,0 +1,222 @@
+"""Reward functions: TRL's protocol, the built-ins, weighted mixes and user plug-ins.
+
+A reward function is anything with TRL's signature
+
+    fn(prompts: list[str], completions: list[str], **kwargs) -> list[float | None]
+
+where `prompts` are the rendered texts the LLM saw, `completions` its answers, and the keyword
+arguments carry the problems' columns (at least `question` and `answer`, one list entry per
+sample). `None` means "no opinion on this sample". A reward written for TRL's GRPOTrainer works
+here unchanged, and ours work there.
+
+Built-ins (name -> function):
+  correct     1.0 if the extracted answer equals the gold answer (sympy), else 0.0
+  partial     partial credit in [0, 1] (see grading.partial_credit for the formula)
+  format      1.0 if a final answer could be extracted, else 0.0
+  likelihood  exp(mean log p(gold answer tokens | prompt)) in (0, 1]: the per-token geometric-mean
+              probability of the gold answer under teacher forcing (needs the oracle)
+
+Specs, from the CLI (`--reward SPEC`, repeatable) or Python (`load_reward(SPEC)`):
+  correct | correct:0.5 | my_rewards.py:brevity | my_rewards.py:brevity:0.1 | pkg.module:fn:2
+The last field, when it is a number, is the weight (default 1).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import inspect
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .grading import Grade, grade
+
+RewardFn = Callable[..., Sequence]
+
+
+class RewardError(RuntimeError):
+    """A reward function misbehaved or could not be loaded; the message names it."""
+
+
+@functools.lru_cache(maxsize=65_536)
+def cached_grade(completion: str, gold: str) -> Grade:
+    """`grading.grade`, memoised: correct, partial and format share one grading per sample."""
+    return grade(completion, gold)
+
+
+def correct(prompts, completions, answer, **kwargs) -> list[float]:
+    """1.0 when the completion's final answer equals the gold answer, else 0.0."""
+    return [float(cached_grade(c, str(a)).correct) for c, a in zip(completions, answer)]
+
+
+def partial(prompts, completions, answer, **kwargs) -> list[float]:
+    """Partial credit in [0, 1]: 1 when equal, graded credit for near misses."""
+    return [cached_grade(c, str(a)).credit for c, a in zip(completions, answer)]
+
+
+def format_(prompts, completions, answer=None, **kwargs) -> list[float]:
+    """1.0 when a final answer could be extracted from the completion."""
+    return [float(cached_grade(c, str(a) if answer else "0").extracted is not None)
+            for c, a in zip(completions, answer or [None] * len(completions))]
+
+
+format_.__name__ = "format"
+
+
+class Likelihood:
+    """exp(mean per-token log p(gold answer | rendered prompt)) from the frozen oracle, in (0, 1]."""
+
+    __name__ = "likelihood"
+    needs_llm = True
+
+    def __init__(self, llm):
+        self.llm = llm
+
+    def __call__(self, prompts, completions, answer, **kwargs) -> list[float]:
+        means = self.llm.answer_logprobs(list(prompts), [str(a) for a in answer], reduction="mean")
+        return [math.exp(m) for m in means]
+
+
+BUILTINS: dict[str, Callable] = {"correct": correct, "partial": partial, "format": format_,
+                                 "likelihood": Likelihood}
+
+
+@dataclass
+class Reward:
+    """One reward function with its weight and a display name."""
+
+    fn: RewardFn
+    weight: float = 1.0
+    name: str = ""
+
+    def __post_init__(self):
+        self.name = self.name or getattr(self.fn, "__name__", type(self.fn).__name__)
+
+
+def _load_callable(target: str, name: str) -> Callable:
+    if target.endswith(".py"):
+        path = Path(target).expanduser().resolve()
+        if not path.is_file():
+            raise RewardError(f"reward file not found: {path}")
+        module_name = f"rlprompt_user_reward_{path.stem}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as error:
+            raise RewardError(f"importing reward file {path} failed: {error}") from error
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as error:
+            raise RewardError(f"cannot import reward module {target!r}: {error}") from error
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise RewardError(f"{target} has no callable named {name!r}")
+    return fn
+
+
+def load_reward(spec: str | Callable | Reward, *, llm=None, weight: float | None = None) -> Reward:
+    """A `Reward` from a spec string, a callable, or a `Reward` (see the module docstring)."""
+    if isinstance(spec, Reward):
+        return spec
+    if callable(spec):
+        return Reward(spec, 1.0 if weight is None else weight)
+    fields = str(spec).split(":")
+    parsed_weight = None
+    if len(fields) > 1 and re.fullmatch(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", fields[-1]):
+        parsed_weight = float(fields[-1])  # a plain number only: a function may be named "nan"
+        fields = fields[:-1]
+    w = weight if weight is not None else (parsed_weight if parsed_weight is not None else 1.0)
+    if len(fields) == 1:
+        name = fields[0]
+        if name not in BUILTINS:
+            raise RewardError(f"unknown reward {name!r}; built-ins are {', '.join(BUILTINS)}, or give "
+                              "module:function or path/to/file.py:function")
+        builtin = BUILTINS[name]
+        if getattr(builtin, "needs_llm", False):
+            if llm is None:
+                raise RewardError(f"the {name!r} reward needs the frozen LLM")
+            return Reward(builtin(llm), w, name)
+        return Reward(builtin, w, name)
+    target, fn_name = ":".join(fields[:-1]), fields[-1]
+    fn = _load_callable(target, fn_name)
+    if inspect.isclass(fn):
+        fn = fn(llm) if llm is not None else fn()
+    return Reward(fn, w, fn_name)
+
+
+def _check_output(reward: Reward, values, n: int, batch_label: str) -> list[float | None]:
+    try:
+        values = list(values)
+    except TypeError:
+        raise RewardError(f"reward {reward.name!r} returned {type(values).__name__}, not a list "
+                          f"({batch_label})") from None
+    if len(values) != n:
+        raise RewardError(f"reward {reward.name!r} returned {len(values)} values for {n} completions "
+                          f"({batch_label})")
+    out: list[float | None] = []
+    for i, v in enumerate(values):
+        if v is None:
+            out.append(None)
+            continue
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            raise RewardError(f"reward {reward.name!r} returned {v!r} for sample {i} ({batch_label}); "
+                              "expected a number or None") from None
+        if not math.isfinite(v):
+            raise RewardError(f"reward {reward.name!r} returned {v} for sample {i} ({batch_label})")
+        out.append(v)
+    return out
+
+
+class RewardMix:
+    """Several rewards combined with weights: total = sum of weight x value over non-None values."""
+
+    def __init__(self, rewards: Sequence[Reward | str | Callable], *, llm=None):
+        self.rewards = [load_reward(r, llm=llm) for r in rewards]
+        seen: dict[str, int] = {}
+        for reward in self.rewards:  # two rewards with one name would overwrite each other's log
+            seen[reward.name] = seen.get(reward.name, 0) + 1
+            if seen[reward.name] > 1:
+                reward.name = f"{reward.name}_{seen[reward.name]}"
+        if not self.rewards:
+            raise RewardError("at least one reward function is needed")
+
+    @property
+    def names(self) -> list[str]:
+        return [r.name for r in self.rewards]
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str], *, batch_label: str = "",
+                 **columns) -> tuple[list[float], dict[str, list[float | None]]]:
+        """(total per sample, each reward's values per sample)."""
+        n = len(completions)
+        per_reward: dict[str, list[float | None]] = {}
+        for reward in self.rewards:
+            try:
+                values = reward.fn(prompts=list(prompts), completions=list(completions), **columns)
+            except RewardError:
+                raise
+            except Exception as error:
+                raise RewardError(f"reward {reward.name!r} raised {type(error).__name__}: {error} "
+                                  f"({batch_label})") from error
+            per_reward[reward.name] = _check_output(reward, values, n, batch_label)
+        totals = []
+        for i in range(n):
+            total = 0.0
+            for reward in self.rewards:
+                v = per_reward[reward.name][i]
+                if v is not None:
+                    total += reward.weight * v
+            totals.append(total)
+        return totals, per_reward
+
+    def describe(self) -> str:
+        return " + ".join(f"{r.weight:g}*{r.name}" for r in self.rewards)

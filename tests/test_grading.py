@@ -1,0 +1,214 @@
+"""Grading: extraction, safe parsing, equivalence, partial credit, bounds. 150+ hand-written cases."""
+
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlprompt_math.grading import (answers_equal, compare, extract_answer, grade, parse_answer,
+                                   partial_credit)
+
+# (completion text, the answer it must be graded equal to)
+EXTRACT_EQUAL = [
+    ("The answer is 68.", "68"), ("36 + 32 = 68", "68"), ("so \\boxed{\\frac{1}{2}}", "1/2"),
+    ("\\boxed{\\boxed{3}}", "3"), ("#### 1,234", "1234"), ("Final answer: $1,234.50 dollars.", "1234.5"),
+    ("The answer is 1\\,234", "1234"), ("The answer is 1 234 apples", "1234"), ("Answer: −5", "-5"),
+    ("The answer is 25%.", "25"), ("The answer is 25%.", "0.25"), ("3.2e5", "320000"),
+    ("The answer is $3.2\\times 10^{5}$.", "320000"), ("The answer is 5. Wait, actually the answer is 6.", "6"),
+    ("\\boxed{5} or \\boxed{6}", "\\{5,6\\}"), ("x = 3", "3"), ("The answer is 2\\frac{1}{4}", "9/4"),
+    ("2 1/4", "9/4"), ("0.\\overline{63}", "7/11"), ("0.333\\ldots", "1/3"), ("0.333...", "1/3"),
+    ("\\boxed{(1, 2]}", "(1,2]"), ("\\boxed{\\{1,2\\}}", "\\{2,1\\}"), ("pi", "\\pi"), ("π/2", "\\frac{\\pi}{2}"),
+    ("sqrt(8)", "2\\sqrt{2}"), ("\\boxed{x^2+2x+1}", "(x+1)^2"), ("The answer is 90^\\circ", "90"),
+    ("\\boxed{\\left( 3, 4 \\right)}", "(3,4)"), ("\\boxed{\\text{5 apples}}", "5"),
+    ("\\boxed{2\\sqrt[3]{2}}", "\\sqrt[3]{16}"), ("\\boxed{1", "1"), ("I get 70 but it is 68", "68"),
+    ("She has 12 apples left.", "12"), ("Total: $45", "45"), ("It costs €30.", "30"), ("£7.50", "7.5"),
+    ("The final answer is 1,000,000.", "1000000"), ("So the answer is -17", "-17"),
+    ("Therefore, the answer is \\(\\frac{3}{4}\\).", "0.75"), ("The answer is $\\dfrac{5}{2}$", "2.5"),
+    ("The answer is \\tfrac{1}{3}", "1/3"), ("Answer: 7 cm", "7"), ("The answer is 3 hours.", "3"),
+    ("x = \\frac{-b}{2}", "-b/2"), ("#### 72", "72"), ("Natalia sold 48+24 = 72 clips.\n#### 72", "72"),
+    ("The answer is 12.0", "12"), ("The answer is 0.5", "\\frac12"), ("\\boxed{-\\frac{1}{2}}", "-0.5"),
+    ("\\boxed{\\sqrt{2}}", "sqrt(2)"), ("\\boxed{2\\pi}", "2pi"), ("\\boxed{\\pi r^2}", "r^2 \\pi"),
+    ("\\boxed{[0, \\infty)}", "[0,\\infty)"), ("\\boxed{(-\\infty, 3)}", "(-\\infty,3)"),
+    ("The answer is 3.14", "\\pi"), ("The answer is 0.33", "1/3"), ("The answer is 0.167", "1/6"),
+    ("Answer: 1.5e-3", "0.0015"), ("The answer is 6 × 10^3", "6000"), ("The answer is 4·5", "20"),
+    ("The answer is 12 ÷ 4", "3"), ("The answer is 50%", "1/2"), ("\\boxed{75\\%}", "75"),
+    ("\\boxed{\\$18}", "18"), ("The answer is $ 1,234 $.", "1234"), ("y = 2x + 1", "2x+1"),
+    ("\\boxed{1, 2, 3}", "\\{3,2,1\\}"), ("\\boxed{(1, 2, 3)}", "(1,2,3)"), ("The answer is: 9", "9"),
+    ("Final Answer: The final answer is $42$. I hope it is correct.", "42"),
+    ("The answer is \\boxed{10}. Actually no: \\boxed{12}", "12"), ("answer: 0", "0"),
+    ("\\boxed{0.\\overline{3}}", "1/3"), ("\\boxed{0.1\\overline{6}}", "1/6"), ("0.1666...", "1/6"),
+    ("0.142857142857...", "1/7"), ("\\boxed{\\sqrt{12}}", "2\\sqrt{3}"), ("\\boxed{\\frac{\\sqrt{3}}{2}}", "sqrt(3)/2"),
+    ("\\boxed{1\\frac{1}{2}}", "3/2"), ("\\boxed{3\\tfrac{3}{4}}", "15/4"), ("The answer is 1 1/2 cups", "1.5"),
+    ("\\boxed{x=5}", "5"), ("\\boxed{-3}", "-3"), ("\\boxed{ 8 }", "8"), ("√16", "4"),
+    ("The answer is 2^{10}", "1024"), ("\\boxed{10^{-3}}", "0.001"), ("\\boxed{\\left[1, 2\\right]}", "[1,2]"),
+    ("The answer is 1,234.5.", "1234.5"), ("So she needs 15 more dollars.", "15"), ("120 minutes", "120"),
+]
+
+# (prediction, gold) pairs that must compare equal
+EQUAL = [
+    ("68", "68"), ("1/2", "0.5"), ("0.50", "1/2"), ("\\frac{2}{4}", "1/2"), ("2\\frac{1}{4}", "2.25"),
+    ("2 1/4", "\\frac{9}{4}"), ("-5", "−5"), ("1,234", "1234"), ("1\\,234", "1234"), ("3.2e5", "320000"),
+    ("3.2\\times 10^{5}", "320000"), ("0.\\overline{63}", "\\frac{7}{11}"), ("0.333\\ldots", "\\frac{1}{3}"),
+    ("x = 3", "3"), ("3", "x=3"), ("\\{1, 2\\}", "\\{2, 1\\}"), ("(1, 2]", "(1,2]"), ("[1, 2]", "[1,2]"),
+    ("(1,2)", "(1,2)"), ("\\pi", "pi"), ("π", "\\pi"), ("\\sqrt{8}", "2\\sqrt{2}"), ("sqrt(2)/2", "1/\\sqrt{2}"),
+    ("\\frac{\\pi}{4}", "pi/4"), ("x^2-1", "(x-1)(x+1)"), ("2x", "x+x"), ("45^\\circ", "45"),
+    ("\\text{5}", "5"), ("\\left(2, 3\\right)", "(2,3)"), ("10\\%", "0.1"), ("10%", "10"),
+    ("1e3", "1000"), ("1/2^{31}", "2^{-31}"), ("123456", "123456.0"), ("\\dfrac{3}{6}", "\\tfrac{1}{2}"),
+    ("3.14", "\\pi"), ("1.41", "\\sqrt{2}"), ("0.67", "2/3"), ("-0.25", "-\\frac14"), ("+7", "7"),
+    ("007", "7"), ("5.0", "5"), ("\\sqrt[3]{27}", "3"), ("4^{1/2}", "2"), ("(-2)^3", "-8"),
+]
+
+# (prediction, gold) pairs that must NOT compare equal
+NOT_EQUAL = [
+    ("123457", "123456"), ("1/2^31", "1/2^30"), ("0.3", "1/3"), ("3", "\\pi"), ("(1, 2]", "[1, 2]"),
+    ("(1, 2)", "(2, 1)"), ("[1,2)", "[1,2]"), ("\\{1,2\\}", "\\{1,2,3\\}"), ("5, 6", "5"), ("-5", "5"),
+    ("0.5", "0.05"), ("1000", "100"), ("x+1", "x-1"), ("2x", "2y"), ("\\sqrt{2}", "1.4"),
+    ("0.333", "1/3000"), ("3.1", "\\pi"), ("0.17", "1/6"), ("68", "86"), ("1,234", "1.234"), ("25%", "2.5"), ("2\\frac{1}{4}", "1/2"),
+    ("1e5", "1e6"), ("\\pi", "22/7"), ("3.15", "\\pi"), ("(3,4)", "(4,3)"), ("x = 4", "3"), ("0", "1"),
+    ("999999999999999999999", "1000000000000000000000"), ("2^{100}", "2^{100}+1"), ("abc", "5"),
+]
+
+NOT_EXTRACTED = ["", "   ", "I don't know.", "no numbers here", None, "\\boxed{}"]
+
+ADVERSARIAL = [
+    "__import__('os').system('echo pwned')", "eval('1+1')", "exec(\"import os\")", "lambda: 1",
+    "\\boxed{__import__('os')}", "().__class__.__bases__[0].__subclasses__()", "open('/etc/passwd').read()",
+    "\\boxed{9^{9^{9^{9}}}}", "\\boxed{\\frac{7^{7^{7^{7}}-2}-3}{4}}", "10^{10^{10}}", "2^{2^{2^{2^{2^{2}}}}}",
+    "\\boxed{\\sqrt{10^{10^{10}}}}", "(((((((((((((((((((((((((((((((((((((((((((((((1)))))))))))))))))))))))))))))))))))))))))))))))",
+    "\\boxed{{{{{", "}}}}", "\\frac{1}{0}", "\\boxed{1/0}", "x^{10^{6}}", "(x+1)^{100000}", "1e999999",
+    "\\boxed{\\frac{\\frac{\\frac{1}{2}}{3}", "0^0", "\\sqrt{-1}", "\\boxed{\\infty}", "%%%%", "$$$$",
+]
+
+
+@pytest.mark.parametrize("text,gold", EXTRACT_EQUAL)
+def test_extract_and_grade_equal(text, gold):
+    result = grade(text, gold)
+    assert result.correct, result
+    assert result.credit == 1.0
+
+
+@pytest.mark.parametrize("pred,gold", EQUAL)
+def test_equal(pred, gold):
+    assert answers_equal(pred, gold), compare(pred, gold)
+    assert partial_credit(pred, gold) == 1.0
+
+
+@pytest.mark.parametrize("pred,gold", NOT_EQUAL)
+def test_not_equal(pred, gold):
+    assert not answers_equal(pred, gold)
+    assert 0.0 <= partial_credit(pred, gold) < 0.9
+
+
+@pytest.mark.parametrize("text", NOT_EXTRACTED)
+def test_nothing_extracted_gets_zero(text):
+    result = grade(text, "5")
+    assert not result.correct and result.credit == 0.0
+
+
+def test_two_different_final_answers_are_not_correct():
+    for text in ["\\boxed{5} or \\boxed{6}", "\\boxed{5}, \\boxed{6}", "The answer is 5 or 6."]:
+        assert not grade(text, "5").correct
+        assert not grade(text, "6").correct
+    assert grade("\\boxed{5} and later \\boxed{5}", "5").correct
+
+
+def test_extraction_order():
+    assert extract_answer("Answer: 3. \\boxed{4}") == "4"           # boxed beats phrases
+    assert extract_answer("The answer is 3.\n#### 4") == "4"        # #### beats phrases
+    assert extract_answer("The answer is 7 and I used 12 steps") == "7"
+    assert extract_answer("\\boxed{\\frac{1}{\\sqrt{2}}}") == "\\frac{1}{\\sqrt{2}}"
+
+
+@pytest.mark.parametrize("text", ADVERSARIAL)
+def test_adversarial_inputs_are_bounded_and_never_raise(text):
+    start = time.perf_counter()
+    result = grade(text, "1")
+    assert time.perf_counter() - start < 2.0
+    assert result.credit <= 1.0 and isinstance(result.reason, str)
+
+
+
+def test_expressions_in_code_are_not_evaluated():
+    assert not grade("eval('1+1')", "2").correct
+    assert not grade("The answer is __import__('math').factorial(3)", "6").correct
+
+
+def test_code_is_never_executed(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    payload = f"__import__('pathlib').Path('{marker}').write_text('x')"
+    for text in (payload, f"\\boxed{{{payload}}}", f"The answer is {payload}"):
+        grade(text, "1")
+        compare(payload, payload)
+    assert not marker.exists()
+
+
+def test_huge_powers_are_refused_quickly():
+    for text in ("9^{9^{9^{9}}}", "\\frac{7^{7^{7^{7}}-2}-3}{4}"):
+        start = time.perf_counter()
+        result = compare(text, "1")
+        assert time.perf_counter() - start < 0.5
+        assert not result.correct and "too large" in result.reason
+        assert compare("1", text).reason.startswith("gold answer problem")
+
+
+def test_100kb_completion():
+    text = "blah 7 " * 15_000 + "The answer is 42."
+    assert len(text) > 100_000
+    start = time.perf_counter()
+    assert grade(text, "42").correct
+    assert time.perf_counter() - start < 2.0
+
+
+def test_unbalanced_and_empty():
+    assert extract_answer("\\boxed{3") in (None, "3")
+    assert not answers_equal("", "")
+    assert compare("{", "1").reason.startswith("unparseable")
+
+
+def test_parse_kinds():
+    assert parse_answer("(1, 2]").kind == "interval"
+    assert parse_answer("(1, 2)").kind == "tuple"
+    assert parse_answer("\\{1, 2\\}").kind == "set"
+    assert parse_answer("x^2").kind == "expr"
+    assert parse_answer("7").kind == "number"
+
+
+def test_partial_credit_formula():
+    gold = "100"
+    credits = [partial_credit(p, gold) for p in ["101", "110", "150", "300", "-100"]]
+    assert credits == sorted(credits, reverse=True)  # monotone in relative error
+    assert credits[0] < 0.9
+    assert partial_credit("100", gold) == 1.0
+    assert partial_credit("-100", gold) < partial_credit("300", gold)  # wrong sign costs
+    assert partial_credit(None, gold) == 0.0
+    assert partial_credit("100, 101, 99", gold) == 0.0  # hedging with a list earns nothing
+    assert 0 < partial_credit("(1, 3)", "(1, 2)") < 0.9
+    assert partial_credit("x", gold) == 0.0
+
+
+@given(st.text(max_size=300))
+@settings(max_examples=300, deadline=None)
+def test_random_text_never_raises(text):
+    result = grade(text, "42")
+    assert 0.0 <= result.credit <= 1.0
+
+
+@given(st.one_of(st.integers(-10**12, 10**12).map(str),
+                 st.fractions(max_denominator=10**6).map(str),
+                 st.decimals(allow_nan=False, allow_infinity=False, places=4).map(str)))
+@settings(max_examples=300, deadline=None)
+def test_number_equals_itself(s):
+    assert answers_equal(s, s)
+
+
+@given(st.integers(-10**9, 10**9), st.integers(-10**9, 10**9))
+@settings(max_examples=200, deadline=None)
+def test_equality_symmetric_on_numbers(a, b):
+    assert answers_equal(str(a), str(b)) == answers_equal(str(b), str(a)) == (a == b)
+
+
+@given(st.fractions(max_denominator=1000), st.fractions(max_denominator=1000))
+@settings(max_examples=200, deadline=None)
+def test_fraction_equality_symmetric(a, b):
+    assert answers_equal(str(a), str(b)) == answers_equal(str(b), str(a)) == (a == b)

@@ -1,0 +1,78 @@
+"""Reward protocol (TRL's), built-ins, weighted mixes and user plug-ins."""
+
+import math
+import textwrap
+
+import pytest
+
+from rlprompt_math.rewards import RewardError, RewardMix, load_reward
+
+COLUMNS = {"question": ["What is 2+3?", "What is 10/4?", "What is 7*8?"], "answer": ["5", "2.5", "56"]}
+COMPLETIONS = ["2 + 3 = 5", "The answer is 5/2.", "I am not sure."]
+PROMPTS = ["p1", "p2", "p3"]
+
+
+def test_builtins_follow_trl_protocol():
+    mix = RewardMix(["correct", "partial", "format"])
+    totals, per = mix(PROMPTS, COMPLETIONS, **COLUMNS)
+    assert per["correct"] == [1.0, 1.0, 0.0]
+    assert per["partial"] == [1.0, 1.0, 0.0]
+    assert per["format"] == [1.0, 1.0, 0.0]
+    assert totals == [3.0, 3.0, 0.0]
+
+
+def test_weights_and_none(tmp_path):
+    plugin = tmp_path / "my_rewards.py"
+    plugin.write_text(textwrap.dedent("""
+        def brevity(prompts, completions, **kwargs):
+            return [None if not c else -len(c) / 100 for c in completions]
+    """))
+    mix = RewardMix(["correct:2", f"{plugin}:brevity:0.5"])
+    totals, per = mix(PROMPTS, ["5", "", "x"], **COLUMNS)
+    assert per["brevity"] == [-0.01, None, -0.01]
+    assert totals == pytest.approx([2 - 0.005, 0.0, -0.005])
+    assert mix.describe() == "2*correct + 0.5*brevity"
+
+
+def test_trl_style_reward_works_unchanged():
+    # A reward as written for TRL's GRPOTrainer (keyword columns, **kwargs for the rest).
+    def reward_len(completions, **kwargs):
+        return [-abs(20 - len(completion)) for completion in completions]
+
+    totals, _ = RewardMix([reward_len])(PROMPTS, COMPLETIONS, **COLUMNS)
+    assert totals == [-abs(20 - len(c)) for c in COMPLETIONS]
+
+
+def test_module_spec_loads():
+    reward = load_reward("rlprompt_math.rewards:correct:0.25")
+    assert reward.weight == 0.25 and reward.name == "correct"
+
+
+def test_bad_rewards_fail_clearly(tmp_path):
+    plugin = tmp_path / "bad.py"
+    plugin.write_text("def short(prompts, completions, **kw):\n    return [1.0]\n"
+                      "def boom(prompts, completions, **kw):\n    raise KeyError('oops')\n"
+                      "def nan(prompts, completions, **kw):\n    return [float('nan')] * len(completions)\n")
+    with pytest.raises(RewardError, match=r"'short' returned 1 values for 3 completions \(batch 7\)"):
+        RewardMix([f"{plugin}:short"])(PROMPTS, COMPLETIONS, batch_label="batch 7", **COLUMNS)
+    with pytest.raises(RewardError, match=r"'boom' raised KeyError"):
+        RewardMix([f"{plugin}:boom"])(PROMPTS, COMPLETIONS, **COLUMNS)
+    with pytest.raises(RewardError, match=r"'nan' returned nan"):
+        RewardMix([f"{plugin}:nan"])(PROMPTS, COMPLETIONS, **COLUMNS)
+    with pytest.raises(RewardError, match="unknown reward"):
+        load_reward("corect")
+    with pytest.raises(RewardError, match="not found"):
+        load_reward(str(tmp_path / "missing.py") + ":f")
+    with pytest.raises(RewardError, match="no callable"):
+        load_reward(f"{plugin}:absent")
+    with pytest.raises(RewardError, match="needs the frozen LLM"):
+        load_reward("likelihood")
+
+
+def test_likelihood_reward_scale(tiny_llm):
+    mix = RewardMix(["likelihood"], llm=tiny_llm)
+    texts = [tiny_llm.render("", q) for q in COLUMNS["question"]]
+    totals, _ = mix(texts, COMPLETIONS, **COLUMNS)
+    expected = [math.exp(v) for v in tiny_llm.answer_logprobs(texts, COLUMNS["answer"], reduction="mean")]
+    assert totals == pytest.approx(expected)
+    assert all(0 < t <= 1 for t in totals)
