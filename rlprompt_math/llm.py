@@ -183,6 +183,11 @@ class FrozenLLM:
         self._cache: OrderedDict[tuple, str] = OrderedDict()
         self._cache_size = cache_size
 
+    def __deepcopy__(self, memo):
+        # The oracle is frozen and shared: gymnasium deep-copies env kwargs, and a copy of the
+        # model would double memory for nothing.
+        return self
+
     # ---- construction ----------------------------------------------------------------------
 
     @classmethod

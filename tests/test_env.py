@@ -1,0 +1,115 @@
+"""The Gymnasium environments on the tiny model."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs  # noqa: F401  (registers the environments)
+from envs import PromptRefineEnv, PromptRefineSeqEnv
+from rlprompt_math.data import generate_problems
+
+PROBLEMS = generate_problems(60, seed=0, kinds=["arithmetic"])
+
+
+@pytest.fixture()
+def env(tiny_llm):
+    return gym.make("rlprompt_math/PromptRefine-v0", llm=tiny_llm, dataset=PROBLEMS, prompt_length=3,
+                    max_new_tokens=6, split=None)
+
+
+def test_registered_make_shares_the_loaded_llm(env, tiny_llm):
+    assert env.unwrapped.llm is tiny_llm
+    assert env.action_space == gym.spaces.MultiDiscrete([len(env.unwrapped.vocab)] * 3)
+    assert env.observation_space.shape == (tiny_llm.hidden_size,)
+
+
+def test_check_env(tiny_llm):
+    kwargs = dict(prompt_length=3, max_new_tokens=6, split=None, counters_in_info=False)
+    check_env(PromptRefineEnv(tiny_llm, PROBLEMS, **kwargs), skip_render_check=True)
+    check_env(PromptRefineSeqEnv(tiny_llm, PROBLEMS, **kwargs), skip_render_check=True)
+    sampled = PromptRefineEnv(tiny_llm, PROBLEMS, temperature=1.0, **kwargs)
+    check_env(sampled, skip_render_check=True)  # sampling draws on np_random: still deterministic
+
+
+def test_step_info_and_termination(env):
+    obs, info = env.reset(seed=1)
+    assert obs.dtype == np.float32 and "question" in info
+    obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    assert terminated and not truncated
+    for key in ("prompt", "problem_id", "completion", "extracted", "correct", "rewards", "oracle_calls",
+                "cache_hits"):
+        assert key in info
+    assert reward == info["rewards"]["correct"]
+
+
+def _rollout(env, seed, n=8):
+    env.action_space.seed(seed)
+    out = []
+    obs, info = env.reset(seed=seed)
+    for _ in range(n):
+        action = env.action_space.sample()
+        _, reward, _, _, step_info = env.step(action)
+        out.append((info["problem_id"], step_info["prompt"], reward, step_info["completion"]))
+        obs, info = env.reset()
+    return out
+
+
+def test_same_seed_same_problems_prompts_rewards(env):
+    assert _rollout(env, 3) == _rollout(env, 3)
+    assert _rollout(env, 3) != _rollout(env, 4)
+
+
+def test_sync_vector_env_matches_batched_score(tiny_llm):
+    def make():
+        return gym.make("rlprompt_math/PromptRefine-v0", llm=tiny_llm, dataset=PROBLEMS, prompt_length=3,
+                        max_new_tokens=6, split=None, rewards=["correct", "partial"])
+
+    vec = gym.vector.SyncVectorEnv([make] * 4, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    vec.reset(seed=11)
+    problems = [e.unwrapped._problem for e in vec.envs]
+    rng = np.random.default_rng(0)
+    actions = rng.integers(0, len(vec.envs[0].unwrapped.vocab), size=(4, 3))
+    _, rewards, terminated, _, infos = vec.step(actions)
+    assert terminated.all()
+    batched, _ = vec.envs[0].unwrapped.score(problems, actions)
+    np.testing.assert_allclose(rewards, batched)
+
+
+def test_greedy_cache_makes_repeats_free(tiny_llm):
+    env = PromptRefineEnv(tiny_llm, PROBLEMS, prompt_length=2, max_new_tokens=6, split=None)
+    actions = np.zeros((5, 2), dtype=np.int64)
+    problems = PROBLEMS[:5]
+    env.score(problems, actions)
+    rows = tiny_llm.stats.generated_rows
+    _, infos = env.score(problems, actions)
+    assert tiny_llm.stats.generated_rows == rows
+    assert infos[-1]["cache_hits"] >= 5
+
+
+def test_token_observations(tiny_llm):
+    env = PromptRefineEnv(tiny_llm, PROBLEMS, observation="tokens", max_question_tokens=32, split=None)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (32,) and obs.dtype == np.int64 and env.observation_space.contains(obs)
+
+
+def test_action_vocab_kinds(tiny_llm, tmp_path):
+    full = PromptRefineEnv(tiny_llm, PROBLEMS, action_vocab="full", split=None)
+    words = PromptRefineEnv(tiny_llm, PROBLEMS, action_vocab="words", split=None)
+    assert len(words.vocab) < len(full.vocab)
+    listed = tmp_path / "tokens.txt"
+    some = sorted(tiny_llm.tokenizer.get_vocab())[100:102]
+    listed.write_text("\n".join(some) + "\n")
+    tokens = PromptRefineEnv(tiny_llm, PROBLEMS, action_vocab=f"tokens:{listed}", split=None)
+    assert len(tokens.vocab) == 2
+
+
+def test_sb3_ppo_runs_without_adapter(tiny_llm):
+    from stable_baselines3 import PPO
+
+    env = gym.make("rlprompt_math/PromptRefine-v0", llm=tiny_llm, dataset=PROBLEMS, prompt_length=2,
+                   max_new_tokens=4, split=None, rewards=["partial"])
+    model = PPO("MlpPolicy", env, n_steps=64, batch_size=32, n_epochs=1, seed=0, verbose=0, device="cpu")
+    model.learn(total_timesteps=256)
+    action, _ = model.predict(env.reset(seed=0)[0], deterministic=True)
+    assert env.action_space.contains(action)
