@@ -21,7 +21,8 @@ from gymnasium import spaces
 
 from rlprompt_math.data import Problem, generate_problems, load_problems, split_problems
 from rlprompt_math.llm import FrozenLLM
-from rlprompt_math.rewards import RewardMix, cached_grade
+from rlprompt_math.oracle import Decoding, score_pairs
+from rlprompt_math.rewards import RewardMix
 from rlprompt_math.vocab import ActionVocab
 
 
@@ -63,9 +64,7 @@ class PromptRefineEnv(gym.Env):
                       else ActionVocab.from_spec(self.llm.tokenizer, action_vocab))
         self.reward_mix = rewards if isinstance(rewards, RewardMix) else RewardMix(rewards, llm=self.llm)
         self.prompt_length = int(prompt_length)
-        self.max_new_tokens = int(max_new_tokens)
-        self.temperature = float(temperature)
-        self.stop = list(stop) if stop else None
+        self.decoding = Decoding(int(max_new_tokens), float(temperature), None, tuple(stop or ()))
         self.observation_kind = observation
         self.max_question_tokens = int(max_question_tokens)
         self.render_mode = render_mode
@@ -115,28 +114,14 @@ class PromptRefineEnv(gym.Env):
         """
         if prompts is None:
             prompts = self.prompt_texts(actions)
-        if len(prompts) != len(problems):
-            raise ValueError(f"{len(prompts)} prompts for {len(problems)} problems")
-        rendered = [self.llm.render(prompt, p.question) for prompt, p in zip(prompts, problems)]
-        completions = self.llm.generate(rendered, max_new_tokens=self.max_new_tokens,
-                                        temperature=self.temperature, stop=self.stop, seed=seed)
-        columns = {"question": [p.question for p in problems], "answer": [p.answer for p in problems],
-                   "problem_id": [p.id for p in problems]}
-        for key in sorted({k for p in problems for k in p.extra}):
-            columns.setdefault(key, [p.extra.get(key) for p in problems])
-        totals, per_reward = self.reward_mix(rendered, completions, batch_label=batch_label, **columns)
-        stats = self.llm.stats
-        infos = []
-        for i, problem in enumerate(problems):
-            graded = cached_grade(completions[i], problem.answer)
-            infos.append({"prompt": prompts[i], "problem_id": problem.id, "question": problem.question,
-                          "gold": problem.answer, "completion": completions[i], "extracted": graded.extracted,
-                          "correct": graded.correct, "credit": graded.credit,
-                          "rewards": {name: values[i] for name, values in per_reward.items()}})
-            if self.counters_in_info:
-                infos[-1].update(oracle_calls=stats.generate_calls, oracle_rows=stats.generated_rows,
-                                 cache_hits=stats.cache_hits)
-        return np.asarray(totals, dtype=np.float64), infos
+        totals, infos = score_pairs(self.llm, self.reward_mix, problems, prompts, self.decoding, seed=seed,
+                                    batch_label=batch_label)
+        if self.counters_in_info:
+            stats = self.llm.stats
+            for info in infos:
+                info.update(oracle_calls=stats.generate_calls, oracle_rows=stats.generated_rows,
+                            cache_hits=stats.cache_hits)
+        return totals, infos
 
     # ---- gymnasium API -------------------------------------------------------------------------
 
@@ -154,7 +139,7 @@ class PromptRefineEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         action = np.asarray(action, dtype=np.int64).reshape(1, self.prompt_length)
         # Sampling decodes draw on np_random, so a seeded env is reproducible at any temperature.
-        seed = int(self.np_random.integers(2**31 - 1)) if self.temperature > 0 else None
+        seed = int(self.np_random.integers(2**31 - 1)) if self.decoding.temperature > 0 else None
         rewards, infos = self.score([self._problem], action, seed=seed)
         self._last_info = infos[0]
         observation = self.observe([self._problem])[0]

@@ -1,0 +1,305 @@
+"""REINFORCE for prompt policies.
+
+Each step:
+  1. draw `batch_size` training questions and observe them (the frozen LLM's features);
+  2. sample `prompts_per_question` (K) prompts per question from the policy;
+  3. score all pairs in one oracle call (the env's batched path: same rewards as `env.step`);
+  4. advantage = reward - baseline  (optionally z-scored per question across its K prompts);
+  5. loss = -mean(advantage * log pi(prompt | question)) - beta(step) * mean(entropy)
+     (+ the value head's squared error for the learned baseline);
+  6. clip the gradient norm and step; stop with a clear message on any non-finite number.
+Every `eval_every` steps the greedy prompts are scored on validation questions; the best policy so
+far is kept. Every `checkpoint_every` steps the policy, optimizer, baseline and random-number states
+are saved atomically, so `--resume` continues exactly where the run stopped.
+
+Baselines (what is subtracted from the reward):
+  none            0
+  moving_average  an exponential moving average of past batch-mean rewards
+  batch_mean      the mean reward of the current batch
+  rloo            leave-one-out: the mean of the *other* K-1 prompts' rewards on the same question
+  learned         a small value network V(question features), trained by squared error
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlprompt_math.checkpoint import (load_state, optimizer_tensors, restore_optimizer, save_policy,
+                                      save_state)
+from rlprompt_math.policies import PromptPolicy, prompts_for
+
+BASELINES = ("none", "moving_average", "batch_mean", "rloo", "learned")
+ENTROPY_SCHEDULES = ("constant", "linear", "cosine")
+
+
+class NonFiniteError(FloatingPointError):
+    """A reward, loss or gradient was NaN or infinite; the message says where."""
+
+
+@dataclass
+class ReinforceConfig:
+    steps: int = 40
+    """optimizer steps"""
+    batch_size: int = 8
+    """questions per step"""
+    prompts_per_question: int = 4
+    """K prompts sampled per question (RLOO needs K >= 2)"""
+    lr: float = 0.1
+    """Adam learning rate for the policy"""
+    baseline: str = "rloo"
+    """none | moving_average | batch_mean | rloo | learned"""
+    moving_average_decay: float = 0.9
+    """decay of the moving-average baseline"""
+    normalize_rewards: bool = False
+    """z-score rewards per question across its K prompts (RLPrompt)"""
+    entropy_coef: float = 0.01
+    """entropy bonus coefficient at step 0"""
+    entropy_schedule: str = "linear"
+    """constant | linear (to 0 at the last step) | cosine (to 0)"""
+    max_grad_norm: float = 1.0
+    """gradient clipping norm"""
+    temperature: float = 1.0
+    """sampling temperature while training (log-probabilities are always taken at 1)"""
+    top_k: int | None = None
+    """sample only among the k likeliest tokens per slot"""
+    value_lr: float = 1e-3
+    """learning rate of the learned baseline"""
+    eval_every: int = 10
+    """score the greedy prompts on validation questions every N steps (0: only at the end)"""
+    checkpoint_every: int = 5
+    """save a resumable checkpoint every N steps"""
+    seed: int = 0
+    """seeds question sampling and prompt sampling"""
+
+    def validate(self):
+        if self.baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {BASELINES}")
+        if self.entropy_schedule not in ENTROPY_SCHEDULES:
+            raise ValueError(f"entropy schedule must be one of {ENTROPY_SCHEDULES}")
+        if self.baseline == "rloo" and self.prompts_per_question < 2:
+            raise ValueError("the rloo baseline needs --prompts-per-question >= 2")
+        if self.normalize_rewards and self.prompts_per_question < 2:
+            raise ValueError("per-question normalisation needs --prompts-per-question >= 2")
+
+
+def entropy_coef_at(config: ReinforceConfig, step: int) -> float:
+    progress = step / max(config.steps - 1, 1)
+    if config.entropy_schedule == "linear":
+        return config.entropy_coef * (1 - progress)
+    if config.entropy_schedule == "cosine":
+        return config.entropy_coef * 0.5 * (1 + math.cos(math.pi * progress))
+    return config.entropy_coef
+
+
+@dataclass
+class BaselineState:
+    moving_average: float | None = None
+
+
+def advantages(rewards: torch.Tensor, config: ReinforceConfig, state: BaselineState,
+               values: torch.Tensor | None = None) -> torch.Tensor:
+    """Advantages [M, K] for rewards [M, K] (M questions, K prompts each). Updates `state`."""
+    r = rewards
+    if config.normalize_rewards:
+        r = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-6)
+    kind = config.baseline
+    if kind == "none":
+        baseline = torch.zeros_like(r)
+    elif kind == "batch_mean":
+        baseline = r.mean().expand_as(r)
+    elif kind == "moving_average":
+        baseline = torch.full_like(r, state.moving_average if state.moving_average is not None else 0.0)
+        mean = float(r.mean())
+        d = config.moving_average_decay
+        state.moving_average = mean if state.moving_average is None else d * state.moving_average + (1 - d) * mean
+    elif kind == "rloo":
+        k = r.shape[1]
+        baseline = (r.sum(1, keepdim=True) - r) / (k - 1)
+    elif kind == "learned":
+        if values is None:
+            raise ValueError("the learned baseline needs values")
+        baseline = values.detach().view_as(r)
+    else:
+        raise ValueError(f"unknown baseline {kind!r}")
+    return r - baseline
+
+
+class ValueHead(nn.Module):
+    """V(question features): the learned baseline."""
+
+    def __init__(self, feature_dim: int, hidden: int = 64):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(feature_dim), nn.Linear(feature_dim, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 1))
+
+    def forward(self, obs):
+        return self.net(obs).squeeze(-1)
+
+
+def _check_finite(name: str, value: torch.Tensor, where: str) -> None:
+    if not torch.isfinite(value).all():
+        raise NonFiniteError(f"non-finite {name} at {where}: {value.detach().flatten()[:8].tolist()}")
+
+
+class ReinforceAgent:
+    """Trains a prompt policy on a PromptRefineEnv (or anything with observe/score/problems/vocab)."""
+
+    name = "reinforce"
+
+    def __init__(self, env, policy: PromptPolicy, config: ReinforceConfig, *, run=None,
+                 val_problems=None, llm=None):
+        config.validate()
+        self.env, self.policy, self.config, self.run = env, policy, config, run
+        self.val_problems = list(val_problems or [])
+        self.llm = llm if llm is not None else getattr(env, "llm", None)
+        self.optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
+        self.value_head = None
+        if config.baseline == "learned":
+            dim = env.observe(env.problems[:1]).shape[1]
+            self.value_head = ValueHead(dim)
+            self.value_optimizer = torch.optim.Adam(self.value_head.parameters(), lr=config.value_lr)
+        self.rng = np.random.default_rng(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.baseline_state = BaselineState()
+        self.step = 0
+        self.best_val = -math.inf
+        self.oracle_pairs = 0
+        self.history: list[dict] = []
+
+    # ---- one update --------------------------------------------------------------------------------
+
+    def update(self) -> dict:
+        cfg, step = self.config, self.step
+        where = f"step {step}"
+        index = self.rng.choice(len(self.env.problems), size=min(cfg.batch_size, len(self.env.problems)),
+                                replace=False)
+        problems = [self.env.problems[i] for i in index]
+        k = cfg.prompts_per_question
+        obs = torch.as_tensor(self.env.observe(problems), dtype=torch.float32)
+        obs_rep = obs.repeat_interleave(k, 0)
+        problems_rep = [p for p in problems for _ in range(k)]
+        self.policy.train()
+        actions = self.policy.sample(obs_rep, temperature=cfg.temperature, top_k=cfg.top_k,
+                                     generator=self.generator)
+        rewards_np, infos = self.env.score(problems_rep, actions.numpy(), batch_label=where)
+        self.oracle_pairs += len(problems_rep)
+        rewards = torch.as_tensor(rewards_np, dtype=torch.float32).view(len(problems), k)
+        _check_finite("reward", rewards, where)
+
+        values = self.value_head(obs_rep) if self.value_head is not None else None
+        adv = advantages(rewards, cfg, self.baseline_state, values).view(-1)
+        log_prob, entropy = self.policy.log_prob(obs_rep, actions)
+        _check_finite("log-probability", log_prob, where)
+        coef = entropy_coef_at(cfg, step)
+        loss = -(adv.detach() * log_prob).mean() - coef * entropy.mean()
+        _check_finite("loss", loss, f"{where} (advantage mean {adv.mean():.4g}, entropy {entropy.mean():.4g})")
+        self.optimizer.zero_grad()
+        loss.backward()
+        for name, parameter in self.policy.named_parameters():
+            if parameter.grad is not None:
+                _check_finite(f"gradient of {name}", parameter.grad, where)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm))
+        self.optimizer.step()
+        if self.value_head is not None:
+            value_loss = ((values - rewards.view(-1)) ** 2).mean()
+            _check_finite("value loss", value_loss, where)
+            self.value_optimizer.zero_grad()
+            value_loss.backward()
+            self.value_optimizer.step()
+
+        correct = np.array([info["correct"] for info in infos], dtype=float)
+        metrics = {"step": step, "reward": float(rewards.mean()), "accuracy": float(correct.mean()),
+                   "entropy": float(entropy.detach().mean()) / max(self.policy.prompt_length, 1),
+                   "entropy_coef": coef, "loss": float(loss), "grad_norm": grad_norm,
+                   "oracle_pairs": self.oracle_pairs}
+        best = int(np.argmax(rewards_np))
+        metrics["sample_prompt"] = infos[best]["prompt"]
+        if self.run is not None:
+            self.run.log_samples(step, infos, rewards_np)
+        return metrics
+
+    # ---- validation, checkpoints, the loop -------------------------------------------------------------
+
+    def validate(self) -> float:
+        if not self.val_problems:
+            return float("nan")
+        self.policy.eval()
+        obs = torch.as_tensor(self.env.observe(self.val_problems), dtype=torch.float32)
+        prompts = prompts_for(self.policy, self.env.vocab, obs)
+        rewards, infos = self.env.score(self.val_problems, None, prompts=prompts, batch_label="validation")
+        self.oracle_pairs += len(prompts)
+        return float(np.mean([i["correct"] for i in infos]))
+
+    def state_tensors(self) -> tuple[dict, dict]:
+        tensors = {f"policy.{k}": v for k, v in self.policy.state_dict().items()}
+        opt_t, opt_meta = optimizer_tensors(self.optimizer)
+        tensors.update(opt_t)
+        tensors["torch_generator"] = self.generator.get_state()
+        meta = {"step": self.step, "optimizer": opt_meta, "numpy_rng": self.rng.bit_generator.state,
+                "baseline_state": asdict(self.baseline_state), "best_val": self.best_val,
+                "oracle_pairs": self.oracle_pairs, "config": asdict(self.config)}
+        if self.value_head is not None:
+            tensors.update({f"value.{k}": v for k, v in self.value_head.state_dict().items()})
+            v_t, v_meta = optimizer_tensors(self.value_optimizer)
+            tensors.update({f"value_{k}": v for k, v in v_t.items()})
+            meta["value_optimizer"] = v_meta
+        return tensors, meta
+
+    def load_state(self, path) -> None:
+        tensors, meta = load_state(path)
+        self.policy.load_state_dict({k[len("policy."):]: v for k, v in tensors.items() if k.startswith("policy.")})
+        restore_optimizer(self.optimizer, tensors, meta["optimizer"])
+        self.generator.set_state(tensors["torch_generator"])
+        self.rng.bit_generator.state = meta["numpy_rng"]
+        self.baseline_state = BaselineState(**meta["baseline_state"])
+        self.best_val = meta["best_val"] if meta["best_val"] is not None else -math.inf
+        self.oracle_pairs = meta["oracle_pairs"]
+        self.step = meta["step"]
+        if self.value_head is not None:
+            self.value_head.load_state_dict({k[len("value."):]: v for k, v in tensors.items() if k.startswith("value.")})
+            restore_optimizer(self.value_optimizer,
+                              {k[len("value_"):]: v for k, v in tensors.items() if k.startswith("value_optim.")},
+                              meta["value_optimizer"])
+
+    def save_checkpoint(self) -> None:
+        if self.run is None:
+            return
+        save_policy(self.run.path / "policy_last.safetensors", self.policy, self.env.vocab, self.llm,
+                    step=self.step)
+        tensors, meta = self.state_tensors()
+        save_state(self.run.path / "state_last.safetensors", tensors, meta)
+
+    def train(self, progress: bool = True) -> dict:
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        start = time.perf_counter()
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="reinforce", disable=not progress, unit="step")
+        while self.step < cfg.steps:
+            metrics = self.update()
+            last = self.step == cfg.steps - 1
+            if self.val_problems and ((cfg.eval_every and (self.step + 1) % cfg.eval_every == 0) or last):
+                metrics["val_accuracy"] = self.validate()
+                if metrics["val_accuracy"] > self.best_val and self.run is not None:
+                    self.best_val = metrics["val_accuracy"]
+                    save_policy(self.run.path / "policy_best.safetensors", self.policy, self.env.vocab,
+                                self.llm, step=self.step, val_accuracy=self.best_val)
+            metrics["wall_s"] = time.perf_counter() - start
+            self.history.append(metrics)
+            if self.run is not None:
+                self.run.log_metrics(metrics)
+            bar.set_postfix(reward=f"{metrics['reward']:.3f}", acc=f"{metrics['accuracy']:.2f}",
+                            H=f"{metrics['entropy']:.2f}", oracle=self.oracle_pairs)
+            bar.update(1)
+            self.step += 1
+            if self.run is not None and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
+                self.save_checkpoint()
+        bar.close()
+        return {"steps": self.step, "oracle_pairs": self.oracle_pairs, "best_val_accuracy": self.best_val,
+                "wall_s": time.perf_counter() - start}

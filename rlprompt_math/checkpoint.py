@@ -1,0 +1,145 @@
+"""Saving and loading policies and training state: safetensors + JSON metadata, never pickle.
+
+Each checkpoint is ONE file (weights as tensors, everything else as JSON in the safetensors
+metadata), written to a temporary file, flushed to disk, then moved over the old one with
+`os.replace`, which is atomic: a crash mid-write leaves the previous checkpoint whole.
+
+A policy file records the toolkit version, the model fingerprint (name, vocabulary size and hash,
+hidden size) and the action vocabulary; loading it for another model or vocabulary fails with a
+message that says what differs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from . import __version__
+from .policies import FixedPrompt, PromptPolicy, build_policy
+from .vocab import ActionVocab
+
+POLICY_FORMAT = "rlprompt-math-policy"
+STATE_FORMAT = "rlprompt-math-train-state"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, from another format version, or for another model."""
+
+
+def atomic_save(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()} or {"_empty": torch.zeros(1)}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"json": json.dumps(metadata)})
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read(path: str | Path, expected_format: str) -> tuple[dict[str, torch.Tensor], dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = json.loads((handle.metadata() or {}).get("json", "{}"))
+            tensors = {k: handle.get_tensor(k) for k in handle.keys() if k != "_empty"}
+    except Exception as error:
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {error}") from error
+    if metadata.get("format") != expected_format:
+        raise CheckpointError(f"{path} is not a {expected_format} file (format {metadata.get('format')!r})")
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {metadata.get('format_version')}; this toolkit "
+                              f"({__version__}) reads version {FORMAT_VERSION}")
+    return tensors, metadata
+
+
+# ---- policies ------------------------------------------------------------------------------------
+
+
+def save_policy(path, policy: PromptPolicy, vocab: ActionVocab, llm, **extra) -> None:
+    metadata = {"format": POLICY_FORMAT, "format_version": FORMAT_VERSION, "toolkit_version": __version__,
+                "policy": policy.config(), "model": llm.fingerprint(), "vocab": vocab.to_dict(),
+                "prompt_example": None, **extra}
+    atomic_save(path, dict(policy.state_dict()), metadata)
+
+
+def check_model(metadata: dict, llm, path) -> None:
+    saved, current = metadata.get("model", {}), llm.fingerprint()
+    for key in ("tokenizer_hash", "vocab_size", "hidden_size"):
+        if saved.get(key) != current.get(key):
+            raise CheckpointError(
+                f"{path} was trained for model {saved.get('model')!r} ({key} {saved.get(key)}), but the loaded "
+                f"model is {current['model']!r} ({key} {current.get(key)}). Load it with the model it was "
+                "trained for (--model), or use only its prompt texts on another model.")
+
+
+def load_policy(path, llm, *, check: bool = True) -> tuple[PromptPolicy, ActionVocab, dict]:
+    """(policy, action vocabulary, metadata) from a policy file, for this LLM."""
+    tensors, metadata = read(path, POLICY_FORMAT)
+    config = metadata["policy"]
+    if check and config["kind"] != "fixed":
+        check_model(metadata, llm, path)
+    vocab = ActionVocab(llm.tokenizer, metadata["vocab"]["token_ids"], metadata["vocab"]["spec"])
+    if config["kind"] == "fixed":
+        return FixedPrompt(config["text"], config["prompt_length"], config["vocab_size"],
+                           actions=config.get("actions")), vocab, metadata
+    if vocab.fingerprint() != metadata["vocab"]["fingerprint"]:
+        raise CheckpointError(f"{path}: action vocabulary does not match its recorded fingerprint")
+    policy = build_policy(config["kind"], llm=llm, vocab=vocab, prompt_length=config["prompt_length"],
+                          hidden_size=config.get("hidden_size", 256))
+    try:
+        policy.load_state_dict(tensors)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not fit a {config['kind']} policy: {error}") from error
+    return policy.eval(), vocab, metadata
+
+
+# ---- training state (optimizer, RNGs, counters) --------------------------------------------------
+
+
+def save_state(path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
+    atomic_save(path, tensors, {"format": STATE_FORMAT, "format_version": FORMAT_VERSION,
+                                "toolkit_version": __version__, **metadata})
+
+
+def load_state(path) -> tuple[dict[str, torch.Tensor], dict]:
+    return read(path, STATE_FORMAT)
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Flatten an optimizer's state dict into tensors + JSON (safetensors holds no nested dicts)."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entry in state["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{index}.{key}"] = value
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    for name, value in meta.get("scalars", {}).items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

@@ -1,0 +1,51 @@
+"""Scoring (prompt, problem) pairs with the frozen LLM: the one reward path.
+
+The environment's `step` and batched `score`, the agents and the evaluation all call
+`score_pairs`, so a reward never depends on which of them asked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .data import Problem
+from .llm import FrozenLLM
+from .rewards import RewardMix, cached_grade
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How the oracle answers: greedy by default, short answers."""
+
+    max_new_tokens: int = 48
+    temperature: float = 0.0
+    top_k: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+def score_pairs(llm: FrozenLLM, reward_mix: RewardMix, problems: Sequence[Problem], prompts: Sequence[str],
+                decoding: Decoding = Decoding(), *, seed: int | None = None,
+                batch_label: str = "") -> tuple[np.ndarray, list[dict]]:
+    """Total reward and an info dict per pair, from one batched oracle call."""
+    if len(prompts) != len(problems):
+        raise ValueError(f"{len(prompts)} prompts for {len(problems)} problems")
+    rendered = [llm.render(prompt, p.question) for prompt, p in zip(prompts, problems)]
+    completions = llm.generate(rendered, max_new_tokens=decoding.max_new_tokens,
+                               temperature=decoding.temperature, top_k=decoding.top_k,
+                               stop=list(decoding.stop) or None, seed=seed)
+    columns = {"question": [p.question for p in problems], "answer": [p.answer for p in problems],
+               "problem_id": [p.id for p in problems]}
+    for key in sorted({k for p in problems for k in p.extra}):
+        columns.setdefault(key, [p.extra.get(key) for p in problems])
+    totals, per_reward = reward_mix(rendered, completions, batch_label=batch_label, **columns)
+    infos = []
+    for i, problem in enumerate(problems):
+        graded = cached_grade(completions[i], problem.answer)
+        infos.append({"prompt": prompts[i], "problem_id": problem.id, "question": problem.question,
+                      "gold": problem.answer, "completion": completions[i], "extracted": graded.extracted,
+                      "correct": graded.correct, "credit": graded.credit,
+                      "rewards": {name: values[i] for name, values in per_reward.items()}})
+    return np.asarray(totals, dtype=np.float64), infos

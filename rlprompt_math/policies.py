@@ -1,0 +1,215 @@
+"""Prompt policies: distributions over `prompt_length` tokens of an action vocabulary.
+
+The seed project's Refiner (hidden states -> pooled -> MLP -> token logits -> argmax) could not
+train because argmax has no gradient. Here every policy is a *distribution*: the agent samples
+prompts, the oracle grades them, and REINFORCE raises the log-probability of the prompts that
+scored well. No gradient ever passes through the tokens or the LLM.
+
+Policies (all start at, or near, the uniform distribution, so early exploration is broad):
+  refiner         question features -> MLP -> one vector per slot, scored against the frozen token
+                  embeddings of the action vocabulary (tied logits, as RLPrompt does through the LM
+                  head), plus a per-slot bias. Never a D x (T*V) layer.
+  autoregressive  a GRU over the prompt so far, started from the question features: each token is
+                  conditioned on the question and on the tokens before it (RLPrompt-style).
+  unconditioned   one learned categorical per slot: the same prompt for every question (BDPL-style).
+  fixed           a given prompt text; nothing to learn (the `fixed` and `random` agents' result).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributions import Categorical
+
+from .vocab import ActionVocab
+
+POLICY_KINDS = ("refiner", "autoregressive", "unconditioned")
+
+
+def _tied_embeddings(llm, vocab: ActionVocab) -> torch.Tensor:
+    """Unit-norm frozen embeddings of the action vocabulary's tokens, [V, E] float32."""
+    emb = llm.token_embeddings()[torch.tensor(vocab.token_ids)].float().cpu()
+    return emb / emb.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+
+
+class PromptPolicy(nn.Module):
+    """Base class. Subclasses define `logits(obs, actions=None) -> [B, T, V]`.
+
+    For factorised policies the logits do not depend on `actions`; the autoregressive policy uses
+    `actions` (teacher forcing) to score given prompts, and samples slot by slot.
+    """
+
+    kind = "base"
+    autoregressive = False
+
+    def __init__(self, prompt_length: int, vocab_size: int):
+        super().__init__()
+        self.prompt_length = prompt_length
+        self.vocab_size = vocab_size
+
+    def config(self) -> dict:
+        return {"kind": self.kind, "prompt_length": self.prompt_length, "vocab_size": self.vocab_size}
+
+    @staticmethod
+    def _filter(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:
+        logits = logits / max(temperature, 1e-6)
+        if top_k:
+            kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return logits
+
+    def sample(self, obs: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sampled action indices [B, T] (no gradient; score them with `log_prob`)."""
+        with torch.no_grad():
+            if self.autoregressive:
+                return self._sample_autoregressive(obs, temperature, top_k, generator)
+            logits = self._filter(self.logits(obs), temperature, top_k)
+            probs = torch.softmax(logits, -1)
+            flat = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
+            return flat.view(probs.shape[:-1])
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log pi(actions | obs) summed over slots [B], entropy summed over slots [B]), with grad."""
+        dist = Categorical(logits=self.logits(obs, actions))
+        return dist.log_prob(actions).sum(-1), dist.entropy().sum(-1)
+
+    def greedy(self, obs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            if self.autoregressive:
+                return self._sample_autoregressive(obs, 0.0, None, None)
+            return self.logits(obs).argmax(-1)
+
+    def _sample_autoregressive(self, obs, temperature, top_k, generator):
+        raise NotImplementedError
+
+
+class Unconditioned(PromptPolicy):
+    """One categorical per slot, shared by all questions."""
+
+    kind = "unconditioned"
+
+    def __init__(self, prompt_length: int, vocab_size: int, **_):
+        super().__init__(prompt_length, vocab_size)
+        self.slot_logits = nn.Parameter(torch.zeros(prompt_length, vocab_size))
+
+    def logits(self, obs, actions=None):
+        return self.slot_logits.unsqueeze(0).expand(obs.shape[0], -1, -1)
+
+
+class Refiner(PromptPolicy):
+    """The seed's Refiner, made trainable: features -> MLP -> per-slot vectors -> tied logits."""
+
+    kind = "refiner"
+
+    def __init__(self, prompt_length: int, vocab_size: int, *, feature_dim: int, embeddings: torch.Tensor,
+                 hidden_size: int = 256):
+        super().__init__(prompt_length, vocab_size)
+        self.feature_dim, self.hidden_size = feature_dim, hidden_size
+        self.register_buffer("embeddings", embeddings, persistent=False)  # frozen; rebuilt from the LLM
+        emb_dim = embeddings.shape[1]
+        self.norm = nn.LayerNorm(feature_dim)
+        self.body = nn.Sequential(nn.Linear(feature_dim, hidden_size), nn.ReLU())
+        self.slots = nn.Linear(hidden_size, prompt_length * emb_dim)
+        nn.init.zeros_(self.slots.weight)  # start uniform: logits = bias = 0
+        nn.init.zeros_(self.slots.bias)
+        self.slot_bias = nn.Parameter(torch.zeros(prompt_length, vocab_size))
+        self.scale = nn.Parameter(torch.tensor(float(emb_dim) ** 0.5))
+
+    def config(self):
+        return {**super().config(), "feature_dim": self.feature_dim, "hidden_size": self.hidden_size}
+
+    def logits(self, obs, actions=None):
+        vectors = self.slots(self.body(self.norm(obs))).view(obs.shape[0], self.prompt_length, -1)
+        return self.scale * vectors @ self.embeddings.T + self.slot_bias
+
+
+class AutoregressiveRefiner(PromptPolicy):
+    """GRU over the prompt so far, initial state from the question features; tied output logits."""
+
+    kind = "autoregressive"
+    autoregressive = True
+
+    def __init__(self, prompt_length: int, vocab_size: int, *, feature_dim: int, embeddings: torch.Tensor,
+                 hidden_size: int = 256):
+        super().__init__(prompt_length, vocab_size)
+        self.feature_dim, self.hidden_size = feature_dim, hidden_size
+        self.register_buffer("embeddings", embeddings, persistent=False)
+        emb_dim = embeddings.shape[1]
+        self.norm = nn.LayerNorm(feature_dim)
+        self.init_state = nn.Sequential(nn.Linear(feature_dim, hidden_size), nn.Tanh())
+        self.start = nn.Parameter(torch.zeros(emb_dim))
+        self.cell = nn.GRUCell(emb_dim, hidden_size)
+        self.out = nn.Linear(hidden_size, emb_dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.slot_bias = nn.Parameter(torch.zeros(prompt_length, vocab_size))
+
+    def config(self):
+        return {**super().config(), "feature_dim": self.feature_dim, "hidden_size": self.hidden_size}
+
+    def _step_logits(self, state, t):
+        return self.out(state) @ self.embeddings.T + self.slot_bias[t]
+
+    def logits(self, obs, actions=None):
+        if actions is None:
+            raise ValueError("the autoregressive policy needs the actions to score (teacher forcing)")
+        state = self.init_state(self.norm(obs))
+        inputs = self.start.expand(obs.shape[0], -1)
+        out = []
+        for t in range(self.prompt_length):
+            state = self.cell(inputs, state)
+            out.append(self._step_logits(state, t))
+            inputs = self.embeddings[actions[:, t]]
+        return torch.stack(out, 1)
+
+    def _sample_autoregressive(self, obs, temperature, top_k, generator):
+        state = self.init_state(self.norm(obs))
+        inputs = self.start.expand(obs.shape[0], -1)
+        chosen = []
+        for t in range(self.prompt_length):
+            state = self.cell(inputs, state)
+            logits = self._step_logits(state, t)
+            if temperature == 0:
+                token = logits.argmax(-1)
+            else:
+                probs = torch.softmax(self._filter(logits, temperature, top_k), -1)
+                token = torch.multinomial(probs, 1, generator=generator).view(-1)
+            chosen.append(token)
+            inputs = self.embeddings[token]
+        return torch.stack(chosen, 1)
+
+
+class FixedPrompt(PromptPolicy):
+    """A given prompt text for every question (hand-written, or the best one random search found)."""
+
+    kind = "fixed"
+
+    def __init__(self, text: str, prompt_length: int = 0, vocab_size: int = 0, actions=None, **_):
+        super().__init__(prompt_length, vocab_size)
+        self.text = text
+        self.actions = list(actions) if actions is not None else None
+
+    def config(self):
+        return {**super().config(), "text": self.text, "actions": self.actions}
+
+
+def build_policy(kind: str, *, llm, vocab: ActionVocab, prompt_length: int, hidden_size: int = 256,
+                 text: str | None = None, actions=None) -> PromptPolicy:
+    """A fresh policy of `kind` for this LLM and action vocabulary."""
+    if kind == "unconditioned":
+        return Unconditioned(prompt_length, len(vocab))
+    if kind == "fixed":
+        return FixedPrompt(text or "", prompt_length, len(vocab), actions=actions)
+    if kind not in POLICY_KINDS:
+        raise ValueError(f"unknown policy {kind!r}; choose from {', '.join(POLICY_KINDS)}")
+    cls = Refiner if kind == "refiner" else AutoregressiveRefiner
+    return cls(prompt_length, len(vocab), feature_dim=llm.hidden_size, embeddings=_tied_embeddings(llm, vocab),
+               hidden_size=hidden_size)
+
+
+def prompts_for(policy: PromptPolicy, vocab: ActionVocab, obs: torch.Tensor) -> list[str]:
+    """The greedy prompt text for each observation: what the user sees and what evaluation scores."""
+    if isinstance(policy, FixedPrompt):
+        return [policy.text] * obs.shape[0]
+    return [vocab.decode(row) for row in policy.greedy(obs).tolist()]

@@ -1,0 +1,112 @@
+"""A run directory: exact config, metrics (CSV + TensorBoard), sample prompts, learning curve."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import yaml
+
+METRIC_FIELDS = ["step", "reward", "accuracy", "val_accuracy", "entropy", "entropy_coef", "loss", "grad_norm",
+                 "oracle_pairs", "wall_s", "sample_prompt"]
+
+
+class RunDir:
+    def __init__(self, path: str | Path, *, resume_from_step: int | None = None):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.path / "metrics.csv"
+        self.samples_path = self.path / "samples.jsonl"
+        if resume_from_step is not None:
+            self._truncate(resume_from_step)
+        self._tb = None
+
+    def _truncate(self, step: int) -> None:
+        """On resume, drop logged rows from steps after the checkpoint (they will be redone)."""
+        if self.metrics_path.exists():
+            with open(self.metrics_path, newline="") as handle:
+                rows = [r for r in csv.DictReader(handle) if int(r["step"]) < step]
+            self._write_rows(rows)
+        if self.samples_path.exists():
+            lines = [ln for ln in self.samples_path.read_text().splitlines() if json.loads(ln)["step"] < step]
+            self.samples_path.write_text("".join(ln + "\n" for ln in lines))
+
+    def _write_rows(self, rows):
+        with open(self.metrics_path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, METRIC_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write_config(self, config: dict) -> None:
+        (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def read_config(self) -> dict:
+        return yaml.safe_load((self.path / "config.yaml").read_text())
+
+    @property
+    def tensorboard(self):
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.path / "tensorboard"))
+        return self._tb
+
+    def log_metrics(self, metrics: dict) -> None:
+        new = not self.metrics_path.exists()
+        with open(self.metrics_path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, METRIC_FIELDS, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(metrics)
+        for key, value in metrics.items():
+            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                self.tensorboard.add_scalar(f"train/{key}", value, metrics["step"])
+        self.tensorboard.flush()
+
+    def log_samples(self, step: int, infos: list[dict], rewards, keep: int = 4) -> None:
+        """The best and worst few prompts of a step, with their rewards and answers."""
+        order = sorted(range(len(infos)), key=lambda i: rewards[i])
+        chosen = order[-keep // 2:][::-1] + order[: keep // 2]
+        with open(self.samples_path, "a") as handle:
+            for i in dict.fromkeys(chosen):
+                info = infos[i]
+                handle.write(json.dumps({"step": step, "reward": float(rewards[i]), "prompt": info["prompt"],
+                                         "question": info["question"], "completion": info["completion"],
+                                         "extracted": info["extracted"], "gold": info["gold"],
+                                         "correct": bool(info["correct"])}) + "\n")
+
+    def plot_learning_curve(self) -> Path | None:
+        if not self.metrics_path.exists():
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        with open(self.metrics_path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if not rows:
+            return None
+        steps = [int(r["step"]) for r in rows]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for key, label in (("reward", "train reward"), ("accuracy", "train accuracy (sampled prompts)")):
+            ax.plot(steps, [float(r[key]) for r in rows], label=label, alpha=0.8)
+        val = [(int(r["step"]), float(r["val_accuracy"])) for r in rows if r.get("val_accuracy")]
+        if val:
+            ax.plot(*zip(*val), "o-", label="validation accuracy (greedy prompt)")
+        ax.set_xlabel("step")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.set_title(self.path.name)
+        out = self.path / "learning_curve.png"
+        fig.tight_layout()
+        fig.savefig(out, dpi=100)
+        plt.close(fig)
+        return out
+
+    def close(self):
+        if self._tb is not None:
+            self._tb.close()
