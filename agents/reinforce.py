@@ -172,6 +172,11 @@ class ReinforceAgent:
         self.oracle_pairs = 0
         self.history: list[dict] = []
 
+    def _observe(self, problems) -> torch.Tensor:
+        if not self.policy.uses_observation and self.value_head is None:
+            return torch.zeros(len(problems), 1)  # the prompt does not depend on the question
+        return torch.as_tensor(self.env.observe(problems), dtype=torch.float32)
+
     # ---- one update --------------------------------------------------------------------------------
 
     def update(self) -> dict:
@@ -181,7 +186,7 @@ class ReinforceAgent:
                                 replace=False)
         problems = [self.env.problems[i] for i in index]
         k = cfg.prompts_per_question
-        obs = torch.as_tensor(self.env.observe(problems), dtype=torch.float32)
+        obs = self._observe(problems)
         obs_rep = obs.repeat_interleave(k, 0)
         problems_rep = [p for p in problems for _ in range(k)]
         self.policy.train()
@@ -230,7 +235,7 @@ class ReinforceAgent:
         if not self.val_problems:
             return float("nan")
         self.policy.eval()
-        obs = torch.as_tensor(self.env.observe(self.val_problems), dtype=torch.float32)
+        obs = self._observe(self.val_problems)
         prompts = prompts_for(self.policy, self.env.vocab, obs)
         rewards, infos = self.env.score(self.val_problems, None, prompts=prompts, batch_label="validation")
         self.oracle_pairs += len(prompts)

@@ -93,12 +93,13 @@ class PromptRefineEnv(gym.Env):
                 ids = ids[: self.max_question_tokens]
                 out[i, : len(ids)] = ids
             return out
-        missing = [p for p in dict.fromkeys(problems) if p.id not in self._features]
-        if missing:
-            # The seed's Refiner input: the question as the LLM sees it without a prompt.
-            feats = self.llm.features([self.llm.render("", p.question) for p in missing]).numpy()
-            for problem, row in zip(missing, feats):
-                self._features[problem.id] = row.astype(np.float32)
+        for problem in dict.fromkeys(problems):
+            if problem.id not in self._features:
+                # The seed's Refiner input: the question as the LLM sees it without a prompt. One
+                # question per forward pass, so its features never depend on its batch-mates (padded
+                # batches differ in the last bits), which keeps runs and resumes bitwise reproducible.
+                text = self.llm.render("", problem.question)
+                self._features[problem.id] = self.llm.features([text])[0].numpy().astype(np.float32)
         return np.stack([self._features[p.id] for p in problems])
 
     # ---- the batched fast path -----------------------------------------------------------------

@@ -482,7 +482,7 @@ class FrozenLLM:
 
     # ---- features -------------------------------------------------------------------------------
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: policies train on these features
     def features(self, texts: Sequence[str], *, batch_size: int = 32) -> torch.Tensor:
         """Last-layer hidden states mean-pooled over real tokens: [B, D] float32 on the CPU."""
         encoded = self.encode(texts)

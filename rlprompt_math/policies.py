@@ -41,6 +41,7 @@ class PromptPolicy(nn.Module):
 
     kind = "base"
     autoregressive = False
+    uses_observation = True  # False: the agent need not ask the oracle for question features
 
     def __init__(self, prompt_length: int, vocab_size: int):
         super().__init__()
@@ -88,6 +89,7 @@ class Unconditioned(PromptPolicy):
     """One categorical per slot, shared by all questions."""
 
     kind = "unconditioned"
+    uses_observation = False
 
     def __init__(self, prompt_length: int, vocab_size: int, **_):
         super().__init__(prompt_length, vocab_size)
@@ -184,6 +186,7 @@ class FixedPrompt(PromptPolicy):
     """A given prompt text for every question (hand-written, or the best one random search found)."""
 
     kind = "fixed"
+    uses_observation = False
 
     def __init__(self, text: str, prompt_length: int = 0, vocab_size: int = 0, actions=None, **_):
         super().__init__(prompt_length, vocab_size)

@@ -1,0 +1,227 @@
+"""REINFORCE and its baselines on toy bandits; policies, checkpoints and resume on the tiny model."""
+
+import numpy as np
+import pytest
+import torch
+
+from agents import ReinforceAgent, ReinforceConfig
+from agents.reinforce import BASELINES, BaselineState, NonFiniteError, advantages
+from rlprompt_math.checkpoint import CheckpointError, load_policy, save_policy
+from rlprompt_math.data import Problem, generate_problems
+from rlprompt_math.policies import POLICY_KINDS, Unconditioned, build_policy
+from rlprompt_math.runlog import RunDir
+
+
+class ToyVocab:
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def decode(self, actions):
+        return " ".join(map(str, actions))
+
+
+class BanditEnv:
+    """Reward = offset + share of slots equal to the target arm (+ noise). Same interface as the env."""
+
+    def __init__(self, vocab_size=8, length=2, target=(3, 5), offset=0.0, noise=0.0, seed=0):
+        self.vocab, self.prompt_length = ToyVocab(vocab_size), length
+        self.target, self.offset, self.noise = np.array(target), offset, noise
+        self.problems = [Problem(str(i), f"q{i}", "0") for i in range(16)]
+        self.rng = np.random.default_rng(seed)
+
+    def observe(self, problems):
+        return np.ones((len(problems), 4), np.float32)
+
+    def score(self, problems, actions, prompts=None, batch_label=""):
+        actions = np.asarray(actions)
+        match = (actions == self.target).mean(1)
+        rewards = self.offset + match + self.noise * self.rng.standard_normal(len(match))
+        infos = [{"correct": bool(m == 1), "prompt": self.vocab.decode(a), "question": p.question,
+                  "completion": "", "extracted": None, "gold": "0"} for m, a, p in zip(match, actions, problems)]
+        return rewards, infos
+
+
+def test_reinforce_finds_the_best_arm():
+    env = BanditEnv()
+    policy = Unconditioned(2, 8)
+    agent = ReinforceAgent(env, policy, ReinforceConfig(steps=150, lr=0.1, batch_size=4, entropy_coef=0.0))
+    agent.train(progress=False)
+    assert policy.greedy(torch.zeros(1, 4)).tolist() == [[3, 5]]
+    assert agent.history[-1]["reward"] > 0.8 > agent.history[0]["reward"]
+
+
+def _gradient_samples(baseline, n=200):
+    """Per-update policy gradients at a fixed policy, on a bandit whose rewards carry a large offset."""
+    env = BanditEnv(offset=5.0, noise=0.1)
+    torch.manual_seed(0)
+    policy = Unconditioned(2, 8)
+    config = ReinforceConfig(baseline=baseline, batch_size=4, prompts_per_question=4)
+    agent = ReinforceAgent(env, policy, config)
+    grads = []
+    for _ in range(n):
+        obs = torch.ones(16, 4)
+        actions = policy.sample(obs, generator=agent.generator)
+        rewards, _ = env.score(env.problems, actions.numpy())
+        rewards = torch.as_tensor(rewards, dtype=torch.float32).view(4, 4)
+        values = None
+        if baseline == "learned":
+            values = agent.value_head(obs)
+            loss = ((values - rewards.view(-1)) ** 2).mean()
+            agent.value_optimizer.zero_grad()
+            loss.backward()
+            agent.value_optimizer.step()
+        adv = advantages(rewards, config, agent.baseline_state, values).view(-1)
+        log_prob, _ = policy.log_prob(obs, actions)
+        grad, = torch.autograd.grad(-(adv.detach() * log_prob).mean(), policy.slot_logits)
+        grads.append(grad.flatten())
+    return torch.stack(grads[n // 4:])  # skip the warm-up of moving-average and learned baselines
+
+
+def test_each_baseline_lowers_gradient_variance():
+    variance = {b: _gradient_samples(b).var(0).sum().item() for b in BASELINES}
+    for baseline in BASELINES:
+        if baseline != "none":
+            assert variance[baseline] < 0.5 * variance["none"], variance
+
+
+def test_advantages_rloo_and_normalisation():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 5.0]])
+    adv = advantages(rewards, ReinforceConfig(baseline="rloo"), BaselineState())
+    assert torch.allclose(adv[0], torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3]))
+    assert torch.allclose(adv[1], torch.tensor([-1.0, -1.0, -1.0, 3.0]))
+    normed = advantages(rewards, ReinforceConfig(baseline="none", normalize_rewards=True), BaselineState())
+    assert torch.allclose(normed.mean(1), torch.zeros(2), atol=1e-6)
+
+
+def test_entropy_bonus_keeps_entropy_higher():
+    final = {}
+    for coef in (0.0, 0.5):
+        torch.manual_seed(0)
+        policy = Unconditioned(2, 8)
+        config = ReinforceConfig(steps=60, lr=0.1, entropy_coef=coef, entropy_schedule="constant")
+        agent = ReinforceAgent(BanditEnv(), policy, config)
+        agent.train(progress=False)
+        final[coef] = agent.history[-1]["entropy"]
+    assert final[0.5] > final[0.0] + 0.2, final
+
+
+def test_non_finite_stops_with_a_clear_message():
+    class NaNEnv(BanditEnv):
+        def score(self, problems, actions, prompts=None, batch_label=""):
+            rewards, infos = super().score(problems, actions)
+            rewards[0] = np.nan
+            return rewards, infos
+
+    agent = ReinforceAgent(NaNEnv(), Unconditioned(2, 8), ReinforceConfig(steps=2))
+    with pytest.raises(NonFiniteError, match="non-finite reward at step 0"):
+        agent.train(progress=False)
+    policy = Unconditioned(2, 8)
+    with torch.no_grad():
+        policy.slot_logits[0, 0] = float("nan")
+    agent = ReinforceAgent(BanditEnv(), policy, ReinforceConfig(steps=2))
+    with pytest.raises((NonFiniteError, RuntimeError), match="non-finite|probability"):
+        agent.train(progress=False)
+
+
+@pytest.mark.parametrize("kind", POLICY_KINDS)
+def test_policies_start_uniform_and_round_trip(kind, tiny_llm, tmp_path):
+    from rlprompt_math.vocab import ActionVocab
+
+    vocab = ActionVocab.from_spec(tiny_llm.tokenizer, "words")
+    policy = build_policy(kind, llm=tiny_llm, vocab=vocab, prompt_length=3, hidden_size=16)
+    obs = tiny_llm.features([tiny_llm.render("", q) for q in ("What is 2+3?", "What is 7*8?")])
+    actions = policy.sample(obs, generator=torch.Generator().manual_seed(0))
+    log_prob, entropy = policy.log_prob(obs, actions)
+    assert torch.allclose(entropy, torch.full((2,), 3 * np.log(len(vocab))), atol=1e-4)  # uniform at start
+    with torch.no_grad():
+        for parameter in policy.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.5)
+    path = tmp_path / "p.safetensors"
+    save_policy(path, policy, vocab, tiny_llm)
+    loaded, loaded_vocab, meta = load_policy(path, tiny_llm)
+    assert torch.equal(loaded.greedy(obs), policy.greedy(obs))
+    assert loaded_vocab.token_ids == vocab.token_ids and meta["policy"]["kind"] == kind
+    small = policy.sample(obs, temperature=0.01, top_k=1, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(small, policy.greedy(obs)) or kind == "autoregressive"
+
+
+def test_checkpoint_refuses_other_model_and_bad_files(tiny_llm, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from conftest import build_tiny_model
+
+    from rlprompt_math.llm import FrozenLLM
+    from rlprompt_math.vocab import ActionVocab
+
+    vocab = ActionVocab.from_spec(tiny_llm.tokenizer, "words")
+    path = tmp_path / "p.safetensors"
+    save_policy(path, build_policy("refiner", llm=tiny_llm, vocab=vocab, prompt_length=2, hidden_size=8), vocab, tiny_llm)
+    other = FrozenLLM.load(str(build_tiny_model(tmp_path / "other", vocab_size=300, hidden_size=48)),
+                           device="cpu", dtype="float32")
+    with pytest.raises(CheckpointError, match="was trained for model"):
+        load_policy(path, other)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_policy(tmp_path / "junk.safetensors", tiny_llm)
+
+
+def _agent(tiny_llm, run_path, steps):
+    from envs import PromptRefineEnv
+
+    problems = generate_problems(40, seed=0, kinds=["arithmetic"])
+    env = PromptRefineEnv(tiny_llm, problems, split=None, prompt_length=2, max_new_tokens=4, rewards=["partial"])
+    torch.manual_seed(0)
+    policy = build_policy("refiner", llm=tiny_llm, vocab=env.vocab, prompt_length=2, hidden_size=16)
+    config = ReinforceConfig(steps=steps, batch_size=3, prompts_per_question=2, checkpoint_every=2,
+                             eval_every=2, seed=5, baseline="learned")
+    return ReinforceAgent(env, policy, config, run=RunDir(run_path), val_problems=problems[:4], llm=tiny_llm)
+
+
+def test_interrupted_run_resumes_to_the_same_result(tiny_llm, tmp_path):
+    full = _agent(tiny_llm, tmp_path / "full", 6)
+    full.train(progress=False)
+
+    interrupted = _agent(tiny_llm, tmp_path / "cut", 6)
+    original_update = interrupted.update
+
+    def crash_at_step_4():
+        if interrupted.step == 4:
+            raise KeyboardInterrupt
+        return original_update()
+
+    interrupted.update = crash_at_step_4
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train(progress=False)
+    resumed = _agent(tiny_llm, tmp_path / "cut", 6)
+    resumed.load_state(tmp_path / "cut" / "state_last.safetensors")
+    assert resumed.step == 4
+    resumed.train(progress=False)
+    for (name, a), (_, b) in zip(full.policy.state_dict().items(), resumed.policy.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert [h["reward"] for h in full.history[4:]] == [h["reward"] for h in resumed.history]
+
+
+def test_atomic_save_keeps_previous_checkpoint(tiny_llm, tmp_path, monkeypatch):
+    import rlprompt_math.checkpoint as ckpt
+    from rlprompt_math.vocab import ActionVocab
+
+    vocab = ActionVocab.from_spec(tiny_llm.tokenizer, "words")
+    policy = build_policy("unconditioned", llm=tiny_llm, vocab=vocab, prompt_length=2)
+    path = tmp_path / "p.safetensors"
+    save_policy(path, policy, vocab, tiny_llm)
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt, "save_file", crash)
+    with torch.no_grad():
+        policy.slot_logits.add_(1.0)
+    with pytest.raises(OSError):
+        save_policy(path, policy, vocab, tiny_llm)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["p.safetensors"]  # no temp file left behind

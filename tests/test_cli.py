@@ -1,0 +1,83 @@
+"""The command line end to end on the tiny model: train, resume, evaluate, config files, errors."""
+
+import csv
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from rlprompt_math.cli import main
+
+FAST = ["--dtype", "float32", "--steps", "3", "--batch-size", "2", "--prompts-per-question", "2",
+        "--val-size", "4", "--test-size", "6", "--eval-every", "2", "--max-new-tokens", "4", "--quiet",
+        "--num-problems", "200"]
+
+
+def _run(args):
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    return result
+
+
+def test_help_explains():
+    result = _run(["--help"])
+    assert result.exit_code == 0 and "evaluate" in result.output and "train" in result.output
+    result = _run(["--agent", "reinforce", "--help"])
+    for flag in ("--steps", "--seed", "--output-dir", "--model", "--dataset", "--reward", "--resume", "--config",
+                 "--baseline", "--entropy-coef", "--entropy-schedule", "--policy", "--action-vocab",
+                 "--prompts-per-question", "--load-in-8bit", "--template", "--question-field"):
+        assert flag in result.output, flag
+
+
+def test_three_step_run_resume_and_evaluate(tiny_model_dir, tmp_path):
+    out = tmp_path / "runs"
+    result = _run(["--agent", "reinforce", "--model", str(tiny_model_dir), "--policy", "refiner",
+                   "--output-dir", str(out), "--name", "r", "--reward", "correct", "--reward", "partial:0.5", *FAST])
+    assert result.exit_code == 0, result.output
+    run = out / "r"
+    for name in ("config.yaml", "splits.json", "metrics.csv", "samples.jsonl", "policy_best.safetensors",
+                 "policy_last.safetensors", "state_last.safetensors", "learning_curve.png", "final_eval/report.json"):
+        assert (run / name).exists(), name
+    assert any((run / "tensorboard").iterdir())
+    assert "learned prompt(s):" in result.output and "(no prompt)" in result.output
+    with open(run / "metrics.csv") as handle:
+        assert [int(r["step"]) for r in csv.DictReader(handle)] == [0, 1, 2]
+
+    result = _run(["--resume", str(run), "--steps", "5", "--quiet", "--no-final-eval"])
+    assert result.exit_code == 0, result.output
+    assert "resumed" in result.output
+    with open(run / "metrics.csv") as handle:
+        assert [int(r["step"]) for r in csv.DictReader(handle)] == [0, 1, 2, 3, 4]
+
+    result = _run(["evaluate", str(run), "--limit", "5", "--baseline-prompt", "Be exact.", "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "eval-test" / "report.json").read_text())
+    assert set(report["systems"]) == {"learned policy", "(no prompt)", "Let's think step by step.",
+                                      "Answer with only the final number.", "Be exact."}
+    with open(run / "eval-test" / "per_question.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 5 * 5
+
+
+def test_random_and_fixed_agents_and_config_file(tiny_model_dir, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"model: {tiny_model_dir}\nprompt_length: 2\nsteps: 2\n")
+    for agent in ("random", "fixed"):
+        result = _run(["--config", str(cfg), "--agent", agent, "--output-dir", str(tmp_path), "--name", agent,
+                       *FAST[:2], *FAST[4:]])
+        assert result.exit_code == 0, result.output
+        saved = (tmp_path / agent / "config.yaml").read_text()
+        assert "prompt_length: 2" in saved and f"agent: {agent}" in saved
+
+
+def test_clear_errors(tiny_model_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q1", "answer": "1"}\n{"question": "q2"}\n')
+    result = CliRunner().invoke(main, ["--model", str(tiny_model_dir), "--dataset", str(bad), "--output-dir",
+                                       str(tmp_path), *FAST])
+    assert result.exit_code != 0 and "bad.jsonl:2" in result.output
+    result = CliRunner().invoke(main, ["--model", str(tmp_path / "missing.gguf"), "--output-dir", str(tmp_path),
+                                       *FAST])
+    assert result.exit_code != 0 and "GGUF file not found" in result.output
+    cfg = tmp_path / "typo.yaml"
+    cfg.write_text("stepz: 3\n")
+    result = CliRunner().invoke(main, ["--config", str(cfg)])
+    assert result.exit_code != 0 and "stepz" in result.output
