@@ -1,10 +1,13 @@
 """REINFORCE for prompt policies.
 
 Each step:
-  1. draw `batch_size` training questions and observe them (the frozen LLM's features);
-  2. sample `prompts_per_question` (K) prompts per question from the policy;
+  1. draw `batch_size` (M) training questions and observe them (the frozen LLM's features);
+  2. sample K = `prompts_per_question` prompts per question from the policy; a policy whose prompt
+     does not depend on the question (unconditioned) samples K prompts and scores each on all M
+     questions (a paired design: question difficulty cancels between prompts; same budget, M x K);
   3. score all pairs in one oracle call (the env's batched path: same rewards as `env.step`);
   4. advantage = reward - baseline  (optionally z-scored per question across its K prompts);
+     for shared prompts, the reward of a prompt is its mean over the M questions;
   5. loss = -mean(advantage * log pi(prompt | question)) - beta(step) * mean(entropy)
      (+ the value head's squared error for the learned baseline);
   6. clip the gradient norm and step; stop with a clear message on any non-finite number.
@@ -185,18 +188,27 @@ class ReinforceAgent:
         index = self.rng.choice(len(self.env.problems), size=min(cfg.batch_size, len(self.env.problems)),
                                 replace=False)
         problems = [self.env.problems[i] for i in index]
-        k = cfg.prompts_per_question
+        k, m = cfg.prompts_per_question, len(problems)
         obs = self._observe(problems)
-        obs_rep = obs.repeat_interleave(k, 0)
-        problems_rep = [p for p in problems for _ in range(k)]
+        shared = not self.policy.uses_observation
+        # Shared prompts: K prompts, each on every question. Otherwise K prompts per question.
+        obs_rep = obs[:1].expand(k, -1) if shared else obs.repeat_interleave(k, 0)
         self.policy.train()
         actions = self.policy.sample(obs_rep, temperature=cfg.temperature, top_k=cfg.top_k,
                                      generator=self.generator)
-        rewards_np, infos = self.env.score(problems_rep, actions.numpy(), batch_label=where)
+        if shared:
+            pair_actions = actions.repeat(m, 1)  # question-major: row i*k + j = (question i, prompt j)
+        else:
+            pair_actions = actions
+        problems_rep = [p for p in problems for _ in range(k)]
+        rewards_np, infos = self.env.score(problems_rep, pair_actions.numpy(), batch_label=where)
         self.oracle_pairs += len(problems_rep)
-        rewards = torch.as_tensor(rewards_np, dtype=torch.float32).view(len(problems), k)
+        rewards = torch.as_tensor(rewards_np, dtype=torch.float32).view(m, k)
         _check_finite("reward", rewards, where)
 
+        if shared:
+            rewards = rewards.mean(0, keepdim=True)  # [1, K]: each prompt's mean over the questions
+            obs_rep = obs[:1].expand(k, -1)
         values = self.value_head(obs_rep) if self.value_head is not None else None
         adv = advantages(rewards, cfg, self.baseline_state, values).view(-1)
         log_prob, entropy = self.policy.log_prob(obs_rep, actions)
@@ -212,16 +224,16 @@ class ReinforceAgent:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm))
         self.optimizer.step()
         if self.value_head is not None:
-            value_loss = ((values - rewards.view(-1)) ** 2).mean()
+            value_loss = ((values - rewards.reshape(-1)) ** 2).mean()
             _check_finite("value loss", value_loss, where)
             self.value_optimizer.zero_grad()
             value_loss.backward()
             self.value_optimizer.step()
 
         correct = np.array([info["correct"] for info in infos], dtype=float)
-        metrics = {"step": step, "reward": float(rewards.mean()), "accuracy": float(correct.mean()),
+        metrics = {"step": step, "reward": float(rewards_np.mean()), "accuracy": float(correct.mean()),
                    "entropy": float(entropy.detach().mean()) / max(self.policy.prompt_length, 1),
-                   "entropy_coef": coef, "loss": float(loss), "grad_norm": grad_norm,
+                   "entropy_coef": coef, "loss": float(loss.detach()), "grad_norm": grad_norm,
                    "oracle_pairs": self.oracle_pairs}
         best = int(np.argmax(rewards_np))
         metrics["sample_prompt"] = infos[best]["prompt"]

@@ -57,11 +57,11 @@ class PromptRefineEnv(gym.Env):
                  rewards: Sequence = ("correct",), observation: str = "features",
                  max_new_tokens: int = 48, temperature: float = 0.0, stop: Sequence[str] | None = None,
                  max_question_tokens: int = 128, split: str | None = "train", split_seed: int = 0,
-                 counters_in_info: bool = True, render_mode: str | None = None):
+                 empty_action: bool = True, counters_in_info: bool = True, render_mode: str | None = None):
         self.llm = _resolve_llm(llm)
         self.problems = _resolve_problems(dataset, split, split_seed)
         self.vocab = (action_vocab if isinstance(action_vocab, ActionVocab)
-                      else ActionVocab.from_spec(self.llm.tokenizer, action_vocab))
+                      else ActionVocab.from_spec(self.llm.tokenizer, action_vocab, empty=empty_action))
         self.reward_mix = rewards if isinstance(rewards, RewardMix) else RewardMix(rewards, llm=self.llm)
         self.prompt_length = int(prompt_length)
         self.decoding = Decoding(int(max_new_tokens), float(temperature), None, tuple(stop or ()))

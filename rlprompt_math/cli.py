@@ -90,6 +90,8 @@ def main():
 @click.option("--prompt-length", default=5, show_default=True, help="Prompt tokens the policy writes.")
 @click.option("--action-vocab", default="words", show_default=True,
               help="words | words:PATH | frequent:N | tokens:PATH | full.")
+@click.option("--empty-action/--no-empty-action", default=True, show_default=True,
+              help="Include a 'no token' action, so prompts can be shorter than --prompt-length.")
 @click.option("--policy", type=click.Choice(["unconditioned", "refiner", "autoregressive"]), default="unconditioned",
               show_default=True, help="unconditioned: one prompt for all questions; refiner: question-conditioned "
                                       "MLP with tied logits; autoregressive: GRU, token by token.")
@@ -205,7 +207,8 @@ def _train(opts):
     click.echo(f"model: {llm.name} ({llm.dtype}, {llm.device}) loaded in {time.perf_counter() - start:.1f} s")
 
     env = PromptRefineEnv(llm, splits["train"], split=None, prompt_length=opts["prompt_length"],
-                          action_vocab=opts["action_vocab"], rewards=list(opts["rewards"]),
+                          action_vocab=opts["action_vocab"], empty_action=opts["empty_action"],
+                          rewards=list(opts["rewards"]),
                           max_new_tokens=opts["max_new_tokens"])
     click.echo(f"action vocabulary: {len(env.vocab)} tokens ({opts['action_vocab']}); "
                f"rewards: {env.reward_mix.describe()}")

@@ -38,6 +38,20 @@ DEFAULT_CONTENT_TEMPLATE = "{question}\n{prompt}"
 CHAT_PREFIX = "chat:"
 
 
+MIN_SHARED_PREFIX = 8  # shorter shared prefixes are not worth a separate forward pass
+
+
+def _common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    first = rows[0]
+    length = min(len(r) for r in rows)
+    for row in rows[1:]:
+        k = 0
+        while k < length and row[k] == first[k]:
+            k += 1
+        length = k
+    return length
+
+
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says why and what to do."""
 
@@ -373,17 +387,14 @@ class FrozenLLM:
         """Incremental decoding with a KV cache; finished rows leave the batch."""
         from transformers import DynamicCache
 
-        ids, mask = self._pad_left(rows)
-        positions = self._positions(mask)
         eos_ids = self._eos_ids()
         n = len(rows)
         outputs: list[list[int]] = [[] for _ in range(n)]
         active = torch.arange(n, device=self.device)
         cache = DynamicCache()
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                            past_key_values=cache, use_cache=True).logits[:, -1, :]
+        logits, mask, positions = self._prefill(rows, cache)
         self.stats.generated_rows += n
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             next_ids = self._pick(logits.float(), temperature, top_k, generator)
             keep = []
             for k, row in enumerate(active.tolist()):
@@ -398,7 +409,7 @@ class FrozenLLM:
                         done = any(s in tail for s in stop)
                 if not done:
                     keep.append(k)
-            if not keep:
+            if not keep or step == max_new_tokens - 1:
                 break
             keep_t = torch.tensor(keep, device=self.device)
             if len(keep) < len(active):
@@ -422,6 +433,32 @@ class FrozenLLM:
                     text = text[:cut]
             completions.append(text)
         return completions
+
+    def _prefill(self, rows: list[list[int]], cache) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the prompts into `cache`; return (last logits, attention mask, positions).
+
+        The tokens every row shares (the chat template's system header, at least) are computed
+        once and their KV cache repeated for each row; the rest goes in as
+        [shared prefix][left padding][own suffix], positions counted over real tokens only.
+        Only the last position's logits are computed: the LM head is ~20% of a token's FLOPs.
+        """
+        shared = _common_prefix_length(rows)
+        shared = min(shared, min(len(r) for r in rows) - 1)  # every row keeps >= 1 token of its own
+        n = len(rows)
+        if shared >= MIN_SHARED_PREFIX and n > 1:
+            prefix = torch.tensor([rows[0][:shared]], device=self.device)
+            self.model(input_ids=prefix, position_ids=torch.arange(shared, device=self.device)[None],
+                       past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache.batch_repeat_interleave(n)
+            ids, own = self._pad_left([r[shared:] for r in rows])
+            mask = torch.cat([torch.ones((n, shared), dtype=own.dtype, device=own.device), own], 1)
+            positions = shared + self._positions(own)
+        else:
+            ids, mask = self._pad_left(rows)
+            positions = self._positions(mask)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                            use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        return logits, mask, positions
 
     def _eos_ids(self) -> set[int]:
         ids = set()

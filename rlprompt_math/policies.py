@@ -21,15 +21,18 @@ import torch
 from torch import nn
 from torch.distributions import Categorical
 
-from .vocab import ActionVocab
+from .vocab import EMPTY, ActionVocab
 
 POLICY_KINDS = ("refiner", "autoregressive", "unconditioned")
 
 
 def _tied_embeddings(llm, vocab: ActionVocab) -> torch.Tensor:
     """Unit-norm frozen embeddings of the action vocabulary's tokens, [V, E] float32."""
-    emb = llm.token_embeddings()[torch.tensor(vocab.token_ids)].float().cpu()
-    return emb / emb.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+    ids = torch.tensor(vocab.token_ids)
+    emb = llm.token_embeddings()[ids.clamp(min=0)].float().cpu()
+    emb = emb / emb.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+    emb[ids == EMPTY] = 0.0  # the "no token" action: scored by its bias alone
+    return emb
 
 
 class PromptPolicy(nn.Module):

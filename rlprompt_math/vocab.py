@@ -2,12 +2,17 @@
 
 The full tokenizer (~49k tokens for SmolLM2) makes learning slow; a restricted list is what makes
 it tractable. Specs (CLI `--action-vocab SPEC`):
-  words            the built-in list of instruction words below (default)
-  words:PATH       the tokens of the words in a text file (one or more per line)
+  words            the built-in list of instruction words below (default): each word as one
+                   space-prefixed token (words the tokenizer splits are left out), so any
+                   sampled prompt reads as words, not fragments
+  words:PATH       the same for the words in a text file (whitespace-separated)
   frequent:N       the N most frequent word-like tokens, using BPE merge rank as the frequency
                    proxy (earlier merges are more frequent in the tokenizer's training corpus)
   tokens:PATH      the user's own list: one token string (as the tokenizer spells it) per line
   full             every non-special token
+
+With `empty=True` (the default) action 0 means "no token", so a policy can write prompts shorter
+than `prompt_length`, down to no prompt at all.
 """
 
 from __future__ import annotations
@@ -32,12 +37,15 @@ class VocabError(ValueError):
     pass
 
 
+EMPTY = -1  # the "no token" action's id
+
+
 class ActionVocab:
-    """An ordered list of token ids; action index i means token `token_ids[i]`."""
+    """An ordered list of token ids; action index i means token `token_ids[i]` (EMPTY: nothing)."""
 
     def __init__(self, tokenizer, token_ids: Sequence[int], spec: str = "custom"):
         ids = list(dict.fromkeys(int(t) for t in token_ids))
-        if not ids:
+        if not [i for i in ids if i != EMPTY]:
             raise VocabError(f"action vocabulary {spec!r} is empty")
         self.tokenizer = tokenizer
         self.token_ids = ids
@@ -47,7 +55,7 @@ class ActionVocab:
         return len(self.token_ids)
 
     def tokens(self, actions: Sequence[int]) -> list[int]:
-        return [self.token_ids[int(a)] for a in actions]
+        return [t for t in (self.token_ids[int(a)] for a in actions) if t != EMPTY]
 
     def decode(self, actions: Sequence[int]) -> str:
         """Prompt text for a sequence of action indices."""
@@ -62,17 +70,18 @@ class ActionVocab:
     # ---- constructors ----------------------------------------------------------------------------
 
     @classmethod
-    def from_spec(cls, tokenizer, spec: str = "words") -> "ActionVocab":
+    def from_spec(cls, tokenizer, spec: str = "words", *, empty: bool = True) -> "ActionVocab":
         kind, _, arg = spec.partition(":")
+        head = [EMPTY] if empty else []
         if kind == "full":
-            return cls(tokenizer, _non_special(tokenizer), spec)
+            return cls(tokenizer, head + _non_special(tokenizer), spec)
         if kind == "frequent":
-            return cls(tokenizer, _frequent_words(tokenizer, int(arg or 1000)), spec)
+            return cls(tokenizer, head + _frequent_words(tokenizer, int(arg or 1000)), spec)
         if kind == "words":
             words = Path(arg).read_text().split() if arg else INSTRUCTION_WORDS
-            return cls(tokenizer, _word_tokens(tokenizer, words), spec)
+            return cls(tokenizer, head + _word_tokens(tokenizer, words), spec)
         if kind == "tokens":
-            return cls(tokenizer, _listed_tokens(tokenizer, Path(arg).read_text().splitlines()), spec)
+            return cls(tokenizer, head + _listed_tokens(tokenizer, Path(arg).read_text().splitlines()), spec)
         raise VocabError(f"unknown action vocabulary {spec!r}; use words, words:PATH, frequent:N, "
                          "tokens:PATH or full")
 
@@ -97,12 +106,15 @@ def _frequent_words(tokenizer, n: int) -> list[int]:
 
 
 def _word_tokens(tokenizer, words: Sequence[str]) -> list[int]:
+    """One token per word: ' word' (space-prefixed, as inside a sentence) or bare punctuation."""
     ids = []
-    for word in words:
-        for variant in (word, " " + word):  # a word inside a prompt usually follows a space
-            ids.extend(tokenizer(variant, add_special_tokens=False)["input_ids"])
     special = set(tokenizer.all_special_ids)
-    return [i for i in ids if i not in special]
+    for word in words:
+        variant = word if not word[0].isalnum() else " " + word
+        pieces = tokenizer(variant, add_special_tokens=False)["input_ids"]
+        if len(pieces) == 1 and pieces[0] not in special:
+            ids.append(pieces[0])
+    return ids
 
 
 def _listed_tokens(tokenizer, lines: Sequence[str]) -> list[int]:

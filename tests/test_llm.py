@@ -33,6 +33,25 @@ def test_greedy_matches_transformers_generate(tiny_llm):
         assert tiny_llm.generate([text], max_new_tokens=10, use_cache=False)[0] == expected
 
 
+def test_shared_prefix_path_matches_plain_decoding(tiny_llm):
+    from rlprompt_math import llm as llm_module
+
+    long_header = "You are a careful assistant. You solve math problems exactly and state the final number. "
+    oracle = FrozenLLM(tiny_llm.model, tiny_llm.tokenizer, name="t", template=long_header + "{question}\n{prompt}")
+    texts = [oracle.render(p, q) for q in QUESTIONS for p in ("Be exact.", "")]
+    rows = oracle.encode(texts)
+    assert llm_module._common_prefix_length(rows) >= llm_module.MIN_SHARED_PREFIX  # the path under test
+    batched = oracle.generate(texts, max_new_tokens=12, use_cache=False)
+    single = [oracle.generate([t], max_new_tokens=12, use_cache=False)[0] for t in texts]
+    assert batched == single
+    tok = oracle.tokenizer
+    for text, got in zip(texts[:3], batched[:3]):
+        ids = tok(text, return_tensors="pt")
+        ref = oracle.model.generate(**ids, max_new_tokens=12, do_sample=False, eos_token_id=tok.eos_token_id,
+                                    pad_token_id=tok.pad_token_id)
+        assert got == tok.decode(ref[0, ids.input_ids.shape[1]:], skip_special_tokens=True)
+
+
 def test_stop_string_cuts_each_row(tiny_llm):
     texts = [tiny_llm.render("", q) for q in QUESTIONS]
     full = tiny_llm.generate(texts, max_new_tokens=16, use_cache=False)

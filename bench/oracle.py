@@ -1,0 +1,148 @@
+"""Oracle throughput: the naive `model.generate` loop against FrozenLLM, in one run, on the same inputs.
+
+    python bench/oracle.py [--questions 16] [--prompts 4] [--max-new-tokens 32] [--dtype float32]
+
+Generation rewards: K sampled prompts x M generated questions (greedy answers), as one training
+step asks. The naive path is a plain loop of `model.generate` over batches of 32 rendered texts
+(left-padded, fp32, greedy). Printed for both: (prompt, question) pairs/s, generated tokens/s,
+effective GFLOP/s on real tokens only (2 x non-embedding parameters per token, padding excluded) as a
+fraction of a matrix-multiply peak measured here, and the agreement of the two paths' completions.
+
+Likelihood rewards: `answer_logprobs` on the same pairs, against a naive unsorted padded forward.
+
+Peak resident memory of the process is printed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+
+import click
+import numpy as np
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def matmul_peak(dtype=torch.float32, n=1024, repeats=10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def naive_generate(llm, texts, max_new_tokens, batch_size=32):
+    tok, model = llm.tokenizer, llm.model
+    out, new_tokens = [], 0
+    for start in range(0, len(texts), batch_size):
+        batch = texts[start:start + batch_size]
+        enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(llm.device)
+        with torch.inference_mode():
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        for row in gen[:, enc.input_ids.shape[1]:]:
+            ids = [t for t in row.tolist() if t not in (tok.pad_token_id, tok.eos_token_id)]
+            new_tokens += len(ids)
+            out.append(tok.decode(ids, skip_special_tokens=True))
+    return out, new_tokens
+
+
+def naive_logprobs(llm, texts, answers, batch_size=32):
+    tok, model = llm.tokenizer, llm.model
+    results = []
+    for start in range(0, len(texts), batch_size):
+        ctx = [tok(t, add_special_tokens=False)["input_ids"] for t in texts[start:start + batch_size]]
+        tgt = [tok(a, add_special_tokens=False)["input_ids"] for a in answers[start:start + batch_size]]
+        rows = [c + t for c, t in zip(ctx, tgt)]
+        width = max(map(len, rows))
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])
+        mask = (torch.arange(width)[None] >= torch.tensor([width - len(r) for r in rows])[:, None]).long()
+        with torch.inference_mode():
+            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask,
+                                           position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits.float(), -1)
+        for k, t in enumerate(tgt):
+            n = len(t)
+            results.append(sum(logp[k, width - 1 - n + j, t[j]].item() for j in range(n)))
+    return results
+
+
+@click.command()
+@click.option("--questions", default=16, show_default=True, help="M questions")
+@click.option("--prompts", default=4, show_default=True, help="K prompts per question")
+@click.option("--max-new-tokens", default=32, show_default=True)
+@click.option("--dtype", default="float32", show_default=True, help="dtype of our path (the naive path is fp32)")
+@click.option("--model", default=None)
+@click.option("--seed", default=0, show_default=True)
+def main(questions, prompts, max_new_tokens, dtype, model, seed):
+    from rlprompt_math.data import generate_problems
+    from rlprompt_math.llm import FrozenLLM
+    from rlprompt_math.vocab import ActionVocab
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"cpu capability {torch.backends.cpu.get_cpu_capability()}")
+    llm = FrozenLLM.load(model, device="cpu", dtype="float32")
+    problems = generate_problems(questions, seed=seed, kinds=["arithmetic"], difficulty=[1, 2])
+    vocab = ActionVocab.from_spec(llm.tokenizer, "words")
+    rng = np.random.default_rng(seed)
+    prompt_texts = [vocab.decode(rng.integers(0, len(vocab), 5)) for _ in range(prompts)]
+    # As a training step asks: the K prompts of each question together.
+    texts = [llm.render(p, q.question) for q in problems for p in prompt_texts]
+    real_prompt_tokens = sum(len(e) for e in llm.encode(texts))
+    params = sum(p.numel() for n, p in llm.model.named_parameters() if "embed" not in n)
+    peak = matmul_peak(torch.float32)
+    print(f"model {llm.name}: {params / 1e6:.0f}M non-embedding parameters; {len(texts)} pairs "
+          f"({questions} questions x {prompts} prompts), {real_prompt_tokens} real prompt tokens; "
+          f"fp32 matmul peak {peak:.0f} GFLOP/s")
+
+    def flops(new_tokens):  # forward FLOPs on real tokens: prompt + generated
+        return 2 * params * (real_prompt_tokens + new_tokens) / 1e9
+
+    start = time.perf_counter()
+    naive, naive_tokens = naive_generate(llm, texts, max_new_tokens)
+    naive_s = time.perf_counter() - start
+    print(f"naive  generate: {len(texts) / naive_s:6.2f} pairs/s {naive_tokens / naive_s:7.1f} tok/s "
+          f"{flops(naive_tokens) / naive_s:6.1f} GFLOP/s ({flops(naive_tokens) / naive_s / peak:.0%} of peak) "
+          f"[{naive_s:.1f} s]")
+
+    fast_llm = llm if dtype == "float32" else FrozenLLM(llm.model.to(getattr(torch, dtype)), llm.tokenizer,
+                                                        name=llm.name)
+    tokens_before = fast_llm.stats.new_tokens
+    start = time.perf_counter()
+    ours = fast_llm.generate(texts, max_new_tokens=max_new_tokens, use_cache=False)
+    ours_s = time.perf_counter() - start
+    ours_tokens = fast_llm.stats.new_tokens - tokens_before
+    print(f"ours   generate: {len(texts) / ours_s:6.2f} pairs/s {ours_tokens / ours_s:7.1f} tok/s "
+          f"{flops(ours_tokens) / ours_s:6.1f} GFLOP/s ({flops(ours_tokens) / ours_s / peak:.0%} of peak) "
+          f"[{ours_s:.1f} s]")
+    agree = np.mean([a == b for a, b in zip(naive, ours)])
+    from rlprompt_math.grading import grade
+
+    acc_naive = np.mean([grade(c, p.answer).correct for c, p in zip(naive, [q for q in problems for _ in prompt_texts])])
+    acc_ours = np.mean([grade(c, p.answer).correct for c, p in zip(ours, [q for q in problems for _ in prompt_texts])])
+    print(f"speed-up {naive_s / ours_s:.2f}x; identical completions {agree:.1%}; "
+          f"accuracy naive {acc_naive:.1%} vs ours {acc_ours:.1%}")
+
+    answers = [p.answer for p in problems for _ in prompt_texts]
+    start = time.perf_counter()
+    ref = naive_logprobs(llm, texts, answers)
+    naive_lp_s = time.perf_counter() - start
+    start = time.perf_counter()
+    fast = fast_llm.answer_logprobs(texts, answers)
+    ours_lp_s = time.perf_counter() - start
+    lp_tokens = real_prompt_tokens + sum(len(llm.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+    lp_flops = 2 * params * lp_tokens / 1e9
+    print(f"likelihood naive: {len(texts) / naive_lp_s:6.1f} pairs/s {lp_flops / naive_lp_s:6.1f} GFLOP/s "
+          f"({lp_flops / naive_lp_s / peak:.0%} of peak)")
+    print(f"likelihood ours : {len(texts) / ours_lp_s:6.1f} pairs/s {lp_flops / ours_lp_s:6.1f} GFLOP/s "
+          f"({lp_flops / ours_lp_s / peak:.0%} of peak); max |difference| "
+          f"{max(abs(a - b) for a, b in zip(ref, fast)):.2e}")
+    print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
