@@ -141,19 +141,12 @@ def train(**opts):
 
 
 def _problems_from(opts):
-    from .data import KINDS, generate_problems, load_problems, split_problems
+    from .data import problems_from_config
 
-    if opts["dataset"] == "generator":
-        kinds = list(KINDS) if opts["kinds"] == "all" else _csv_list(opts["kinds"])
-        levels = [int(x) for x in _csv_list(str(opts["difficulty"]))]
-        problems = generate_problems(opts["num_problems"], seed=opts["seed"], kinds=kinds, difficulty=levels)
-    else:
-        problems, bad = load_problems(opts["dataset"], fmt=opts["fmt"], question_field=opts["question_field"],
-                                      answer_field=opts["answer_field"], split=opts["hub_split"],
-                                      skip_bad_rows=opts["skip_bad_rows"])
-        if bad:
-            click.echo(f"skipped {len(bad)} bad rows, e.g. {bad[0]}", err=True)
-    return problems, split_problems(problems, seed=opts["seed"])
+    problems, splits, bad = problems_from_config(opts)
+    if bad:
+        click.echo(f"skipped {len(bad)} bad rows, e.g. {bad[0]}", err=True)
+    return problems, splits
 
 
 def _train(opts):
@@ -294,45 +287,21 @@ def _final_comparison(run_path: Path, llm, env, test_problems, initial_prompt, p
 def evaluate(run_dir, checkpoint, dataset, question_field, answer_field, split, limit, baseline_prompts,
              no_default_baselines, model, max_new_tokens, output, quiet):
     """Score a saved policy against hand-written prompts on held-out problems (paired, same decoding)."""
-    from .checkpoint import CheckpointError, load_policy
+    from .checkpoint import CheckpointError
     from .data import DataError, load_problems
-    from .evaluation import DEFAULT_BASELINES, NO_PROMPT, compare_systems, format_table, policy_prompts, write_report
-    from .llm import FrozenLLM, ModelLoadError
-    from .oracle import Decoding
-    from .rewards import RewardMix
-    from .runlog import RunDir
+    from .evaluation import DEFAULT_BASELINES, evaluate_run, format_table
+    from .llm import ModelLoadError
 
-    run = RunDir(run_dir)
-    config = run.read_config()
     try:
+        problems = None
         if dataset:
             problems, _ = load_problems(dataset, question_field=question_field, answer_field=answer_field)
-        else:
-            _, splits = _problems_from(config)
-            problems = splits[split]
-    except DataError as error:
+        baselines = ([] if no_default_baselines else list(DEFAULT_BASELINES)) + list(baseline_prompts)
+        report = evaluate_run(run_dir, checkpoint=checkpoint, problems=problems, split=split, limit=limit,
+                              baseline_prompts=baselines, model=model, max_new_tokens=max_new_tokens,
+                              output=output, progress=not quiet, log=click.echo)
+    except (DataError, ModelLoadError, CheckpointError) as error:
         raise click.ClickException(str(error))
-    problems = problems[:limit]
-    try:
-        train_llm = FrozenLLM.load(config["model"], device=config["device"], dtype=config["dtype"],
-                                   template=config["template"])
-        policy, vocab, _ = load_policy(Path(run_dir) / f"policy_{checkpoint}.safetensors", train_llm)
-        target = train_llm
-        if model:
-            target = FrozenLLM.load(model, device=config["device"], dtype=config["dtype"], template=config["template"])
-            if policy.kind in ("refiner", "autoregressive"):
-                click.echo(f"note: a question-conditioned {policy.kind} policy writes its prompts from "
-                           f"{train_llm.name}'s features; they are then scored on {target.name}.")
-    except (ModelLoadError, CheckpointError) as error:
-        raise click.ClickException(str(error))
-    systems = {"learned policy": policy_prompts(policy, vocab, problems, train_llm)}
-    baselines = ([] if no_default_baselines else list(DEFAULT_BASELINES)) + list(baseline_prompts)
-    for text in dict.fromkeys(baselines):
-        systems[text or NO_PROMPT] = [text] * len(problems)
-    decoding = Decoding(max_new_tokens or config["max_new_tokens"])
-    reward_mix = RewardMix(config["rewards"], llm=target)
-    report = compare_systems(target, reward_mix, problems, systems, decoding, progress=not quiet)
-    out = Path(output) if output else Path(run_dir) / (f"eval-{split}" + (f"-{Path(model).name}" if model else ""))
-    paths = write_report(report, problems, out)
     click.echo(format_table(report))
+    paths = report["_paths"]
     click.echo(f"report: {paths['report']}  per-question: {paths['per_question']}  chart: {paths['chart']}")

@@ -353,3 +353,23 @@ def write_split_manifest(path: Path, splits: dict[str, list[Problem]], seed: int
     """Record which problem ids went to which split, in the run directory."""
     manifest = {"seed": seed, "splits": {k: [p.id for p in v] for k, v in splits.items()}}
     Path(path).write_text(json.dumps(manifest, indent=1))
+
+
+def problems_from_config(config: dict) -> tuple[list[Problem], dict[str, list[Problem]], list[str]]:
+    """The problems and splits a run's settings describe (`--dataset`, `--kinds`, `--seed`, ...).
+
+    Returns (problems, splits, messages about skipped rows); the same settings give the same splits.
+    """
+    bad: list[str] = []
+    if config.get("dataset", "generator") == "generator":
+        kinds_setting = config.get("kinds", "arithmetic")
+        kinds = list(KINDS) if kinds_setting == "all" else [k.strip() for k in str(kinds_setting).split(",") if k.strip()]
+        levels = [int(x) for x in str(config.get("difficulty", "1")).split(",") if x.strip()]
+        problems = generate_problems(int(config.get("num_problems", 2000)), seed=int(config.get("seed", 0)),
+                                     kinds=kinds, difficulty=levels)
+    else:
+        problems, bad = load_problems(config["dataset"], fmt=config.get("fmt", "auto"),
+                                      question_field=config.get("question_field"),
+                                      answer_field=config.get("answer_field"), split=config.get("hub_split", "train"),
+                                      skip_bad_rows=bool(config.get("skip_bad_rows")))
+    return problems, split_problems(problems, seed=int(config.get("seed", 0))), bad

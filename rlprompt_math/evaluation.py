@@ -172,3 +172,44 @@ def format_table(report: dict) -> str:
                      f"[{s['ci95'][0]:5.1%}, {s['ci95'][1]:5.1%}] {s['mean_credit']:7.3f} "
                      f"{s['extraction_rate']:9.1%} {'' if p is None else f'{p:9.3g}'}")
     return "\n".join(lines)
+
+
+def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", problems: Sequence[Problem] | None = None,
+                 split: str = "test", limit: int | None = 200, baseline_prompts: Sequence[str] = DEFAULT_BASELINES,
+                 model: str | None = None, max_new_tokens: int | None = None, output: str | Path | None = None,
+                 progress: bool = True, log=print) -> dict:
+    """Evaluate a saved run's policy against hand-written prompts (the Python form of `run.py evaluate`).
+
+    `problems` defaults to the run's own `split`. `model` scores the prompts on another model: prompt
+    text is re-tokenised for it; a question-conditioned policy still writes its prompts from the
+    features of the model it was trained for, so both models are loaded.
+    """
+    from .checkpoint import load_policy
+    from .data import problems_from_config
+    from .llm import FrozenLLM
+    from .runlog import RunDir
+
+    run_dir = Path(run_dir)
+    config = RunDir(run_dir).read_config()
+    if problems is None:
+        _, splits, _ = problems_from_config(config)
+        problems = splits[split]
+    problems = list(problems)[:limit]
+    train_llm = FrozenLLM.load(config["model"], device=config["device"], dtype=config["dtype"],
+                               template=config["template"])
+    policy, vocab, _ = load_policy(run_dir / f"policy_{checkpoint}.safetensors", train_llm)
+    target = train_llm
+    if model:
+        target = FrozenLLM.load(model, device=config["device"], dtype=config["dtype"], template=config["template"])
+        if policy.kind in ("refiner", "autoregressive"):
+            log(f"note: the {policy.kind} policy writes its prompts from {train_llm.name}'s features; "
+                f"they are scored on {target.name}.")
+    systems = {"learned policy": policy_prompts(policy, vocab, problems, train_llm)}
+    for text in dict.fromkeys(baseline_prompts):
+        systems[text or NO_PROMPT] = [text] * len(problems)
+    decoding = Decoding(max_new_tokens or config["max_new_tokens"])
+    report = compare_systems(target, RewardMix(config["rewards"], llm=target), problems, systems, decoding,
+                             progress=progress)
+    out = Path(output) if output else run_dir / (f"eval-{split}" + (f"-{Path(model).name}" if model else ""))
+    report["_paths"] = write_report(report, problems, out)
+    return report

@@ -27,3 +27,19 @@ def test_default_batched_equals_unbatched(default_llm):
     single = [default_llm.generate([t], max_new_tokens=24, use_cache=False)[0] for t in texts]
     assert len(texts) == 16
     assert batched == single
+
+
+def test_default_fixed_prompt_evaluation(default_llm, tmp_path):
+    from rlprompt_math.data import generate_problems
+    from rlprompt_math.evaluation import compare_systems, write_report
+    from rlprompt_math.oracle import Decoding
+    from rlprompt_math.rewards import RewardMix
+
+    problems = generate_problems(6, seed=0, kinds=["arithmetic"], difficulty=1)
+    systems = {"fixed": ["Answer with only the final number."] * 6, "(no prompt)": [""] * 6}
+    report = compare_systems(default_llm, RewardMix(["correct"]), problems, systems, Decoding(32), progress=False)
+    paths = write_report(report, problems, tmp_path)
+    fixed = report["systems"]["fixed"]
+    assert fixed["n"] == 6 and fixed["ci95"][0] <= fixed["accuracy"] <= fixed["ci95"][1]
+    assert fixed["extraction_rate"] > 0.5  # the real model answers with numbers
+    assert paths["per_question"].read_text().count("\n") == 1 + 12
