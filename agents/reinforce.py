@@ -47,13 +47,13 @@ class NonFiniteError(FloatingPointError):
 
 @dataclass
 class ReinforceConfig:
-    steps: int = 40
+    steps: int = 80
     """optimizer steps"""
     batch_size: int = 8
     """questions per step"""
     prompts_per_question: int = 4
     """K prompts sampled per question (RLOO needs K >= 2)"""
-    lr: float = 0.1
+    lr: float = 0.3
     """Adam learning rate for the policy"""
     baseline: str = "rloo"
     """none | moving_average | batch_mean | rloo | learned"""

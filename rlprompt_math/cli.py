@@ -84,10 +84,10 @@ def main():
                    "percentages, word_one_step, word_two_step, linear_equation, or 'all'.")
 @click.option("--difficulty", default="1,2", show_default=True, help="Generator difficulty levels (1-3), comma-separated.")
 @click.option("--num-problems", default=2000, show_default=True, help="Generated problems (before the split).")
-@click.option("--reward", "rewards", multiple=True, default=["correct"], show_default=True, metavar="SPEC",
+@click.option("--reward", "rewards", multiple=True, default=["correct", "partial:0.5"], show_default=True, metavar="SPEC",
               help="Reward function, repeatable: correct, partial, format, likelihood, module:fn or file.py:fn, "
                    "with an optional weight as the last field (partial:0.5).")
-@click.option("--prompt-length", default=5, show_default=True, help="Prompt tokens the policy writes.")
+@click.option("--prompt-length", default=4, show_default=True, help="Prompt tokens the policy writes.")
 @click.option("--action-vocab", default="words", show_default=True,
               help="words | words:PATH | frequent:N | tokens:PATH | full.")
 @click.option("--empty-action/--no-empty-action", default=True, show_default=True,
@@ -98,8 +98,8 @@ def main():
 @click.option("--hidden-size", default=256, show_default=True, help="Hidden size of the refiner policies.")
 @click.option("--prompts-per-question", default=4, show_default=True, help="K prompts sampled per question.")
 @click.option("--batch-size", default=8, show_default=True, help="Questions per step.")
-@click.option("--steps", default=40, show_default=True, help="Training steps.")
-@click.option("--lr", default=0.1, show_default=True, help="Policy learning rate (Adam).")
+@click.option("--steps", default=80, show_default=True, help="Training steps.")
+@click.option("--lr", default=0.3, show_default=True, help="Policy learning rate (Adam).")
 @click.option("--baseline", type=click.Choice(["none", "moving_average", "batch_mean", "rloo", "learned"]),
               default="rloo", show_default=True, help="REINFORCE baseline.")
 @click.option("--normalize-rewards", is_flag=True, help="Z-score rewards per question across its K prompts.")
@@ -253,9 +253,10 @@ def _final_comparison(run_path: Path, llm, env, test_problems, initial_prompt, p
 
     policy, vocab, _ = load_policy(run_path / "policy_best.safetensors", llm)
     systems = {"learned policy": policy_prompts(policy, vocab, test_problems, llm)}
-    if initial_prompt is not None:
+    if initial_prompt:
         systems[f"initial policy: {initial_prompt!r}"] = [initial_prompt] * len(test_problems)
-    systems["(no prompt)"] = [""] * len(test_problems)
+    # With the empty action, the untrained policy's greedy prompt is no prompt at all.
+    systems["(no prompt)" + ("; the initial policy" if initial_prompt == "" else "")] = [""] * len(test_problems)
     for text in HAND_WRITTEN:
         systems[text] = [text] * len(test_problems)
     report = compare_systems(llm, env.reward_mix, test_problems, systems, env.decoding, progress=progress)
