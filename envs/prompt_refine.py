@@ -13,7 +13,7 @@ same call on one pair, so both give the same reward.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import gymnasium as gym
 import numpy as np

@@ -7,8 +7,6 @@ and `agents` (inside the commands), to wire the library, the environment and an 
 from __future__ import annotations
 
 import json
-import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -137,7 +135,7 @@ def train(**opts):
         click.echo("\nInterrupted. The last checkpoint is intact; continue with --resume.", err=True)
         sys.exit(130)
     except CheckpointError as error:
-        raise click.ClickException(str(error))
+        raise click.ClickException(str(error)) from error
 
 
 def _problems_from(opts):
@@ -188,7 +186,7 @@ def _train(opts):
     try:
         problems, splits = _problems_from(opts)
     except DataError as error:
-        raise click.ClickException(str(error))
+        raise click.ClickException(str(error)) from error
     write_split_manifest(run.path / "splits.json", splits, opts["seed"])
     click.echo(f"problems: {len(problems)} ({', '.join(f'{k} {len(v)}' for k, v in splits.items())})")
     try:
@@ -196,7 +194,7 @@ def _train(opts):
         llm = FrozenLLM.load(opts["model"], device=opts["device"], dtype=opts["dtype"],
                              load_in_8bit=opts["load_in_8bit"], template=opts["template"])
     except ModelLoadError as error:
-        raise click.ClickException(str(error))
+        raise click.ClickException(str(error)) from error
     click.echo(f"model: {llm.name} ({llm.dtype}, {llm.device}) loaded in {time.perf_counter() - start:.1f} s")
 
     env = PromptRefineEnv(llm, splits["train"], split=None, prompt_length=opts["prompt_length"],
@@ -302,7 +300,7 @@ def evaluate(run_dir, checkpoint, dataset, question_field, answer_field, split, 
                               baseline_prompts=baselines, model=model, max_new_tokens=max_new_tokens,
                               output=output, progress=not quiet, log=click.echo)
     except (DataError, ModelLoadError, CheckpointError) as error:
-        raise click.ClickException(str(error))
+        raise click.ClickException(str(error)) from error
     click.echo(format_table(report))
     paths = report["_paths"]
     click.echo(f"report: {paths['report']}  per-question: {paths['per_question']}  chart: {paths['chart']}")

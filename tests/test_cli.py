@@ -3,7 +3,6 @@
 import csv
 import json
 
-import pytest
 from click.testing import CliRunner
 
 from rlprompt_math.cli import main
