@@ -392,7 +392,8 @@ class FrozenLLM:
         outputs: list[list[int]] = [[] for _ in range(n)]
         active = torch.arange(n, device=self.device)
         cache = DynamicCache()
-        logits, mask, positions = self._prefill(rows, cache)
+        logits, mask, positions = self._forward_rows(rows, cache)
+        logits = logits[:, -1, :]
         self.stats.generated_rows += n
         for step in range(max_new_tokens):
             next_ids = self._pick(logits.float(), temperature, top_k, generator)
@@ -434,16 +435,17 @@ class FrozenLLM:
             completions.append(text)
         return completions
 
-    def _prefill(self, rows: list[list[int]], cache) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run the prompts into `cache`; return (last logits, attention mask, positions).
+    def _forward_rows(self, rows: list[list[int]], cache, keep: int = 1
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run token rows into `cache`; return (logits of the last `keep` positions, mask, positions).
 
         The tokens every row shares (the chat template's system header, at least) are computed
         once and their KV cache repeated for each row; the rest goes in as
         [shared prefix][left padding][own suffix], positions counted over real tokens only.
-        Only the last position's logits are computed: the LM head is ~20% of a token's FLOPs.
+        Only the last `keep` positions get logits: the LM head is ~20% of a token's FLOPs.
         """
         shared = _common_prefix_length(rows)
-        shared = min(shared, min(len(r) for r in rows) - 1)  # every row keeps >= 1 token of its own
+        shared = min(shared, min(len(r) for r in rows) - keep)  # each row keeps `keep` tokens of its own
         n = len(rows)
         if shared >= MIN_SHARED_PREFIX and n > 1:
             prefix = torch.tensor([rows[0][:shared]], device=self.device)
@@ -457,7 +459,7 @@ class FrozenLLM:
             ids, mask = self._pad_left(rows)
             positions = self._positions(mask)
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                            use_cache=True, logits_to_keep=1).logits[:, -1, :]
+                            use_cache=True, logits_to_keep=keep).logits
         return logits, mask, positions
 
     def _eos_ids(self) -> set[int]:
@@ -491,6 +493,8 @@ class FrozenLLM:
         The answer is tokenized on its own and appended to the text's ids, so the scored tokens
         are exactly the answer's.
         """
+        from transformers import DynamicCache
+
         if reduction not in ("sum", "mean"):
             raise ValueError("reduction must be 'sum' or 'mean'")
         if len(texts) != len(answers):
@@ -500,20 +504,18 @@ class FrozenLLM:
         rows = [c + t for c, t in zip(contexts, targets)]
         results = [0.0] * len(rows)
         for batch in self._length_sorted_batches([len(r) for r in rows], batch_size):
-            ids, mask = self._pad_left([rows[i] for i in batch])
-            logits = self.model(input_ids=ids, attention_mask=mask,
-                                position_ids=self._positions(mask)).logits.float()
-            logprobs = torch.log_softmax(logits[:, :-1], -1)
+            keep = max(len(targets[i]) for i in batch) + 1  # logits only where answer tokens are predicted
+            logits, _, _ = self._forward_rows([rows[i] for i in batch], DynamicCache(), keep)
+            logprobs = torch.log_softmax(logits.float()[:, :-1], -1)  # position j predicts token j + 1
             self.stats.forward_rows += len(batch)
-            width = ids.shape[1]
             for k, i in enumerate(batch):
                 n = len(targets[i])
                 if n == 0:
                     results[i] = 0.0
                     continue
-                # Answer tokens occupy the last n positions; each is predicted one step earlier.
-                predicted = logprobs[k, width - 1 - n:width - 1]
-                picked = predicted.gather(-1, ids[k, width - n:].view(-1, 1)).sum().item()
+                # The answer is the last n tokens of the row; the last n kept positions predict them.
+                answer = torch.tensor(targets[i], device=logprobs.device).view(-1, 1)
+                picked = logprobs[k, keep - 1 - n:].gather(-1, answer).sum().item()
                 results[i] = picked / n if reduction == "mean" else picked
         return results
 

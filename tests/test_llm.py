@@ -82,11 +82,13 @@ def test_sampling_is_seeded(tiny_llm):
     assert a == b and a != c
 
 
-def test_answer_logprobs_match_hand_computation(tiny_llm):
-    texts = [tiny_llm.render("p", q) for q in QUESTIONS[:3]]
+@pytest.mark.parametrize("header", ["", "You are a careful assistant. You solve math problems exactly. "])
+def test_answer_logprobs_match_hand_computation(tiny_llm, header):
+    oracle = FrozenLLM(tiny_llm.model, tiny_llm.tokenizer, name="t", template=f"chat:{header}{{question}}\n{{prompt}}")
+    texts = [oracle.render("p", q) for q in QUESTIONS[:3]]
     answers = ["68", "x = 4", "hello there"]
-    summed = tiny_llm.answer_logprobs(texts, answers)
-    mean = tiny_llm.answer_logprobs(texts, answers, reduction="mean")
+    summed = oracle.answer_logprobs(texts, answers)
+    mean = oracle.answer_logprobs(texts, answers, reduction="mean")
     tok = tiny_llm.tokenizer
     for text, answer, s, m in zip(texts, answers, summed, mean):
         ctx = tok(text, add_special_tokens=False)["input_ids"]
