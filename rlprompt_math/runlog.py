@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 METRIC_FIELDS = ["step", "reward", "accuracy", "val_accuracy", "entropy", "entropy_coef", "loss", "grad_norm",
@@ -91,11 +92,17 @@ class RunDir:
             return None
         steps = [int(r["step"]) for r in rows]
         fig, ax = plt.subplots(figsize=(7, 4))
-        for key, label in (("reward", "train reward"), ("accuracy", "train accuracy (sampled prompts)")):
-            ax.plot(steps, [float(r[key]) for r in rows], label=label, alpha=0.8)
+        window = max(1, min(10, len(rows) // 4))
+        for key, label, color in (("reward", "train reward", "tab:blue"),
+                                  ("accuracy", "train accuracy (sampled prompts)", "tab:orange")):
+            values = np.array([float(r[key]) for r in rows])
+            ax.plot(steps, values, color=color, alpha=0.25, linewidth=1)
+            # A moving average: single steps are too noisy (a few questions each) to read a trend.
+            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+            ax.plot(steps[window - 1:], smooth, color=color, label=f"{label}, {window}-step mean")
         val = [(int(r["step"]), float(r["val_accuracy"])) for r in rows if r.get("val_accuracy")]
         if val:
-            ax.plot(*zip(*val), "o-", label="validation accuracy (greedy prompt)")
+            ax.plot(*zip(*val), "o-", color="tab:green", label="validation accuracy (greedy prompt)")
         ax.set_xlabel("step")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
