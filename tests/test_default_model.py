@@ -42,4 +42,7 @@ def test_default_fixed_prompt_evaluation(default_llm, tmp_path):
     fixed = report["systems"]["fixed"]
     assert fixed["n"] == 6 and fixed["ci95"][0] <= fixed["accuracy"] <= fixed["ci95"][1]
     assert fixed["extraction_rate"] > 0.5  # the real model answers with numbers
-    assert paths["per_question"].read_text().count("\n") == 1 + 12
+    import csv
+
+    with open(paths["per_question"], newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 12  # 6 problems x 2 systems

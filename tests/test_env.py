@@ -100,8 +100,10 @@ def test_action_vocab_kinds(tiny_llm, tmp_path):
     listed = tmp_path / "tokens.txt"
     some = sorted(tiny_llm.tokenizer.get_vocab())[100:102]
     listed.write_text("\n".join(some) + "\n")
-    tokens = PromptRefineEnv(tiny_llm, PROBLEMS, action_vocab=f"tokens:{listed}", split=None)
+    tokens = PromptRefineEnv(tiny_llm, PROBLEMS, action_vocab=f"tokens:{listed}", split=None, empty_action=False)
     assert len(tokens.vocab) == 2
+    with_empty = PromptRefineEnv(tiny_llm, PROBLEMS, action_vocab=f"tokens:{listed}", split=None)
+    assert len(with_empty.vocab) == 3 and with_empty.vocab.decode([0, 0]) == ""
 
 
 def test_sb3_ppo_runs_without_adapter(tiny_llm):
