@@ -1,6 +1,6 @@
 """Oracle throughput: the naive `model.generate` loop against FrozenLLM, in one run, on the same inputs.
 
-    python bench/oracle.py [--questions 16] [--prompts 4] [--max-new-tokens 32] [--dtype float32]
+    python bench/oracle.py [--questions 16] [--prompts 4] [--max-new-tokens 32] [--dtype float32] [--batch-size 32]
 
 Generation rewards: K sampled prompts x M generated questions (greedy answers), as one training
 step asks. The naive path is a plain loop of `model.generate` over batches of 32 rendered texts
@@ -78,7 +78,8 @@ def naive_logprobs(llm, texts, answers, batch_size=32):
 @click.option("--dtype", default="float32", show_default=True, help="dtype of our path (the naive path is fp32)")
 @click.option("--model", default=None)
 @click.option("--seed", default=0, show_default=True)
-def main(questions, prompts, max_new_tokens, dtype, model, seed):
+@click.option("--batch-size", default=32, show_default=True, help="rows per batch on our path (naive: 32)")
+def main(questions, prompts, max_new_tokens, dtype, model, seed, batch_size):
     from rlprompt_math.data import generate_problems
     from rlprompt_math.llm import FrozenLLM
     from rlprompt_math.vocab import ActionVocab
@@ -113,7 +114,7 @@ def main(questions, prompts, max_new_tokens, dtype, model, seed):
                                                         name=llm.name)
     tokens_before = fast_llm.stats.new_tokens
     start = time.perf_counter()
-    ours = fast_llm.generate(texts, max_new_tokens=max_new_tokens, use_cache=False)
+    ours = fast_llm.generate(texts, max_new_tokens=max_new_tokens, use_cache=False, batch_size=batch_size)
     ours_s = time.perf_counter() - start
     ours_tokens = fast_llm.stats.new_tokens - tokens_before
     print(f"ours   generate: {len(texts) / ours_s:6.2f} pairs/s {ours_tokens / ours_s:7.1f} tok/s "
