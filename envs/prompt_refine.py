@@ -53,9 +53,9 @@ class PromptRefineEnv(gym.Env):
     metadata = {"render_modes": ["ansi"]}
 
     def __init__(self, llm: FrozenLLM | str | None = None, dataset: str | Sequence[Problem] | None = None, *,
-                 prompt_length: int = 5, action_vocab: ActionVocab | str = "words",
-                 rewards: Sequence = ("correct",), observation: str = "features",
-                 max_new_tokens: int = 48, temperature: float = 0.0, stop: Sequence[str] | None = None,
+                 prompt_length: int = 4, action_vocab: ActionVocab | str = "words",
+                 rewards: Sequence = ("correct", "partial:0.5"), observation: str = "features",
+                 max_new_tokens: int = 32, temperature: float = 0.0, stop: Sequence[str] | None = None,
                  max_question_tokens: int = 128, split: str | None = "train", split_seed: int = 0,
                  empty_action: bool = True, counters_in_info: bool = True, render_mode: str | None = None):
         self.llm = _resolve_llm(llm)

@@ -40,7 +40,7 @@ def test_step_info_and_termination(env):
     for key in ("prompt", "problem_id", "completion", "extracted", "correct", "rewards", "oracle_calls",
                 "cache_hits"):
         assert key in info
-    assert reward == info["rewards"]["correct"]
+    assert reward == pytest.approx(info["rewards"]["correct"] + 0.5 * info["rewards"]["partial"])  # the defaults
 
 
 def _rollout(env, seed, n=8):
