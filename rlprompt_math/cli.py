@@ -38,10 +38,6 @@ def _load_config_file(ctx, param, value):
     return value
 
 
-def _csv_list(value):
-    return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value or [])
-
-
 @click.group(cls=DefaultToTrain, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="rlprompt-math")
 def main():
