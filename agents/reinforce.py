@@ -196,10 +196,8 @@ class ReinforceAgent:
         self.policy.train()
         actions = self.policy.sample(obs_rep, temperature=cfg.temperature, top_k=cfg.top_k,
                                      generator=self.generator)
-        if shared:
-            pair_actions = actions.repeat(m, 1)  # question-major: row i*k + j = (question i, prompt j)
-        else:
-            pair_actions = actions
+        # Question-major pairs: row i*k + j is (question i, prompt j).
+        pair_actions = actions.repeat(m, 1) if shared else actions
         problems_rep = [p for p in problems for _ in range(k)]
         rewards_np, infos = self.env.score(problems_rep, pair_actions.numpy(), batch_label=where)
         self.oracle_pairs += len(problems_rep)
@@ -208,7 +206,6 @@ class ReinforceAgent:
 
         if shared:
             rewards = rewards.mean(0, keepdim=True)  # [1, K]: each prompt's mean over the questions
-            obs_rep = obs[:1].expand(k, -1)
         values = self.value_head(obs_rep) if self.value_head is not None else None
         adv = advantages(rewards, cfg, self.baseline_state, values).view(-1)
         log_prob, entropy = self.policy.log_prob(obs_rep, actions)
