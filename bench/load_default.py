@@ -3,7 +3,8 @@
     python bench/load_default.py [--dtype float32|bfloat16|auto] [--compare-dtypes]
 
 `--compare-dtypes` also times one teacher-forced forward pass over 32 x 64 tokens in fp32 and bf16,
-the measurement behind `dtype="auto"` (bf16 only where this CPU runs it faster).
+and a 1024 x 1024 matrix multiply in each, the measurements behind `dtype="auto"` (bf16 only where
+this CPU runs it faster).
 """
 
 import os
@@ -52,6 +53,10 @@ def main(dtype, max_new_tokens, compare_dtypes):
                 model(ids)
                 el = time.perf_counter() - start
             print(f"forward 32x64 {str(dt):15s}: {32 * 64 / el:7.0f} tokens/s")
+        from oracle import matmul_peak  # bench/oracle.py (this folder is on sys.path when run as a script)
+
+        print(f"matmul peak 1024x1024: fp32 {matmul_peak(torch.float32):.0f} GFLOP/s, "
+              f"bf16 {matmul_peak(torch.bfloat16, repeats=2):.1f} GFLOP/s")
         print(f"cpu_has_fast_bf16() = {cpu_has_fast_bf16()}")
 
 
