@@ -1,12 +1,15 @@
 """Oracle throughput: the naive `model.generate` loop against FrozenLLM, in one run, on the same inputs.
 
-    python bench/oracle.py [--questions 16] [--prompts 4] [--max-new-tokens 32] [--dtype float32] [--batch-size 32]
+    python bench/oracle.py [--questions 32] [--prompts 4] [--max-new-tokens 32] [--dtype float32] [--batch-size 32]
 
 Generation rewards: K sampled prompts x M generated questions (greedy answers), as one training
 step asks. The naive path is a plain loop of `model.generate` over batches of 32 rendered texts
-(left-padded, fp32, greedy). Printed for both: (prompt, question) pairs/s, generated tokens/s,
-effective GFLOP/s on real tokens only (2 x non-embedding parameters per token, padding excluded) as a
-fraction of a matrix-multiply peak measured here, and the agreement of the two paths' completions.
+(left-padded, fp32, greedy). Our path runs twice: decoding to the token limit (its completions must
+equal the naive ones), and as training runs it, stopping each row at the first line break after a
+stated answer (`Decoding.stop_at_answer`; its graded answers are compared with the naive ones).
+Printed for each: (prompt, question) pairs/s, generated tokens/s, effective GFLOP/s on real tokens
+only (2 x non-embedding parameters per token, padding excluded) as a fraction of a matrix-multiply
+peak measured here, and the agreement with the naive path.
 
 Likelihood rewards: `answer_logprobs` on the same pairs, against a naive unsorted padded forward.
 
@@ -72,13 +75,13 @@ def naive_logprobs(llm, texts, answers, batch_size=32):
 
 
 @click.command()
-@click.option("--questions", default=16, show_default=True, help="M questions")
+@click.option("--questions", default=32, show_default=True, help="M questions")
 @click.option("--prompts", default=4, show_default=True, help="K prompts per question")
 @click.option("--max-new-tokens", default=32, show_default=True)
 @click.option("--dtype", default="float32", show_default=True, help="dtype of our path (the naive path is fp32)")
 @click.option("--model", default=None)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--batch-size", default=32, show_default=True, help="rows per batch on our path (naive: 32)")
+@click.option("--batch-size", default=64, show_default=True, help="rows per batch on our path (naive: 32)")
 def main(questions, prompts, max_new_tokens, dtype, model, seed, batch_size):
     from rlprompt_math.data import generate_problems
     from rlprompt_math.llm import FrozenLLM
@@ -106,27 +109,35 @@ def main(questions, prompts, max_new_tokens, dtype, model, seed, batch_size):
     start = time.perf_counter()
     naive, naive_tokens = naive_generate(llm, texts, max_new_tokens)
     naive_s = time.perf_counter() - start
-    print(f"naive  generate: {len(texts) / naive_s:6.2f} pairs/s {naive_tokens / naive_s:7.1f} tok/s "
+    print(f"{'naive generate':20s}: {len(texts) / naive_s:6.2f} pairs/s {naive_tokens / naive_s:7.1f} tok/s "
           f"{flops(naive_tokens) / naive_s:6.1f} GFLOP/s ({flops(naive_tokens) / naive_s / peak:.0%} of peak) "
           f"[{naive_s:.1f} s]")
 
     fast_llm = llm if dtype == "float32" else FrozenLLM(llm.model.to(getattr(torch, dtype)), llm.tokenizer,
                                                         name=llm.name)
-    tokens_before = fast_llm.stats.new_tokens
-    start = time.perf_counter()
-    ours = fast_llm.generate(texts, max_new_tokens=max_new_tokens, use_cache=False, batch_size=batch_size)
-    ours_s = time.perf_counter() - start
-    ours_tokens = fast_llm.stats.new_tokens - tokens_before
-    print(f"ours   generate: {len(texts) / ours_s:6.2f} pairs/s {ours_tokens / ours_s:7.1f} tok/s "
-          f"{flops(ours_tokens) / ours_s:6.1f} GFLOP/s ({flops(ours_tokens) / ours_s / peak:.0%} of peak) "
-          f"[{ours_s:.1f} s]")
-    agree = np.mean([a == b for a, b in zip(naive, ours)])
-    from rlprompt_math.grading import grade
+    from rlprompt_math.grading import answer_is_complete, grade
 
-    acc_naive = np.mean([grade(c, p.answer).correct for c, p in zip(naive, [q for q in problems for _ in prompt_texts])])
-    acc_ours = np.mean([grade(c, p.answer).correct for c, p in zip(ours, [q for q in problems for _ in prompt_texts])])
-    print(f"speed-up {naive_s / ours_s:.2f}x; identical completions {agree:.1%}; "
-          f"accuracy naive {acc_naive:.1%} vs ours {acc_ours:.1%}")
+    golds = [q.answer for q in problems for _ in prompt_texts]
+    naive_grades = [grade(c, g) for c, g in zip(naive, golds)]
+    for label, stop_when in (("ours, to the limit", None), ("ours, stop at answer", answer_is_complete)):
+        tokens_before = fast_llm.stats.new_tokens
+        start = time.perf_counter()
+        ours = fast_llm.generate(texts, max_new_tokens=max_new_tokens, use_cache=False, batch_size=batch_size,
+                                 stop_when=stop_when)
+        ours_s = time.perf_counter() - start
+        ours_tokens = fast_llm.stats.new_tokens - tokens_before
+        print(f"{label:20s}: {len(texts) / ours_s:6.2f} pairs/s {ours_tokens / ours_s:7.1f} tok/s "
+              f"{flops(ours_tokens) / ours_s:6.1f} GFLOP/s ({flops(ours_tokens) / ours_s / peak:.0%} of peak) "
+              f"[{ours_s:.1f} s, {ours_tokens} new tokens vs naive {naive_tokens}]")
+        grades = [grade(c, g) for c, g in zip(ours, golds)]
+        identical = np.mean([a == b for a, b in zip(naive, ours)])
+        same_answer = np.mean([a.extracted == b.extracted for a, b in zip(naive_grades, grades)])
+        same_grade = np.mean([a.correct == b.correct for a, b in zip(naive_grades, grades)])
+        acc_naive = np.mean([g.correct for g in naive_grades])
+        acc_ours = np.mean([g.correct for g in grades])
+        print(f"    speed-up {naive_s / ours_s:.2f}x; identical completions {identical:.1%}, same extracted "
+              f"answer {same_answer:.1%}, same correctness {same_grade:.1%}; accuracy naive {acc_naive:.1%} "
+              f"vs ours {acc_ours:.1%}")
 
     answers = [p.answer for p in problems for _ in prompt_texts]
     start = time.perf_counter()

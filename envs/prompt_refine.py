@@ -56,6 +56,7 @@ class PromptRefineEnv(gym.Env):
                  prompt_length: int = 4, action_vocab: ActionVocab | str = "words",
                  rewards: Sequence = ("correct", "partial:0.5"), observation: str = "features",
                  max_new_tokens: int = 32, temperature: float = 0.0, stop: Sequence[str] | None = None,
+                 stop_at_answer: bool = True,
                  max_question_tokens: int = 128, split: str | None = "train", split_seed: int = 0,
                  empty_action: bool = True, counters_in_info: bool = True, render_mode: str | None = None):
         self.llm = _resolve_llm(llm)
@@ -64,7 +65,8 @@ class PromptRefineEnv(gym.Env):
                       else ActionVocab.from_spec(self.llm.tokenizer, action_vocab, empty=empty_action))
         self.reward_mix = rewards if isinstance(rewards, RewardMix) else RewardMix(rewards, llm=self.llm)
         self.prompt_length = int(prompt_length)
-        self.decoding = Decoding(int(max_new_tokens), float(temperature), None, tuple(stop or ()))
+        self.decoding = Decoding(int(max_new_tokens), float(temperature), None, tuple(stop or ()),
+                                 stop_at_answer=bool(stop_at_answer))
         self.observation_kind = observation
         self.max_question_tokens = int(max_question_tokens)
         self.render_mode = render_mode

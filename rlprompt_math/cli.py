@@ -104,6 +104,8 @@ def main():
 @click.option("--temperature", default=1.0, show_default=True, help="Policy sampling temperature while training.")
 @click.option("--top-k", default=0, show_default=True, help="Sample among the top k tokens per slot (0: all).")
 @click.option("--max-new-tokens", default=32, show_default=True, help="Oracle answer length limit.")
+@click.option("--stop-at-answer/--no-stop-at-answer", default=True, show_default=True,
+              help="End an answer at the first line break after it states a final answer (saves forward passes).")
 @click.option("--eval-every", default=10, show_default=True, help="Validate the greedy prompt every N steps.")
 @click.option("--val-size", default=48, show_default=True, help="Validation questions.")
 @click.option("--test-size", default=200, show_default=True, help="Held-out test questions in the final comparison.")
@@ -160,6 +162,7 @@ def _train(opts):
     if opts["resume"]:
         run_path = Path(opts["resume"])
         saved = RunDir(run_path).read_config()
+        saved.setdefault("stop_at_answer", False)  # runs saved before the option decoded to the limit
         steps_override = opts["steps"] if _given("steps") else None
         opts = {**saved, "resume": str(run_path), "quiet": opts["quiet"]}
         if steps_override:
@@ -196,7 +199,7 @@ def _train(opts):
     env = PromptRefineEnv(llm, splits["train"], split=None, prompt_length=opts["prompt_length"],
                           action_vocab=opts["action_vocab"], empty_action=opts["empty_action"],
                           rewards=list(opts["rewards"]),
-                          max_new_tokens=opts["max_new_tokens"])
+                          max_new_tokens=opts["max_new_tokens"], stop_at_answer=opts["stop_at_answer"])
     click.echo(f"action vocabulary: {len(env.vocab)} tokens ({opts['action_vocab']}); "
                f"rewards: {env.reward_mix.describe()}")
     val = splits["validation"][: opts["val_size"]]

@@ -207,7 +207,9 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", problems: Seq
     systems = {"learned policy": policy_prompts(policy, vocab, problems, train_llm)}
     for text in dict.fromkeys(baseline_prompts):
         systems[text or NO_PROMPT] = [text] * len(problems)
-    decoding = Decoding(max_new_tokens or config["max_new_tokens"])
+    # Run directories written before `stop_at_answer` existed decoded to the token limit.
+    decoding = Decoding(max_new_tokens or config["max_new_tokens"],
+                        stop_at_answer=config.get("stop_at_answer", False))
     report = compare_systems(target, RewardMix(config["rewards"], llm=target), problems, systems, decoding,
                              progress=progress)
     out = Path(output) if output else run_dir / (f"eval-{split}" + (f"-{Path(model).name}" if model else ""))

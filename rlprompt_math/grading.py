@@ -167,6 +167,36 @@ def extract_answer(text: str | None) -> str | None:
     return None
 
 
+_EQUATION_LINE = re.compile(r"[^\n=]*=\s*\$?\s*(?:" + _NUMBER + r"|\d+\s*/\s*\d+)\s*\$?\s*\.?\s*")
+_PHRASE_DONE = re.compile(r"\s*\$?\s*(?:" + _NUMBER + r"|\d+\s*/\s*\d+)")
+
+
+def answer_is_complete(text: str) -> bool:
+    """Whether `text`, ending at a line break, has already stated its final answer.
+
+    Decoding uses this to stop a row at the first newline after an answer (`\\boxed{68}`, `#### 68`,
+    "The answer is 68." anywhere; `36 + 32 = 68` as the first line), so a model that goes on to
+    ramble costs no more forward passes. Conservative: a line that only sets up the work ("First,
+    add 7 and 13.") or an equation after the first line (an intermediate step) does not stop it.
+    """
+    if not text or not text.rstrip(" \t").endswith("\n"):
+        return False
+    if _last_boxed_groups(text[-MAX_TEXT_CHARS:]) or re.search(r"####\s*\S", text):
+        return True
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return False
+    last = lines[-1]
+    phrase = None
+    for phrase in _ANSWER_PHRASES.finditer(last):
+        pass
+    if phrase is not None and _PHRASE_DONE.match(last[phrase.end():]):
+        return True
+    # An equation counts only as the first line (a direct answer): in worked solutions the first
+    # lines are intermediate steps.
+    return len(lines) == 1 and bool(_EQUATION_LINE.fullmatch(last))
+
+
 # =============================================================================================
 # Normalisation: LaTeX and plain text to the parser's small language
 # =============================================================================================

@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -50,6 +50,33 @@ def _common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
             k += 1
         length = k
     return length
+
+
+def _join_left_padded(cache, mask: torch.Tensor, other, other_mask: torch.Tensor) -> torch.Tensor:
+    """Append `other`'s rows to `cache` (in place); the shorter side is left-padded. Returns the mask."""
+    width = max(mask.shape[1], other_mask.shape[1])
+
+    def pad(t: torch.Tensor, dim_from_end: int) -> torch.Tensor:
+        missing = width - t.shape[-dim_from_end]
+        if not missing:
+            return t
+        return torch.nn.functional.pad(t, (0, 0) * (dim_from_end - 1) + (missing, 0))
+
+    for layer, extra in zip(cache.layers, other.layers):
+        layer.keys = torch.cat([pad(layer.keys, 2), pad(extra.keys, 2)], 0)
+        layer.values = torch.cat([pad(layer.values, 2), pad(extra.values, 2)], 0)
+    return torch.cat([pad(mask, 1), pad(other_mask, 1)], 0)
+
+
+def _trim_left_padding(cache, mask: torch.Tensor) -> torch.Tensor:
+    """Drop the leading KV columns that are padding for every row. Returns the mask."""
+    used = mask.any(0).nonzero()
+    start = int(used[0]) if len(used) else 0
+    if start:
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
+        mask = mask[:, start:]
+    return mask
 
 
 class ModelLoadError(RuntimeError):
@@ -196,6 +223,7 @@ class FrozenLLM:
         self.stats = OracleStats()
         self._cache: OrderedDict[tuple, str] = OrderedDict()
         self._cache_size = cache_size
+        self._line_breaks: frozenset[int] | None = None
 
     def __deepcopy__(self, memo):
         # The oracle is frozen and shared: gymnasium deep-copies env kwargs, and a copy of the
@@ -330,18 +358,22 @@ class FrozenLLM:
     # ---- generation ----------------------------------------------------------------------------
 
     def generate(self, texts: Sequence[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
-                 top_k: int | None = None, stop: Sequence[str] | None = None, batch_size: int = 32,
+                 top_k: int | None = None, stop: Sequence[str] | None = None,
+                 stop_when: Callable[[str], bool] | None = None, batch_size: int = 64,
                  seed: int | None = None, use_cache: bool = True) -> list[str]:
         """Completions for rendered texts: batched, left-padded, greedy when `temperature == 0`.
 
-        Each row stops at EOS or at the first stop string (the stop string is cut off). Greedy
-        completions are cached by (text, settings), so repeated pairs cost no forward pass.
-        Sampling (`temperature > 0`) draws from a torch generator seeded by `seed`.
+        Each row stops at EOS or at the first stop string (the stop string is cut off), or when
+        `stop_when(text)` is true, which is asked whenever a row's newest token holds a line break
+        (the text is kept, line break included). Greedy completions are cached by (text, settings),
+        so repeated pairs cost no forward pass. Sampling (`temperature > 0`) draws from a torch
+        generator seeded by `seed`.
         """
         texts = list(texts)
         self.stats.generate_calls += 1
         greedy = temperature == 0
-        settings = (max_new_tokens, tuple(stop or ()))
+        settings = (max_new_tokens, tuple(stop or ()),
+                    None if stop_when is None else f"{stop_when.__module__}.{stop_when.__qualname__}")
         results: list[str | None] = [None] * len(texts)
         todo: dict[str, list[int]] = {}
         for i, text in enumerate(texts):
@@ -364,15 +396,16 @@ class FrozenLLM:
         if not greedy:
             generator = torch.Generator(device="cpu").manual_seed(
                 seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
-        for batch in self._length_sorted_batches([len(e) for e in encoded], batch_size):
-            outs = self._decode_batch([encoded[j] for j in batch], max_new_tokens, temperature,
-                                      top_k, list(stop or ()), generator)
-            for j, out in zip(batch, outs):
-                text, indices = jobs[j]
-                for i in indices:
-                    results[i] = out
-                if greedy and use_cache:
-                    self._remember((text, settings), out)
+        # Sorted by length, so rows decoded side by side need little padding.
+        order = sorted(range(len(encoded)), key=lambda j: len(encoded[j]))
+        outs = self._decode_stream([encoded[j] for j in order], max_new_tokens, temperature, top_k,
+                                   list(stop or ()), generator, stop_when, batch_size)
+        for j, out in zip(order, outs):
+            text, indices = jobs[j]
+            for i in indices:
+                results[i] = out
+            if greedy and use_cache:
+                self._remember((text, settings), out)
         return [r if r is not None else "" for r in results]
 
     def _remember(self, key: tuple, value: str) -> None:
@@ -382,20 +415,48 @@ class FrozenLLM:
             self._cache.popitem(last=False)
 
     @torch.inference_mode()
-    def _decode_batch(self, rows: list[list[int]], max_new_tokens: int, temperature: float,
-                      top_k: int | None, stop: list[str], generator) -> list[str]:
-        """Incremental decoding with a KV cache; finished rows leave the batch."""
-        from transformers import DynamicCache
+    def _decode_stream(self, rows: list[list[int]], max_new_tokens: int, temperature: float,
+                       top_k: int | None, stop: list[str], generator,
+                       stop_when: Callable[[str], bool] | None, batch_size: int) -> list[str]:
+        """Incremental decoding with a KV cache and continuous batching.
 
+        Rows go in in the order given (callers sort them by length). A finished row leaves the batch
+        at once, and when a quarter of the `batch_size` slots are free the next waiting rows are
+        prefilled and joined to the running batch: a decode step costs about the same for 8 rows as
+        for 32 on a CPU (it is bound by reading the weights), so a full batch is most of the speed.
+        """
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        if max_new_tokens <= 0:
+            return [""] * len(rows)
         eos_ids = self._eos_ids()
-        n = len(rows)
-        outputs: list[list[int]] = [[] for _ in range(n)]
-        active = torch.arange(n, device=self.device)
-        cache = DynamicCache()
-        logits, mask, positions = self._forward_rows(rows, cache)
-        logits = logits[:, -1, :]
-        self.stats.generated_rows += n
-        for step in range(max_new_tokens):
+        line_breaks = self._line_break_ids() if stop_when is not None else frozenset()
+        outputs: list[list[int]] = [[] for _ in rows]
+        waiting = list(range(len(rows)))[::-1]  # popped from the end: first rows first
+        cache, mask, positions, logits, active = None, None, None, None, None
+        # Joining batches needs a cache whose layers are plain per-token tensors (no sliding window).
+        can_join = None
+        refill_at = max(1, batch_size // 4)
+        while True:
+            free = batch_size - (0 if active is None else len(active))
+            if waiting and (active is None or (can_join and free >= min(refill_at, len(waiting)))):
+                take = [waiting.pop() for _ in range(min(free, len(waiting)))]
+                new_cache = DynamicCache()
+                new_logits, new_mask, new_positions = self._forward_rows([rows[r] for r in take], new_cache)
+                self.stats.generated_rows += len(take)
+                new_active = torch.tensor(take, device=self.device)
+                if active is None:
+                    cache, mask, logits, active = new_cache, new_mask, new_logits[:, -1, :], new_active
+                    positions = new_positions[:, -1:]
+                    can_join = all(type(layer) is DynamicLayer for layer in cache.layers)
+                else:
+                    mask = _join_left_padded(cache, mask, new_cache, new_mask)
+                    logits = torch.cat([logits, new_logits[:, -1, :]], 0)
+                    positions = torch.cat([positions, new_positions[:, -1:]], 0)
+                    active = torch.cat([active, new_active], 0)
+            if active is None or len(active) == 0:
+                break
             next_ids = self._pick(logits.float(), temperature, top_k, generator)
             keep = []
             for k, row in enumerate(active.tolist()):
@@ -408,25 +469,31 @@ class FrozenLLM:
                         # A stop string ends within the last few tokens; decode only those.
                         tail = self.tokenizer.decode(outputs[row][-16:], skip_special_tokens=True)
                         done = any(s in tail for s in stop)
+                    if not done and token in line_breaks:
+                        done = stop_when(self.tokenizer.decode(outputs[row], skip_special_tokens=True))
+                    done = done or len(outputs[row]) >= max_new_tokens
                 if not done:
                     keep.append(k)
-            if not keep or step == max_new_tokens - 1:
-                break
-            keep_t = torch.tensor(keep, device=self.device)
             if len(keep) < len(active):
-                # Drop finished rows from the batch and from the KV cache.
+                # Drop finished rows from the batch and from the KV cache, then the columns that
+                # are padding for every remaining row.
+                keep_t = torch.tensor(keep, dtype=torch.long, device=self.device)
                 cache.batch_select_indices(keep_t)
-                mask = mask[keep_t]
-                positions = positions[keep_t]
-                next_ids = next_ids[keep_t]
-                active = active[keep_t]
+                mask, positions, next_ids, active = mask[keep_t], positions[keep_t], next_ids[keep_t], active[keep_t]
+                if len(keep):
+                    mask = _trim_left_padding(cache, mask)
+            if not keep:
+                if not waiting:
+                    break
+                active = None  # start a fresh batch
+                continue
             mask = torch.cat([mask, torch.ones((len(keep), 1), dtype=mask.dtype, device=mask.device)], 1)
-            positions = positions[:, -1:] + 1
+            positions = positions + 1
             logits = self.model(input_ids=next_ids.view(-1, 1).to(self.device), attention_mask=mask,
                                 position_ids=positions, past_key_values=cache,
                                 use_cache=True).logits[:, -1, :]
         completions = []
-        for row in range(n):
+        for row in range(len(rows)):
             text = self.tokenizer.decode(outputs[row], skip_special_tokens=True)
             for s in stop:
                 cut = text.find(s)
@@ -461,6 +528,13 @@ class FrozenLLM:
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                             use_cache=True, logits_to_keep=keep).logits
         return logits, mask, positions
+
+    def _line_break_ids(self) -> frozenset[int]:
+        """Token ids whose text holds a line break (computed once per tokenizer)."""
+        if self._line_breaks is None:
+            texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+            self._line_breaks = frozenset(i for i, t in enumerate(texts) if "\n" in t)
+        return self._line_breaks
 
     def _eos_ids(self) -> set[int]:
         ids = set()

@@ -12,18 +12,25 @@ from typing import Sequence
 import numpy as np
 
 from .data import Problem
+from .grading import answer_is_complete
 from .llm import FrozenLLM
 from .rewards import RewardMix, cached_grade
 
 
 @dataclass(frozen=True)
 class Decoding:
-    """How the oracle answers: greedy by default, short answers."""
+    """How the oracle answers: greedy by default, short answers.
+
+    `stop_at_answer` ends a row at the first line break after it has stated a final answer
+    (`grading.answer_is_complete`): what follows is never graded unless it restates the answer,
+    and on the default model it is most of the generated tokens.
+    """
 
     max_new_tokens: int = 48
     temperature: float = 0.0
     top_k: int | None = None
     stop: tuple[str, ...] = ()
+    stop_at_answer: bool = True
 
 
 def score_pairs(llm: FrozenLLM, reward_mix: RewardMix, problems: Sequence[Problem], prompts: Sequence[str],
@@ -35,7 +42,8 @@ def score_pairs(llm: FrozenLLM, reward_mix: RewardMix, problems: Sequence[Proble
     rendered = [llm.render(prompt, p.question) for prompt, p in zip(prompts, problems)]
     completions = llm.generate(rendered, max_new_tokens=decoding.max_new_tokens,
                                temperature=decoding.temperature, top_k=decoding.top_k,
-                               stop=list(decoding.stop) or None, seed=seed)
+                               stop=list(decoding.stop) or None, seed=seed,
+                               stop_when=answer_is_complete if decoding.stop_at_answer else None)
     columns = {"question": [p.question for p in problems], "answer": [p.answer for p in problems],
                "problem_id": [p.id for p in problems]}
     for key in sorted({k for p in problems for k in p.extra}):

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlprompt_math.grading import (answers_equal, compare, extract_answer, grade, parse_answer,
+from rlprompt_math.grading import (answer_is_complete, answers_equal, compare, extract_answer, grade, parse_answer,
                                    partial_credit)
 
 # (completion text, the answer it must be graded equal to)
@@ -212,3 +212,22 @@ def test_equality_symmetric_on_numbers(a, b):
 @settings(max_examples=200, deadline=None)
 def test_fraction_equality_symmetric(a, b):
     assert answers_equal(str(a), str(b)) == answers_equal(str(b), str(a)) == (a == b)
+
+
+@pytest.mark.parametrize("text, complete", [
+    ("14 + 19 = 33\n", True),                       # a direct answer as the first line
+    ("14 + 19 = 33.\n\n", True),
+    ("The answer is 6.\n", True),
+    ("Let me think.\nSo the answer is 1,234.\n", True),
+    ("Answer: $12.50\n", True),
+    ("\\boxed{7}\n", True),
+    ("Work.\n#### 42\n", True),
+    ("14 + 19 = 33", False),                        # no line break yet: the number may go on
+    ("First, add 7 and 13.\n", False),              # setting up, no answer
+    ("To solve it:\n3 * 4 = 12\n", False),          # an intermediate step, not the first line
+    ("The answer is\n", False),
+    ("2 + 3 = 5. Now\n", False),
+    ("", False),
+])
+def test_answer_is_complete(text, complete):
+    assert answer_is_complete(text) is complete

@@ -158,3 +158,45 @@ def test_dtype_resolution():
     assert resolve_dtype("auto", cpu) in (torch.float32, torch.bfloat16)
     with pytest.raises(ValueError):
         resolve_dtype("int3", cpu)
+
+
+def test_continuous_batching_matches_one_row_at_a_time(tiny_llm, monkeypatch):
+    from rlprompt_math import llm as llm_module
+
+    joins = []
+    join = llm_module._join_left_padded
+    monkeypatch.setattr(llm_module, "_join_left_padded", lambda *a: joins.append(1) or join(*a))
+    texts = [tiny_llm.render(p, q) for q in QUESTIONS for p in ("", "Be exact.", "Answer with only the final number.")]
+    full = tiny_llm.generate(texts, max_new_tokens=16, use_cache=False)
+    stop = max(set("".join(full)) - {" "}, key="".join(full).count)  # the commonest character: rows end early
+    streamed = tiny_llm.generate(texts, max_new_tokens=16, stop=[stop], batch_size=4, use_cache=False)
+    single = [tiny_llm.generate([t], max_new_tokens=16, stop=[stop], use_cache=False)[0] for t in texts]
+    assert streamed == single
+    assert len({len(c) for c in streamed}) > 2  # rows finished at different steps...
+    assert joins  # ...and waiting rows joined the running batch
+
+
+def test_stop_when_is_asked_at_line_breaks(tiny_llm, monkeypatch):
+    texts = [tiny_llm.render("", q) for q in QUESTIONS]
+    full = tiny_llm.generate(texts, max_new_tokens=16, use_cache=False)
+    # Pretend every token holds a line break, so the predicate is asked after each one.
+    monkeypatch.setattr(tiny_llm, "_line_break_ids", lambda: frozenset(range(len(tiny_llm.tokenizer))))
+    asked = []
+
+    def long_enough(text):
+        asked.append(text)
+        return len(text) >= 5
+
+    cut = tiny_llm.generate(texts, max_new_tokens=16, stop_when=long_enough, use_cache=False)
+    for f, c in zip(full, cut):
+        assert f.startswith(c)
+        assert len(c) >= 5 or c == f
+    assert any(c != f for f, c in zip(full, cut)) and asked
+    # The predicate is part of the cache key: a cached answer without it is not reused.
+    assert tiny_llm.generate(texts[:1], max_new_tokens=16)[0] == full[0]
+    assert tiny_llm.generate(texts[:1], max_new_tokens=16, stop_when=long_enough)[0] == cut[0]
+
+
+def test_real_line_break_ids_are_found(tiny_llm):
+    breaks = tiny_llm._line_break_ids()
+    assert breaks and all("\n" in tiny_llm.tokenizer.decode([i]) for i in list(breaks)[:50])
