@@ -12,7 +12,10 @@ Each step:
      (+ the value head's squared error for the learned baseline);
   6. clip the gradient norm and step; stop with a clear message on any non-finite number.
 Every `eval_every` steps the greedy prompts are scored on validation questions; the best policy so
-far is kept. Every `checkpoint_every` steps the policy, optimizer, baseline and random-number states
+far is kept. With `finalists` > 0 (unconditioned policies), the sampled prompts with the best mean
+training reward are also scored on the validation questions at the end, and the best of them and the
+greedy prompt becomes the kept policy: the greedy prompt (the argmax of each slot) may never have
+been sampled as a whole, while a finalist was measured. Every `checkpoint_every` steps the policy, optimizer, baseline and random-number states
 are saved atomically, so `--resume` continues exactly where the run stopped.
 
 Baselines (what is subtracted from the reward):
@@ -35,7 +38,7 @@ from torch import nn
 
 from rlprompt_math.checkpoint import (load_state, optimizer_tensors, restore_optimizer, save_policy,
                                       save_state)
-from rlprompt_math.policies import PromptPolicy, prompts_for
+from rlprompt_math.policies import FixedPrompt, PromptPolicy, prompts_for
 
 BASELINES = ("none", "moving_average", "batch_mean", "rloo", "learned")
 ENTROPY_SCHEDULES = ("constant", "linear", "cosine")
@@ -77,6 +80,8 @@ class ReinforceConfig:
     """score the greedy prompts on validation questions every N steps (0: only at the end)"""
     checkpoint_every: int = 5
     """save a resumable checkpoint every N steps"""
+    finalists: int = 0
+    """at the end, also validate the N sampled prompts with the best mean training reward (unconditioned)"""
     seed: int = 0
     """seeds question sampling and prompt sampling"""
 
@@ -174,6 +179,8 @@ class ReinforceAgent:
         self.best_val = -math.inf
         self.oracle_pairs = 0
         self.history: list[dict] = []
+        # Shared prompts' training rewards, one per question they were scored on (for `finalists`).
+        self.prompt_rewards: dict[tuple, list[float]] = {}
 
     def _observe(self, problems) -> torch.Tensor:
         if not self.policy.uses_observation and self.value_head is None:
@@ -205,6 +212,8 @@ class ReinforceAgent:
         _check_finite("reward", rewards, where)
 
         if shared:
+            for row, column in zip(actions.tolist(), rewards.T.tolist()):
+                self.prompt_rewards.setdefault(tuple(row), []).extend(column)
             rewards = rewards.mean(0, keepdim=True)  # [1, K]: each prompt's mean over the questions
         values = self.value_head(obs_rep) if self.value_head is not None else None
         adv = advantages(rewards, cfg, self.baseline_state, values).view(-1)
@@ -246,9 +255,35 @@ class ReinforceAgent:
         self.policy.eval()
         obs = self._observe(self.val_problems)
         prompts = prompts_for(self.policy, self.env.vocab, obs)
-        rewards, infos = self.env.score(self.val_problems, None, prompts=prompts, batch_label="validation")
+        return self._val_accuracy(prompts)
+
+    def _val_accuracy(self, prompts: list[str]) -> float:
+        _, infos = self.env.score(self.val_problems, None, prompts=prompts, batch_label="validation")
         self.oracle_pairs += len(prompts)
         return float(np.mean([i["correct"] for i in infos]))
+
+    def select_finalist(self) -> dict | None:
+        """Validate the best-rewarded sampled prompts; keep one if it beats the best policy so far."""
+        if not (self.config.finalists and self.prompt_rewards and self.val_problems
+                and not self.policy.uses_observation):
+            return None
+        ranked = sorted(self.prompt_rewards.items(), key=lambda kv: (np.mean(kv[1]), len(kv[1])), reverse=True)
+        scored = []
+        for actions, train_rewards in ranked[: self.config.finalists]:
+            text = self.env.vocab.decode(list(actions))
+            accuracy = self._val_accuracy([text] * len(self.val_problems))
+            scored.append({"prompt": text, "actions": list(actions), "train_reward": float(np.mean(train_rewards)),
+                           "train_questions": len(train_rewards), "val_accuracy": accuracy})
+        best = max(scored, key=lambda f: f["val_accuracy"])
+        if best["val_accuracy"] > self.best_val:
+            self.best_val = best["val_accuracy"]
+            if self.run is not None:
+                policy = FixedPrompt(best["prompt"], self.policy.prompt_length, len(self.env.vocab),
+                                     actions=best["actions"])
+                save_policy(self.run.path / "policy_best.safetensors", policy, self.env.vocab, self.llm,
+                            step=self.step, val_accuracy=self.best_val)
+            best = {**best, "kept": True}
+        return {"finalists": scored, "chosen": best}
 
     def state_tensors(self) -> tuple[dict, dict]:
         tensors = {f"policy.{k}": v for k, v in self.policy.state_dict().items()}
@@ -257,7 +292,8 @@ class ReinforceAgent:
         tensors["torch_generator"] = self.generator.get_state()
         meta = {"step": self.step, "optimizer": opt_meta, "numpy_rng": self.rng.bit_generator.state,
                 "baseline_state": asdict(self.baseline_state), "best_val": self.best_val,
-                "oracle_pairs": self.oracle_pairs, "config": asdict(self.config)}
+                "oracle_pairs": self.oracle_pairs, "config": asdict(self.config),
+                "prompt_rewards": [[list(k), v] for k, v in self.prompt_rewards.items()]}
         if self.value_head is not None:
             tensors.update({f"value.{k}": v for k, v in self.value_head.state_dict().items()})
             v_t, v_meta = optimizer_tensors(self.value_optimizer)
@@ -275,6 +311,7 @@ class ReinforceAgent:
         self.best_val = meta["best_val"] if meta["best_val"] is not None else -math.inf
         self.oracle_pairs = meta["oracle_pairs"]
         self.step = meta["step"]
+        self.prompt_rewards = {tuple(k): list(v) for k, v in meta.get("prompt_rewards", [])}
         if self.value_head is not None:
             self.value_head.load_state_dict({k[len("value."):]: v for k, v in tensors.items() if k.startswith("value.")})
             restore_optimizer(self.value_optimizer,
@@ -315,5 +352,9 @@ class ReinforceAgent:
             if self.run is not None and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
                 self.save_checkpoint()
         bar.close()
-        return {"steps": self.step, "oracle_pairs": self.oracle_pairs, "best_val_accuracy": self.best_val,
-                "wall_s": time.perf_counter() - start}
+        finalists = self.select_finalist()
+        summary = {"steps": self.step, "oracle_pairs": self.oracle_pairs, "best_val_accuracy": self.best_val,
+                   "wall_s": time.perf_counter() - start}
+        if finalists:
+            summary["finalists"] = finalists
+        return summary

@@ -106,6 +106,9 @@ def main():
 @click.option("--max-new-tokens", default=32, show_default=True, help="Oracle answer length limit.")
 @click.option("--stop-at-answer/--no-stop-at-answer", default=True, show_default=True,
               help="End an answer at the first line break after it states a final answer (saves forward passes).")
+@click.option("--finalists", default=4, show_default=True,
+              help="Unconditioned policies: at the end, also validate the N best-rewarded sampled prompts "
+                   "and keep the best of them and the greedy prompt.")
 @click.option("--eval-every", default=10, show_default=True, help="Validate the greedy prompt every N steps.")
 @click.option("--val-size", default=48, show_default=True, help="Validation questions.")
 @click.option("--test-size", default=200, show_default=True, help="Held-out test questions in the final comparison.")
@@ -163,6 +166,7 @@ def _train(opts):
         run_path = Path(opts["resume"])
         saved = RunDir(run_path).read_config()
         saved.setdefault("stop_at_answer", False)  # runs saved before the option decoded to the limit
+        saved.setdefault("finalists", 0)
         steps_override = opts["steps"] if _given("steps") else None
         opts = {**saved, "resume": str(run_path), "quiet": opts["quiet"]}
         if steps_override:
@@ -208,7 +212,7 @@ def _train(opts):
         lr=opts["lr"], baseline=opts["baseline"], normalize_rewards=opts["normalize_rewards"],
         entropy_coef=opts["entropy_coef"], entropy_schedule=opts["entropy_schedule"],
         max_grad_norm=opts["max_grad_norm"], temperature=opts["temperature"], top_k=opts["top_k"] or None,
-        eval_every=opts["eval_every"], seed=opts["seed"])
+        eval_every=opts["eval_every"], finalists=opts["finalists"], seed=opts["seed"])
     if opts["agent"] == "reinforce":
         policy = build_policy(opts["policy"], llm=llm, vocab=env.vocab, prompt_length=opts["prompt_length"],
                               hidden_size=opts["hidden_size"])

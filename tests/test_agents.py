@@ -36,6 +36,8 @@ class BanditEnv:
         return np.ones((len(problems), 4), np.float32)
 
     def score(self, problems, actions, prompts=None, batch_label=""):
+        if actions is None:  # validation passes prompt texts
+            actions = [[int(x) for x in p.split()] for p in prompts]
         actions = np.asarray(actions)
         match = (actions == self.target).mean(1)
         rewards = self.offset + match + self.noise * self.rng.standard_normal(len(match))
@@ -51,6 +53,24 @@ def test_reinforce_finds_the_best_arm():
     agent.train(progress=False)
     assert policy.greedy(torch.zeros(1, 4)).tolist() == [[3, 5]]
     assert agent.history[-1]["reward"] > 0.8 > agent.history[0]["reward"]
+
+
+def test_finalists_keep_a_measured_prompt_over_an_unsampled_greedy_one():
+    env = BanditEnv(vocab_size=4, target=(1, 2))
+    policy = Unconditioned(2, 4)
+    config = ReinforceConfig(steps=4, lr=0.0, batch_size=4, prompts_per_question=8, entropy_coef=0.0, finalists=3)
+    agent = ReinforceAgent(env, policy, config, val_problems=env.problems[:4])
+    summary = agent.train(progress=False)
+    # Untrained (lr 0), the greedy prompt is not the target; the target was sampled and scored best.
+    assert policy.greedy(torch.zeros(1, 4)).tolist() != [[1, 2]]
+    assert (1, 2) in agent.prompt_rewards
+    chosen = summary["finalists"]["chosen"]
+    assert chosen["actions"] == [1, 2] and chosen["val_accuracy"] == 1.0 and chosen["kept"]
+    assert summary["best_val_accuracy"] == 1.0
+    assert len(summary["finalists"]["finalists"]) == 3
+    no_finalists = ReinforceAgent(env, Unconditioned(2, 4), ReinforceConfig(steps=2, batch_size=4),
+                                  val_problems=env.problems[:4]).train(progress=False)
+    assert "finalists" not in no_finalists
 
 
 def _gradient_samples(baseline, n=200):
