@@ -1,0 +1,251 @@
+"""The headline result: learned prompts against hand-written ones on held-out problems, from scratch.
+
+    python bench/headline.py                      # 3 seeds of the headline setting + hard sets
+    python bench/headline.py --grid all           # ... then every comparison variant (seed 0)
+    python bench/headline.py --grid random,refiner --grid-steps 12
+
+One process, one model load. Problems come from the built-in generator: two-operand integer
+arithmetic (difficulty 1-2) split by hash into train / validation / test; the test problems are
+used for nothing but the final comparison. Each seed trains an unconditioned policy with REINFORCE
+(paired design, leave-one-out baseline, entropy bonus, `finalists` validation at the end), then
+its kept prompt and the hand-written prompts are scored on the same test problems (greedy, same
+decoding), with exact McNemar tests against the best hand-written prompt. The learned prompts are
+then scored on harder held-out kinds (two-step word problems, fractions, percentages).
+
+Every number of the README's Results section comes from this script. It writes, under --out:
+results.md (the tables), results.json, and one run directory per training run (metrics.csv,
+learning_curve.png, samples.jsonl, policies). Tables are rewritten after every finished item, so an
+interrupted run still leaves what it measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+HAND_WRITTEN = ("", "Let's think step by step.", "Take a deep breath and work on this problem step-by-step.",
+                "Answer with only the final number.", "Give the answer as a single number.")
+HARD_KINDS = ("word_two_step", "fractions", "percentages")
+
+# Comparison grid: overrides of the headline setting, each trained once (seed 0) on the grid budget.
+VARIANTS = {
+    "headline (unconditioned, rloo, entropy 0.01, length 4, words, correct+partial)": {},
+    "random search": {"agent": "random"},
+    "refiner (question-conditioned)": {"policy": "refiner", "finalists": 0},
+    "autoregressive refiner": {"policy": "autoregressive", "finalists": 0},
+    "baseline none": {"baseline": "none"},
+    "baseline moving_average": {"baseline": "moving_average"},
+    "baseline batch_mean": {"baseline": "batch_mean"},
+    "baseline learned": {"baseline": "learned"},
+    "no entropy bonus": {"entropy_coef": 0.0},
+    "prompt length 2": {"prompt_length": 2},
+    "prompt length 8": {"prompt_length": 8},
+    "vocabulary frequent:500": {"action_vocab": "frequent:500"},
+    "reward correct only": {"rewards": ["correct"]},
+    "reward correct + likelihood": {"rewards": ["correct", "likelihood:0.5"]},
+    "no finalists (greedy prompt only)": {"finalists": 0},
+}
+GRID_KEYS = {"random": "random search", "refiner": "refiner (question-conditioned)",
+             "autoregressive": "autoregressive refiner", "none": "baseline none",
+             "moving_average": "baseline moving_average", "batch_mean": "baseline batch_mean",
+             "learned": "baseline learned", "no_entropy": "no entropy bonus", "length2": "prompt length 2",
+             "length8": "prompt length 8", "frequent": "vocabulary frequent:500", "correct": "reward correct only",
+             "likelihood": "reward correct + likelihood", "no_finalists": "no finalists (greedy prompt only)",
+             "headline": next(iter(VARIANTS))}
+
+
+def _label(prompt: str) -> str:
+    return "(no prompt)" if prompt == "" else repr(prompt)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _train_one(llm, splits, settings: dict, seed: int, run_dir: Path) -> dict:
+    """Train one prompt policy; return its kept prompt and training facts."""
+    from agents import RandomSearchAgent, ReinforceAgent, ReinforceConfig
+    from envs import PromptRefineEnv
+    from rlprompt_math.checkpoint import load_policy
+    from rlprompt_math.evaluation import policy_prompts
+    from rlprompt_math.policies import build_policy
+    from rlprompt_math.runlog import RunDir
+
+    torch.manual_seed(seed)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run each time this script runs
+    run = RunDir(run_dir)
+    run.write_config({**settings, "seed": seed})
+    env = PromptRefineEnv(llm, splits["train"], split=None, prompt_length=settings["prompt_length"],
+                          action_vocab=settings["action_vocab"], rewards=list(settings["rewards"]),
+                          max_new_tokens=settings["max_new_tokens"])
+    config = ReinforceConfig(steps=settings["steps"], batch_size=settings["batch_size"],
+                             prompts_per_question=settings["prompts_per_question"], lr=settings["lr"],
+                             baseline=settings["baseline"], entropy_coef=settings["entropy_coef"],
+                             eval_every=max(1, settings["steps"] // 3), finalists=settings["finalists"], seed=seed)
+    val = splits["validation"][: settings["val_size"]]
+    start = time.perf_counter()
+    if settings["agent"] == "random":
+        agent = RandomSearchAgent(env, config, run=run, val_problems=val, llm=llm, finalists=max(settings["finalists"], 1))
+    else:
+        policy = build_policy(settings["policy"], llm=llm, vocab=env.vocab, prompt_length=settings["prompt_length"])
+        agent = ReinforceAgent(env, policy, config, run=run, val_problems=val, llm=llm)
+    summary = agent.train(progress=True)
+    run.plot_learning_curve()
+    run.close()
+    policy, vocab, _ = load_policy(run_dir / "policy_best.safetensors", llm)
+    return {"policy": policy, "vocab": vocab, "summary": summary, "wall_s": time.perf_counter() - start,
+            "prompts_of": lambda problems: policy_prompts(policy, vocab, problems, llm)}
+
+
+@click.command()
+@click.option("--seeds", default="0,1,2", show_default=True, help="Training seeds of the headline setting.")
+@click.option("--steps", default=24, show_default=True, help="REINFORCE steps per seed.")
+@click.option("--batch-size", default=16, show_default=True, help="Questions per step (M).")
+@click.option("--prompts-per-question", default=8, show_default=True, help="Prompts per step (K).")
+@click.option("--lr", default=0.3, show_default=True)
+@click.option("--finalists", default=6, show_default=True)
+@click.option("--val-size", default=64, show_default=True)
+@click.option("--test-size", default=400, show_default=True)
+@click.option("--hard-size", default=60, show_default=True, help="Problems per harder kind (0: skip).")
+@click.option("--max-new-tokens", default=48, show_default=True)
+@click.option("--grid", default="", help="Comma-separated variants to compare (or 'all'): "
+              + ", ".join(GRID_KEYS))
+@click.option("--grid-steps", default=12, show_default=True, help="Steps per grid variant (same M, K).")
+@click.option("--out", default="runs/headline", show_default=True, type=click.Path(file_okay=False))
+def main(seeds, steps, batch_size, prompts_per_question, lr, finalists, val_size, test_size, hard_size,
+         max_new_tokens, grid, grid_steps, out):
+    import envs  # noqa: F401
+    from rlprompt_math.data import generate_problems, split_problems
+    from rlprompt_math.evaluation import mcnemar_p, score_system
+    from rlprompt_math.llm import FrozenLLM
+    from rlprompt_math.oracle import Decoding
+    from rlprompt_math.rewards import RewardMix
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+               f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
+    llm = FrozenLLM.load()
+    problems = generate_problems(6000, seed=0, kinds=["arithmetic"], difficulty=[1, 2])
+    splits = split_problems(problems, 0)
+    test = splits["test"][:test_size]
+    hard = {kind: generate_problems(hard_size, seed=1, kinds=[kind], difficulty=[1, 2]) for kind in HARD_KINDS} \
+        if hard_size else {}
+    base = {"agent": "reinforce", "policy": "unconditioned", "prompt_length": 4, "action_vocab": "words",
+            "rewards": ["correct", "partial:0.5"], "baseline": "rloo", "entropy_coef": 0.01, "lr": lr,
+            "steps": steps, "batch_size": batch_size, "prompts_per_question": prompts_per_question,
+            "finalists": finalists, "val_size": val_size, "max_new_tokens": max_new_tokens}
+    decoding = Decoding(max_new_tokens)
+    grader = RewardMix(["correct"])
+    results = {"machine": machine, "model": llm.name, "settings": base, "n_test": len(test),
+               "n_train": len(splits["train"]), "hand_written": {}, "seeds": [], "hard": {}, "grid": []}
+
+    def score(problems, prompts, name):
+        return score_system(name, llm, grader, problems, prompts, decoding).correct
+
+    def write():
+        results["total_wall_s"] = time.perf_counter() - started
+        (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        (out / "results.md").write_text(render(results))
+
+    click.echo(f"machine: {machine}; train {len(splits['train'])}, test {len(test)} problems")
+    hand_correct = {}
+    for prompt in HAND_WRITTEN:
+        hand_correct[prompt] = score(test, [prompt] * len(test), _label(prompt))
+        results["hand_written"][prompt] = float(hand_correct[prompt].mean())
+        click.echo(f"hand-written {_label(prompt)}: {_pct(hand_correct[prompt].mean())}")
+    best_hand = max(HAND_WRITTEN, key=lambda p: hand_correct[p].mean())
+    results["best_hand_written"] = best_hand
+    write()
+
+    trained = {}
+    for seed in [int(s) for s in seeds.split(",") if s.strip()]:
+        item = _train_one(llm, splits, base, seed, out / f"seed{seed}")
+        prompts = item["prompts_of"](test)
+        correct = score(test, prompts, f"seed {seed}")
+        trained[seed] = item
+        finals = item["summary"].get("finalists")
+        results["seeds"].append({
+            "seed": seed, "prompt": prompts[0], "accuracy": float(correct.mean()),
+            "p_vs_best_hand_written": mcnemar_p(correct, hand_correct[best_hand]),
+            "p_vs_no_prompt": mcnemar_p(correct, hand_correct[""]),
+            "val_accuracy": item["summary"]["best_val_accuracy"], "oracle_pairs": item["summary"]["oracle_pairs"],
+            "train_wall_s": item["wall_s"], "chosen_from": "finalist" if finals and finals["chosen"].get("kept")
+            else "greedy policy"})
+        click.echo(f"seed {seed}: {prompts[0]!r} {_pct(correct.mean())}")
+        write()
+
+    for kind, kind_problems in hard.items():
+        row = {}
+        for prompt in HAND_WRITTEN:
+            row[_label(prompt)] = float(score(kind_problems, [prompt] * len(kind_problems), _label(prompt)).mean())
+        for seed, item in trained.items():
+            row[f"seed {seed}"] = float(score(kind_problems, item["prompts_of"](kind_problems), f"seed {seed}").mean())
+        results["hard"][kind] = {"n": len(kind_problems), "accuracy": row}
+        write()
+
+    names = list(VARIANTS) if grid == "all" else [GRID_KEYS[g.strip()] for g in grid.split(",") if g.strip()]
+    for name in names:
+        settings = {**base, **VARIANTS[name], "steps": grid_steps}
+        item = _train_one(llm, splits, settings, 0, out / f"grid-{list(GRID_KEYS)[list(GRID_KEYS.values()).index(name)]}")
+        prompts = item["prompts_of"](test)
+        correct = score(test, prompts, name)
+        results["grid"].append({"variant": name, "prompt": prompts[0] if len(set(prompts)) == 1
+                                else f"{len(set(prompts))} distinct prompts, e.g. {prompts[0]!r}",
+                                "accuracy": float(correct.mean()),
+                                "p_vs_best_hand_written": mcnemar_p(correct, hand_correct[best_hand]),
+                                "oracle_pairs": item["summary"]["oracle_pairs"], "train_wall_s": item["wall_s"]})
+        click.echo(f"{name}: {_pct(correct.mean())}")
+        write()
+    write()
+    click.echo((out / "results.md").read_text())
+
+
+def render(r: dict) -> str:
+    s = r["settings"]
+    lines = [f"Model {r['model']}; machine: {r['machine']}. Held-out test: {r['n_test']} two-operand integer "
+             f"arithmetic problems (generator, difficulty 1-2), greedy, {s['max_new_tokens']} new tokens max, "
+             f"answers ended at the first line break after a stated answer.", "",
+             "| system | held-out accuracy | McNemar p vs best hand-written | oracle pairs (train + val) | train time |",
+             "| --- | --- | --- | --- | --- |"]
+    best = r.get("best_hand_written")
+    for prompt, acc in r["hand_written"].items():
+        lines.append(f"| hand-written {_label(prompt)}{' (best)' if prompt == best else ''} | {_pct(acc)} | | | |")
+    for row in r["seeds"]:
+        lines.append(f"| learned, seed {row['seed']}: {row['prompt']!r} ({row['chosen_from']}) | {_pct(row['accuracy'])} "
+                     f"| {row['p_vs_best_hand_written']:.3g} | {row['oracle_pairs']} | {row['train_wall_s']:.0f} s |")
+    if r["seeds"]:
+        accs = np.array([row["accuracy"] for row in r["seeds"]])
+        lines.append(f"| **learned, mean ± sd over {len(accs)} seeds** | **{_pct(accs.mean())} ± "
+                     f"{100 * accs.std(ddof=1) if len(accs) > 1 else 0:.1f}** | | | |")
+    if r["hard"]:
+        kinds = list(r["hard"])
+        lines += ["", "Harder held-out kinds (difficulty 1-2; accuracy):", "",
+                  "| system | " + " | ".join(f"{k} (n={r['hard'][k]['n']})" for k in kinds) + " |",
+                  "| --- |" + " --- |" * len(kinds)]
+        for system in r["hard"][kinds[0]]["accuracy"]:
+            lines.append(f"| {system} | " + " | ".join(_pct(r["hard"][k]["accuracy"][system]) for k in kinds) + " |")
+    if r["grid"]:
+        lines += ["", "Comparison grid (seed 0, each on the same per-variant budget):", "",
+                  "| variant | kept prompt | held-out accuracy | p vs best hand-written | oracle pairs | train time |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for row in r["grid"]:
+            lines.append(f"| {row['variant']} | {row['prompt']!r} | {_pct(row['accuracy'])} | "
+                         f"{row['p_vs_best_hand_written']:.3g} | {row['oracle_pairs']} | {row['train_wall_s']:.0f} s |")
+    lines += ["", f"Total wall time: {r.get('total_wall_s', 0) / 60:.1f} min."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
