@@ -39,6 +39,24 @@ def matmul_peak(dtype=torch.float32, n=1024, repeats=10) -> float:
     return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
 
 
+def decode_step_ms(llm, batch_sizes, context=60, steps=16) -> dict[int, float]:
+    """Milliseconds per KV-cache decode step of the bare model, by batch size (random token ids)."""
+    from transformers import DynamicCache
+
+    times = {}
+    for rows in batch_sizes:
+        ids = torch.randint(100, 1000, (rows, context))
+        with torch.inference_mode():
+            cache = DynamicCache()
+            nxt = llm.model(input_ids=ids, past_key_values=cache, use_cache=True,
+                            logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
+            start = time.perf_counter()
+            for _ in range(steps):
+                nxt = llm.model(input_ids=nxt, past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+        times[rows] = (time.perf_counter() - start) / steps * 1000
+    return times
+
+
 def naive_generate(llm, texts, max_new_tokens, batch_size=32):
     tok, model = llm.tokenizer, llm.model
     out, new_tokens = [], 0
@@ -82,7 +100,8 @@ def naive_logprobs(llm, texts, answers, batch_size=32):
 @click.option("--model", default=None)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--batch-size", default=64, show_default=True, help="rows per batch on our path (naive: 32)")
-def main(questions, prompts, max_new_tokens, dtype, model, seed, batch_size):
+@click.option("--decode-steps", default="", help="Only time one decode step at these batch sizes, e.g. 1,8,32,64,128.")
+def main(questions, prompts, max_new_tokens, dtype, model, seed, batch_size, decode_steps):
     from rlprompt_math.data import generate_problems
     from rlprompt_math.llm import FrozenLLM
     from rlprompt_math.vocab import ActionVocab
@@ -90,6 +109,10 @@ def main(questions, prompts, max_new_tokens, dtype, model, seed, batch_size):
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"cpu capability {torch.backends.cpu.get_cpu_capability()}")
     llm = FrozenLLM.load(model, device="cpu", dtype="float32")
+    if decode_steps:
+        for rows, ms in decode_step_ms(llm, [int(b) for b in decode_steps.split(",")]).items():
+            print(f"decode step, {rows:4d} rows: {ms:7.1f} ms ({rows / ms * 1000:6.0f} tokens/s)")
+        return
     problems = generate_problems(questions, seed=seed, kinds=["arithmetic"], difficulty=[1, 2])
     vocab = ActionVocab.from_spec(llm.tokenizer, "words")
     rng = np.random.default_rng(seed)
