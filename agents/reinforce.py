@@ -15,8 +15,9 @@ Every `eval_every` steps the greedy prompts are scored on validation questions; 
 far is kept. With `finalists` > 0 (unconditioned policies), the sampled prompts with the best mean
 training reward are also scored on the validation questions at the end, and the best of them and the
 greedy prompt becomes the kept policy: the greedy prompt (the argmax of each slot) may never have
-been sampled as a whole, while a finalist was measured. Every `checkpoint_every` steps the policy, optimizer, baseline and random-number states
-are saved atomically, so `--resume` continues exactly where the run stopped.
+been sampled as a whole, while a finalist was measured. Every `checkpoint_every` steps the policy,
+optimizer, baseline and random-number states are saved atomically, so `--resume` continues exactly
+where the run stopped.
 
 Baselines (what is subtracted from the reward):
   none            0

@@ -372,8 +372,8 @@ class FrozenLLM:
         texts = list(texts)
         self.stats.generate_calls += 1
         greedy = temperature == 0
-        settings = (max_new_tokens, tuple(stop or ()),
-                    None if stop_when is None else f"{stop_when.__module__}.{stop_when.__qualname__}")
+        # The predicate itself is in the key (functions hash by identity; the key keeps it alive).
+        settings = (max_new_tokens, tuple(stop or ()), stop_when)
         results: list[str | None] = [None] * len(texts)
         todo: dict[str, list[int]] = {}
         for i, text in enumerate(texts):
