@@ -39,7 +39,7 @@ HARD_KINDS = ("word_two_step", "fractions", "percentages")
 
 # Comparison grid: overrides of the headline setting, each trained once (seed 0) on the grid budget.
 VARIANTS = {
-    "headline (unconditioned, rloo, entropy 0.01, length 4, words, correct+partial)": {},
+    "headline setting (unconditioned, rloo, entropy 0.01, words, correct+partial)": {},
     "random search": {"agent": "random"},
     "refiner (question-conditioned)": {"policy": "refiner", "finalists": 0},
     "autoregressive refiner": {"policy": "autoregressive", "finalists": 0},
@@ -49,6 +49,7 @@ VARIANTS = {
     "baseline learned": {"baseline": "learned"},
     "no entropy bonus": {"entropy_coef": 0.0},
     "prompt length 2": {"prompt_length": 2},
+    "prompt length 4": {"prompt_length": 4},
     "prompt length 8": {"prompt_length": 8},
     "vocabulary frequent:500": {"action_vocab": "frequent:500"},
     "reward correct only": {"rewards": ["correct"]},
@@ -59,6 +60,7 @@ GRID_KEYS = {"random": "random search", "refiner": "refiner (question-conditione
              "autoregressive": "autoregressive refiner", "none": "baseline none",
              "moving_average": "baseline moving_average", "batch_mean": "baseline batch_mean",
              "learned": "baseline learned", "no_entropy": "no entropy bonus", "length2": "prompt length 2",
+             "length4": "prompt length 4",
              "length8": "prompt length 8", "frequent": "vocabulary frequent:500", "correct": "reward correct only",
              "likelihood": "reward correct + likelihood", "no_finalists": "no finalists (greedy prompt only)",
              "headline": next(iter(VARIANTS))}
@@ -112,6 +114,7 @@ def _train_one(llm, splits, settings: dict, seed: int, run_dir: Path) -> dict:
 @click.option("--steps", default=24, show_default=True, help="REINFORCE steps per seed.")
 @click.option("--batch-size", default=16, show_default=True, help="Questions per step (M).")
 @click.option("--prompts-per-question", default=8, show_default=True, help="Prompts per step (K).")
+@click.option("--prompt-length", default=4, show_default=True, help="Prompt slots of the headline setting.")
 @click.option("--lr", default=0.3, show_default=True)
 @click.option("--finalists", default=6, show_default=True)
 @click.option("--val-size", default=64, show_default=True)
@@ -123,7 +126,7 @@ def _train_one(llm, splits, settings: dict, seed: int, run_dir: Path) -> dict:
 @click.option("--grid-steps", default=12, show_default=True, help="Steps per grid variant (same M, K).")
 @click.option("--out", default="runs/headline", show_default=True, type=click.Path(file_okay=False))
 @click.option("--render-only", is_flag=True, help="Rewrite results.md from --out's results.json and exit.")
-def main(seeds, steps, batch_size, prompts_per_question, lr, finalists, val_size, test_size, hard_size,
+def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, finalists, val_size, test_size, hard_size,
          max_new_tokens, grid, grid_steps, out, render_only):
     import envs  # noqa: F401
     from rlprompt_math.data import generate_problems, split_problems
@@ -147,14 +150,15 @@ def main(seeds, steps, batch_size, prompts_per_question, lr, finalists, val_size
     test = splits["test"][:test_size]
     hard = {kind: generate_problems(hard_size, seed=1, kinds=[kind], difficulty=[1, 2]) for kind in HARD_KINDS} \
         if hard_size else {}
-    base = {"agent": "reinforce", "policy": "unconditioned", "prompt_length": 4, "action_vocab": "words",
+    base = {"agent": "reinforce", "policy": "unconditioned", "prompt_length": prompt_length, "action_vocab": "words",
             "rewards": ["correct", "partial:0.5"], "baseline": "rloo", "entropy_coef": 0.01, "lr": lr,
             "steps": steps, "batch_size": batch_size, "prompts_per_question": prompts_per_question,
             "finalists": finalists, "val_size": val_size, "max_new_tokens": max_new_tokens}
     decoding = Decoding(max_new_tokens)
     grader = RewardMix(["correct"])
     results = {"machine": machine, "model": llm.name, "settings": base, "n_test": len(test),
-               "n_train": len(splits["train"]), "hand_written": {}, "seeds": [], "hard": {}, "grid": []}
+               "n_train": len(splits["train"]), "hand_written": {}, "seeds": [], "hard": {}, "grid": [],
+               "grid_steps": grid_steps}
 
     solved = np.zeros(len(test), bool)  # test questions that some system's prompt solved
 
@@ -227,7 +231,10 @@ def render(r: dict) -> str:
     s = r["settings"]
     lines = [f"Model {r['model']}; machine: {r['machine']}. Held-out test: {r['n_test']} two-operand integer "
              f"arithmetic problems (generator, difficulty 1-2), greedy, {s['max_new_tokens']} new tokens max, "
-             f"answers ended at the first line break after a stated answer.", "",
+             f"answers ended at the first line break after a stated answer. Learned: {s['policy']} policy, "
+             f"{s['prompt_length']} slots over `{s['action_vocab']}`, {s['baseline']} baseline, {s['steps']} steps x "
+             f"{s['prompts_per_question']} prompts x {s['batch_size']} questions, {s['finalists']} finalists on "
+             f"{s['val_size']} validation questions.", "",
              "| system | held-out accuracy | vs best hand-written (points; McNemar p) | oracle pairs (train + val) "
              "| train time |",
              "| --- | --- | --- | --- | --- |"]
@@ -254,8 +261,10 @@ def render(r: dict) -> str:
         for system in r["hard"][kinds[0]]["accuracy"]:
             lines.append(f"| {system} | " + " | ".join(_pct(r["hard"][k]["accuracy"][system]) for k in kinds) + " |")
     if r["grid"]:
-        lines += ["", "Comparison grid (seed 0, each on the same per-variant budget; train time excludes pairs "
-                  "answered from the oracle's cache, e.g. the steps a variant shares with the seed-0 run):", "",
+        steps = f"{r['grid_steps']} steps" if "grid_steps" in r else "--grid-steps steps"
+        lines += ["", f"Comparison grid (seed 0, each variant {steps} of the same size; train time excludes "
+                  "pairs answered from the oracle's cache, e.g. the steps a variant shares with the seed-0 run):",
+                  "",
                   "| variant | kept prompt | held-out accuracy | vs best hand-written (points; McNemar p) "
                   "| oracle pairs | train time |",
                   "| --- | --- | --- | --- | --- | --- |"]
