@@ -64,6 +64,7 @@ GRID_KEYS = {"random": "random search", "refiner": "refiner (question-conditione
              "length8": "prompt length 8", "frequent": "vocabulary frequent:500", "correct": "reward correct only",
              "likelihood": "reward correct + likelihood", "no_finalists": "no finalists (greedy prompt only)",
              "headline": next(iter(VARIANTS))}
+GRID_DIRS = {name: key for key, name in GRID_KEYS.items()}
 
 
 def _label(prompt: str) -> str:
@@ -213,7 +214,7 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
     names = list(VARIANTS) if grid == "all" else [GRID_KEYS[g.strip()] for g in grid.split(",") if g.strip()]
     for name in names:
         settings = {**base, **VARIANTS[name], "steps": grid_steps}
-        item = _train_one(llm, splits, settings, 0, out / f"grid-{list(GRID_KEYS)[list(GRID_KEYS.values()).index(name)]}")
+        item = _train_one(llm, splits, settings, 0, out / f"grid-{GRID_DIRS[name]}")
         prompts = item["prompts_of"](test)
         correct = score(test, prompts, name)
         results["grid"].append({"variant": name, "prompt": prompts[0] if len(set(prompts)) == 1
