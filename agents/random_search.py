@@ -17,6 +17,8 @@ from tqdm.auto import tqdm
 from rlprompt_math.checkpoint import save_policy
 from rlprompt_math.policies import FixedPrompt
 
+from .finalists import validate_finalists
+
 
 class RandomSearchAgent:
     name = "random"
@@ -54,17 +56,12 @@ class RandomSearchAgent:
                 self.run.log_samples(step, infos, rewards)
                 self.run.log_metrics(metrics)
         ranked = sorted(self.scores.items(), key=lambda kv: (np.mean(kv[1]), len(kv[1])), reverse=True)
-        finalists = [list(actions) for actions, _ in ranked[: self.finalists]]
-        best, best_val = finalists[0], float("nan")
-        if self.val_problems and len(finalists) > 1:
-            accs = []
-            for actions in finalists:
-                prompt = env.vocab.decode(actions)
-                _, infos = env.score(self.val_problems, None, prompts=[prompt] * len(self.val_problems),
-                                     batch_label="validation")
-                self.oracle_pairs += len(self.val_problems)
-                accs.append(float(np.mean([i["correct"] for i in infos])))
-            best, best_val = finalists[int(np.argmax(accs))], max(accs)
+        best, best_val = list(ranked[0][0]), float("nan")
+        if self.val_problems and self.finalists > 1:
+            scored = validate_finalists(env, self.val_problems, self.scores, self.finalists)
+            self.oracle_pairs += sum(f["pairs"] for f in scored)
+            chosen = max(scored, key=lambda f: f["val_accuracy"])  # first of equals: best training reward
+            best, best_val = chosen["actions"], chosen["val_accuracy"]
         self.policy = FixedPrompt(env.vocab.decode(best), length, vocab_size, actions=best)
         if self.run is not None:
             for name in ("policy_best.safetensors", "policy_last.safetensors"):

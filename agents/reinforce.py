@@ -37,9 +37,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlprompt_math.checkpoint import (load_state, optimizer_tensors, restore_optimizer, save_policy,
-                                      save_state)
+from rlprompt_math.checkpoint import (
+    load_state,
+    optimizer_tensors,
+    restore_optimizer,
+    save_policy,
+    save_state,
+)
 from rlprompt_math.policies import FixedPrompt, PromptPolicy, prompts_for
+
+from .finalists import validate_finalists
 
 BASELINES = ("none", "moving_average", "batch_mean", "rloo", "learned")
 ENTROPY_SCHEDULES = ("constant", "linear", "cosine")
@@ -256,9 +263,6 @@ class ReinforceAgent:
         self.policy.eval()
         obs = self._observe(self.val_problems)
         prompts = prompts_for(self.policy, self.env.vocab, obs)
-        return self._val_accuracy(prompts)
-
-    def _val_accuracy(self, prompts: list[str]) -> float:
         _, infos = self.env.score(self.val_problems, None, prompts=prompts, batch_label="validation")
         self.oracle_pairs += len(prompts)
         return float(np.mean([i["correct"] for i in infos]))
@@ -268,13 +272,8 @@ class ReinforceAgent:
         if not (self.config.finalists and self.prompt_rewards and self.val_problems
                 and not self.policy.uses_observation):
             return None
-        ranked = sorted(self.prompt_rewards.items(), key=lambda kv: (np.mean(kv[1]), len(kv[1])), reverse=True)
-        scored = []
-        for actions, train_rewards in ranked[: self.config.finalists]:
-            text = self.env.vocab.decode(list(actions))
-            accuracy = self._val_accuracy([text] * len(self.val_problems))
-            scored.append({"prompt": text, "actions": list(actions), "train_reward": float(np.mean(train_rewards)),
-                           "train_questions": len(train_rewards), "val_accuracy": accuracy})
+        scored = validate_finalists(self.env, self.val_problems, self.prompt_rewards, self.config.finalists)
+        self.oracle_pairs += sum(f["pairs"] for f in scored)
         best = max(scored, key=lambda f: f["val_accuracy"])
         if best["val_accuracy"] > self.best_val:
             self.best_val = best["val_accuracy"]

@@ -1,0 +1,26 @@
+"""Choosing among measured prompts: the best-rewarded ones in training, compared on validation.
+
+Random search and REINFORCE (`--finalists`) both keep, for every prompt they scored, its rewards
+on the training questions; the top few by mean reward are then scored on the validation questions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def validate_finalists(env, val_problems, prompt_rewards: dict[tuple, list[float]], n: int) -> list[dict]:
+    """Score the `n` prompts with the best mean training reward on `val_problems` (ties: more questions).
+
+    Returns one dict per finalist, best training reward first: prompt, actions, train_reward,
+    train_questions, val_accuracy, and the oracle pairs spent under "pairs".
+    """
+    ranked = sorted(prompt_rewards.items(), key=lambda kv: (np.mean(kv[1]), len(kv[1])), reverse=True)
+    scored = []
+    for actions, rewards in ranked[:n]:
+        text = env.vocab.decode(list(actions))
+        _, infos = env.score(val_problems, None, prompts=[text] * len(val_problems), batch_label="validation")
+        scored.append({"prompt": text, "actions": list(actions), "train_reward": float(np.mean(rewards)),
+                       "train_questions": len(rewards), "pairs": len(val_problems),
+                       "val_accuracy": float(np.mean([i["correct"] for i in infos]))})
+    return scored
