@@ -1,9 +1,9 @@
-"""Learning agents: one file each, readable top to bottom."""
+"""Learning agents: one file each, readable top to bottom (`import rlprompt_math.agents`)."""
+
+from rlprompt_math.config import AGENTS, BASELINES, ReinforceConfig
 
 from .fixed import FixedPromptAgent
 from .random_search import RandomSearchAgent
-from .reinforce import BASELINES, ReinforceAgent, ReinforceConfig
-
-AGENTS = ("reinforce", "random", "fixed")
+from .reinforce import ReinforceAgent
 
 __all__ = ["AGENTS", "BASELINES", "FixedPromptAgent", "RandomSearchAgent", "ReinforceAgent", "ReinforceConfig"]

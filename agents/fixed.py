@@ -24,8 +24,8 @@ class FixedPromptAgent:
         start = time.perf_counter()
         val = float("nan")
         if self.val_problems:
-            _, infos = self.env.score(self.val_problems, None, prompts=[self.policy.text] * len(self.val_problems),
-                                      batch_label="validation")
+            prompts = self.policy.prompts(np.zeros((len(self.val_problems), 1)))
+            _, infos = self.env.score(self.val_problems, None, prompts=prompts, batch_label="validation")
             val = float(np.mean([i["correct"] for i in infos]))
         if self.run is not None:
             for name in ("policy_best.safetensors", "policy_last.safetensors"):

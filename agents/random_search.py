@@ -3,8 +3,8 @@
 Each step draws K uniformly random prompts from the action vocabulary and scores each on the
 step's `batch_size` questions: K x batch_size oracle pairs, exactly what REINFORCE spends per step.
 The prompt with the best mean reward so far (ties: the one scored on more questions) wins; the
-top few candidates are then compared on the validation questions and the best becomes a fixed
-policy.
+`config.finalists` candidates (0: off) are then compared on the validation questions and the best
+becomes a fixed policy, as REINFORCE's finalists are.
 """
 
 from __future__ import annotations
@@ -23,11 +23,10 @@ from .finalists import validate_finalists
 class RandomSearchAgent:
     name = "random"
 
-    def __init__(self, env, config, *, run=None, val_problems=None, llm=None, finalists: int = 3):
+    def __init__(self, env, config, *, run=None, val_problems=None, llm=None):
         self.env, self.config, self.run = env, config, run
         self.val_problems = list(val_problems or [])
         self.llm = llm if llm is not None else env.llm
-        self.finalists = finalists
         self.rng = np.random.default_rng(config.seed)
         self.oracle_pairs = 0
         self.scores: dict[tuple, list[float]] = {}
@@ -57,8 +56,8 @@ class RandomSearchAgent:
                 self.run.log_metrics(metrics)
         ranked = sorted(self.scores.items(), key=lambda kv: (np.mean(kv[1]), len(kv[1])), reverse=True)
         best, best_val = list(ranked[0][0]), float("nan")
-        if self.val_problems and self.finalists > 1:
-            scored = validate_finalists(env, self.val_problems, self.scores, self.finalists)
+        if self.val_problems and cfg.finalists:
+            scored = validate_finalists(env, self.val_problems, self.scores, cfg.finalists)
             self.oracle_pairs += sum(f["pairs"] for f in scored)
             chosen = max(scored, key=lambda f: f["val_accuracy"])  # first of equals: best training reward
             best, best_val = chosen["actions"], chosen["val_accuracy"]

@@ -44,64 +44,17 @@ from rlprompt_math.checkpoint import (
     save_policy,
     save_state,
 )
+from rlprompt_math.config import BASELINES, ENTROPY_SCHEDULES, ReinforceConfig
 from rlprompt_math.policies import FixedPrompt, PromptPolicy, prompts_for
 
 from .finalists import validate_finalists
 
-BASELINES = ("none", "moving_average", "batch_mean", "rloo", "learned")
-ENTROPY_SCHEDULES = ("constant", "linear", "cosine")
+__all__ = ["BASELINES", "ENTROPY_SCHEDULES", "NonFiniteError", "ReinforceAgent", "ReinforceConfig", "advantages",
+           "entropy_coef_at"]
 
 
 class NonFiniteError(FloatingPointError):
     """A reward, loss or gradient was NaN or infinite; the message says where."""
-
-
-@dataclass
-class ReinforceConfig:
-    steps: int = 80
-    """optimizer steps"""
-    batch_size: int = 8
-    """questions per step"""
-    prompts_per_question: int = 4
-    """K prompts sampled per question (RLOO needs K >= 2)"""
-    lr: float = 0.3
-    """Adam learning rate for the policy"""
-    baseline: str = "rloo"
-    """none | moving_average | batch_mean | rloo | learned"""
-    moving_average_decay: float = 0.9
-    """decay of the moving-average baseline"""
-    normalize_rewards: bool = False
-    """z-score rewards per question across its K prompts (RLPrompt)"""
-    entropy_coef: float = 0.01
-    """entropy bonus coefficient at step 0"""
-    entropy_schedule: str = "linear"
-    """constant | linear (to 0 at the last step) | cosine (to 0)"""
-    max_grad_norm: float = 1.0
-    """gradient clipping norm"""
-    temperature: float = 1.0
-    """sampling temperature while training (log-probabilities are always taken at 1)"""
-    top_k: int | None = None
-    """sample only among the k likeliest tokens per slot"""
-    value_lr: float = 1e-3
-    """learning rate of the learned baseline"""
-    eval_every: int = 10
-    """score the greedy prompts on validation questions every N steps (0: only at the end)"""
-    checkpoint_every: int = 5
-    """save a resumable checkpoint every N steps"""
-    finalists: int = 0
-    """at the end, also validate the N sampled prompts with the best mean training reward (unconditioned)"""
-    seed: int = 0
-    """seeds question sampling and prompt sampling"""
-
-    def validate(self):
-        if self.baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {BASELINES}")
-        if self.entropy_schedule not in ENTROPY_SCHEDULES:
-            raise ValueError(f"entropy schedule must be one of {ENTROPY_SCHEDULES}")
-        if self.baseline == "rloo" and self.prompts_per_question < 2:
-            raise ValueError("the rloo baseline needs --prompts-per-question >= 2")
-        if self.normalize_rewards and self.prompts_per_question < 2:
-            raise ValueError("per-question normalisation needs --prompts-per-question >= 2")
 
 
 def entropy_coef_at(config: ReinforceConfig, step: int) -> float:
@@ -171,6 +124,9 @@ class ReinforceAgent:
     def __init__(self, env, policy: PromptPolicy, config: ReinforceConfig, *, run=None,
                  val_problems=None, llm=None):
         config.validate()
+        if (policy.prompt_length, policy.vocab_size) != (env.prompt_length, len(env.vocab)):
+            raise ValueError(f"the policy writes {policy.prompt_length} tokens of {policy.vocab_size} actions; "
+                             f"the env takes {env.prompt_length} of {len(env.vocab)}")
         self.env, self.policy, self.config, self.run = env, policy, config, run
         self.val_problems = list(val_problems or [])
         self.llm = llm if llm is not None else getattr(env, "llm", None)

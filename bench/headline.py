@@ -77,8 +77,8 @@ def _pct(x: float) -> str:
 
 def _train_one(llm, splits, settings: dict, seed: int, run_dir: Path) -> dict:
     """Train one prompt policy; return its kept prompt and training facts."""
-    from agents import RandomSearchAgent, ReinforceAgent, ReinforceConfig
-    from envs import PromptRefineEnv
+    from rlprompt_math.agents import RandomSearchAgent, ReinforceAgent, ReinforceConfig
+    from rlprompt_math.envs import make_env
     from rlprompt_math.checkpoint import load_policy
     from rlprompt_math.evaluation import policy_prompts
     from rlprompt_math.policies import build_policy

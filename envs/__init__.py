@@ -1,21 +1,23 @@
 """Gymnasium environments for prompt refinement.
 
-`import envs` registers:
+`import rlprompt_math.envs` registers:
   rlprompt_math/PromptRefine-v0     one step: the whole prompt is one MultiDiscrete action
   rlprompt_math/PromptRefineSeq-v0  one token per step, reward at the end
 
     gymnasium.make("rlprompt_math/PromptRefine-v0", llm=FrozenLLM.load(), dataset="gsm8k.jsonl")
 
-`llm` may be a loaded FrozenLLM (shared, never copied) or a model name/path to load.
+The registered entry points are the factories `make_env` / `make_seq_env`: `llm` may be a loaded
+FrozenLLM (shared, never copied) or a model name/path to load. `PromptRefineEnv(llm, problems, vocab,
+reward_mix, decoding, prompt_length=...)` builds one from loaded objects.
 """
 
 import gymnasium
 
-from .prompt_refine import PromptRefineEnv, PromptRefineSeqEnv
+from .prompt_refine import PromptRefineEnv, PromptRefineSeqEnv, make_env, make_seq_env
 
-__all__ = ["PromptRefineEnv", "PromptRefineSeqEnv"]
+__all__ = ["PromptRefineEnv", "PromptRefineSeqEnv", "make_env", "make_seq_env"]
 
-for _id, _entry in (("rlprompt_math/PromptRefine-v0", "envs.prompt_refine:PromptRefineEnv"),
-                    ("rlprompt_math/PromptRefineSeq-v0", "envs.prompt_refine:PromptRefineSeqEnv")):
+for _id, _entry in (("rlprompt_math/PromptRefine-v0", "rlprompt_math.envs.prompt_refine:make_env"),
+                    ("rlprompt_math/PromptRefineSeq-v0", "rlprompt_math.envs.prompt_refine:make_seq_env")):
     if _id not in gymnasium.registry:
         gymnasium.register(id=_id, entry_point=_entry, disable_env_checker=True)

@@ -19,59 +19,38 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from rlprompt_math.data import Problem, generate_problems, load_problems, split_problems
+from rlprompt_math.config import DataConfig, OracleConfig, PolicyConfig
+from rlprompt_math.data import Problem, load_problems, problems_from_config, split_problems
 from rlprompt_math.llm import FrozenLLM
 from rlprompt_math.oracle import Decoding, score_pairs
 from rlprompt_math.rewards import RewardMix
 from rlprompt_math.vocab import ActionVocab
 
 
-def _resolve_llm(llm) -> FrozenLLM:
-    if isinstance(llm, FrozenLLM):
-        return llm
-    return FrozenLLM.load(llm)
-
-
-def _resolve_problems(dataset, split: str, split_seed: int) -> list[Problem]:
-    if dataset is None:
-        problems = generate_problems(2000, seed=split_seed)
-    elif isinstance(dataset, str):
-        problems, _ = load_problems(dataset)
-    else:
-        problems = list(dataset)
-    if split in (None, "all"):
-        return problems
-    chosen = split_problems(problems, split_seed)[split]
-    if not chosen:
-        raise ValueError(f"the {split!r} split is empty ({len(problems)} problems in all)")
-    return chosen
-
-
 class PromptRefineEnv(gym.Env):
-    """One episode = one problem and one prompt. See the module docstring."""
+    """One episode = one problem and one prompt. See the module docstring.
+
+    Built from loaded objects (shared, never copied); `make_env` (the registered entry point) loads
+    them from names and settings.
+    """
 
     metadata = {"render_modes": ["ansi"]}
 
-    def __init__(self, llm: FrozenLLM | str | None = None, dataset: str | Sequence[Problem] | None = None, *,
-                 prompt_length: int = 4, action_vocab: ActionVocab | str = "words",
-                 rewards: Sequence = ("correct", "partial:0.5"), observation: str = "features",
-                 max_new_tokens: int = 32, temperature: float = 0.0, stop: Sequence[str] | None = None,
-                 stop_at_answer: bool = True,
-                 max_question_tokens: int = 128, split: str | None = "train", split_seed: int = 0,
-                 empty_action: bool = True, counters_in_info: bool = True, render_mode: str | None = None):
-        self.llm = _resolve_llm(llm)
-        self.problems = _resolve_problems(dataset, split, split_seed)
-        self.vocab = (action_vocab if isinstance(action_vocab, ActionVocab)
-                      else ActionVocab.from_spec(self.llm.tokenizer, action_vocab, empty=empty_action))
-        self.reward_mix = rewards if isinstance(rewards, RewardMix) else RewardMix(rewards, llm=self.llm)
+    def __init__(self, llm: FrozenLLM, problems: Sequence[Problem], vocab: ActionVocab, reward_mix: RewardMix,
+                 decoding: Decoding = Decoding(), *, prompt_length: int = PolicyConfig.prompt_length,
+                 observation: str = "features", max_question_tokens: int = 128, counters_in_info: bool = False,
+                 render_mode: str | None = None):
+        self.llm, self.vocab, self.reward_mix, self.decoding = llm, vocab, reward_mix, decoding
+        self.problems = list(problems)
+        if not self.problems:
+            raise ValueError("the environment needs at least one problem")
         self.prompt_length = int(prompt_length)
-        self.decoding = Decoding(int(max_new_tokens), float(temperature), None, tuple(stop or ()),
-                                 stop_at_answer=bool(stop_at_answer))
         self.observation_kind = observation
         self.max_question_tokens = int(max_question_tokens)
         self.render_mode = render_mode
-        # The oracle's call and cache counters are cumulative, shared state: with them in `info`, two
-        # identical steps differ (the second is a cache hit). check_env's determinism check needs False.
+        # The oracle's call and cache counters are cumulative, process-wide state: in `info`, two
+        # identical steps would differ (the second is a cache hit) and check_env's determinism check
+        # fails. They are read with `oracle_stats()`; `counters_in_info=True` also puts them in `info`.
         self.counters_in_info = counters_in_info
         self.action_space = spaces.MultiDiscrete([len(self.vocab)] * self.prompt_length)
         if observation == "features":
@@ -83,6 +62,12 @@ class PromptRefineEnv(gym.Env):
         self._features: dict[str, np.ndarray] = {}
         self._problem: Problem | None = None
         self._last_info: dict = {}
+
+    def oracle_stats(self) -> dict:
+        """The frozen LLM's cumulative counters (process-wide: shared by every env on this LLM)."""
+        stats = self.llm.stats
+        return {"oracle_calls": stats.generate_calls, "oracle_rows": stats.generated_rows,
+                "cache_hits": stats.cache_hits}
 
     # ---- observations --------------------------------------------------------------------------
 
@@ -120,10 +105,9 @@ class PromptRefineEnv(gym.Env):
         totals, infos = score_pairs(self.llm, self.reward_mix, problems, prompts, self.decoding, seed=seed,
                                     batch_label=batch_label)
         if self.counters_in_info:
-            stats = self.llm.stats
+            stats = self.oracle_stats()
             for info in infos:
-                info.update(oracle_calls=stats.generate_calls, oracle_rows=stats.generated_rows,
-                            cache_hits=stats.cache_hits)
+                info.update(stats)
         return totals, infos
 
     # ---- gymnasium API -------------------------------------------------------------------------
@@ -166,8 +150,8 @@ class PromptRefineSeqEnv(gym.Env):
 
     metadata = PromptRefineEnv.metadata
 
-    def __init__(self, llm=None, dataset=None, **kwargs):
-        self.base = PromptRefineEnv(llm, dataset, **kwargs)
+    def __init__(self, base: PromptRefineEnv):
+        self.base = base
         self.vocab = self.base.vocab
         self.prompt_length = self.base.prompt_length
         self.action_space = spaces.Discrete(len(self.vocab))
@@ -195,3 +179,50 @@ class PromptRefineSeqEnv(gym.Env):
             return self._obs(), 0.0, False, False, {}
         _, reward, _, _, info = self.base.step(np.asarray(self._chosen))
         return self._obs(), reward, True, False, info
+
+
+# ---- the factory: names and settings in, an environment out (the registered entry points) ---------
+
+
+def _problems(dataset, split: str | None, split_seed: int) -> list[Problem]:
+    if dataset is None:  # the built-in generator with the default data settings
+        problems, splits, _ = problems_from_config(DataConfig(), split_seed)
+    else:
+        problems = load_problems(dataset)[0] if isinstance(dataset, str) else list(dataset)
+        splits = None
+    if split in (None, "all"):
+        return problems
+    chosen = (splits or split_problems(problems, split_seed))[split]
+    if not chosen:
+        raise ValueError(f"the {split!r} split is empty ({len(problems)} problems in all)")
+    return chosen
+
+
+def make_env(llm: FrozenLLM | str | None = None, dataset: str | Sequence[Problem] | None = None, *,
+             prompt_length: int = PolicyConfig.prompt_length, action_vocab: ActionVocab | str = PolicyConfig.action_vocab,
+             empty_action: bool = PolicyConfig.empty_action, rewards: Sequence | RewardMix = OracleConfig.rewards,
+             max_new_tokens: int = OracleConfig.max_new_tokens, stop_at_answer: bool = OracleConfig.stop_at_answer,
+             temperature: float = Decoding.temperature, stop: Sequence[str] | None = None,
+             split: str | None = "train", split_seed: int = 0, **env_kwargs) -> PromptRefineEnv:
+    """A PromptRefineEnv from names and settings: loads what is not loaded yet.
+
+    `llm`: a loaded FrozenLLM (shared) or a model name/path (None: the default model). `dataset`:
+    problems, a file or hub id, or None for the built-in generator; `split` picks one of its hashed
+    splits (None or "all": every problem). Other keyword arguments go to `PromptRefineEnv`.
+    """
+    llm = llm if isinstance(llm, FrozenLLM) else FrozenLLM.load(llm)
+    vocab = (action_vocab if isinstance(action_vocab, ActionVocab)
+             else ActionVocab.from_spec(llm.tokenizer, action_vocab, empty=empty_action))
+    reward_mix = rewards if isinstance(rewards, RewardMix) else RewardMix(list(rewards), llm=llm)
+    decoding = Decoding(int(max_new_tokens), float(temperature), None, tuple(stop or ()),
+                        stop_at_answer=bool(stop_at_answer))
+    return PromptRefineEnv(llm, _problems(dataset, split, split_seed), vocab, reward_mix, decoding,
+                           prompt_length=prompt_length, **env_kwargs)
+
+
+def make_seq_env(llm=None, dataset=None, **kwargs) -> PromptRefineSeqEnv:
+    """A PromptRefineSeqEnv over `make_env(llm, dataset, **kwargs)`."""
+    return PromptRefineSeqEnv(make_env(llm, dataset, **kwargs))
+
+
+make_env.metadata = make_seq_env.metadata = PromptRefineEnv.metadata

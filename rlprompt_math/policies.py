@@ -13,6 +13,9 @@ Policies (all start at, or near, the uniform distribution, so early exploration 
                   conditioned on the question and on the tokens before it (RLPrompt-style).
   unconditioned   one learned categorical per slot: the same prompt for every question (BDPL-style).
   fixed           a given prompt text; nothing to learn (the `fixed` and `random` agents' result).
+
+Every policy is a prompt source: `prompts(obs, vocab)` gives the greedy prompt text per observation,
+which is what validation, finalists and evaluation score; a fixed prompt returns its text.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import torch
 from torch import nn
 from torch.distributions import Categorical
 
+from .config import POLICY_KINDS
 from .vocab import EMPTY, ActionVocab
 
-POLICY_KINDS = ("refiner", "autoregressive", "unconditioned")
+__all__ = ["POLICY_KINDS", "AutoregressiveRefiner", "FixedPrompt", "PromptPolicy", "Refiner", "Unconditioned",
+           "build_policy", "prompts_for"]
 
 
 def _tied_embeddings(llm, vocab: ActionVocab) -> torch.Tensor:
@@ -83,6 +88,10 @@ class PromptPolicy(nn.Module):
             if self.autoregressive:
                 return self._sample_autoregressive(obs, 0.0, None, None)
             return self.logits(obs).argmax(-1)
+
+    def prompts(self, obs: torch.Tensor, vocab: ActionVocab) -> list[str]:
+        """The greedy prompt text for each observation: what the user sees and what evaluation scores."""
+        return [vocab.decode(row) for row in self.greedy(obs).tolist()]
 
     def _sample_autoregressive(self, obs, temperature, top_k, generator):
         raise NotImplementedError
@@ -199,6 +208,17 @@ class FixedPrompt(PromptPolicy):
     def config(self):
         return {**super().config(), "text": self.text, "actions": self.actions}
 
+    def logits(self, obs, actions=None):
+        raise TypeError("a fixed prompt is not a distribution: it cannot be sampled or trained")
+
+    def greedy(self, obs: torch.Tensor) -> torch.Tensor:
+        if self.actions is None:
+            raise TypeError(f"the fixed prompt {self.text!r} was given as text, not as actions")
+        return torch.tensor([self.actions] * obs.shape[0], dtype=torch.long)
+
+    def prompts(self, obs: torch.Tensor, vocab: ActionVocab | None = None) -> list[str]:
+        return [self.text] * obs.shape[0]
+
 
 def build_policy(kind: str, *, llm, vocab: ActionVocab, prompt_length: int, hidden_size: int = 256,
                  text: str | None = None, actions=None) -> PromptPolicy:
@@ -215,7 +235,5 @@ def build_policy(kind: str, *, llm, vocab: ActionVocab, prompt_length: int, hidd
 
 
 def prompts_for(policy: PromptPolicy, vocab: ActionVocab, obs: torch.Tensor) -> list[str]:
-    """The greedy prompt text for each observation: what the user sees and what evaluation scores."""
-    if isinstance(policy, FixedPrompt):
-        return [policy.text] * obs.shape[0]
-    return [vocab.decode(row) for row in policy.greedy(obs).tolist()]
+    """The greedy prompt text for each observation (any prompt source: see `PromptPolicy.prompts`)."""
+    return policy.prompts(obs, vocab)

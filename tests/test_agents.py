@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from agents import ReinforceAgent, ReinforceConfig
-from agents.reinforce import BASELINES, BaselineState, NonFiniteError, advantages
+from rlprompt_math.agents import ReinforceAgent, ReinforceConfig
+from rlprompt_math.agents.reinforce import BASELINES, BaselineState, NonFiniteError, advantages
 from rlprompt_math.checkpoint import CheckpointError, load_policy, save_policy
 from rlprompt_math.data import Problem, generate_problems
 from rlprompt_math.policies import POLICY_KINDS, Unconditioned, build_policy
@@ -68,7 +68,7 @@ def test_finalists_keep_a_measured_prompt_over_an_unsampled_greedy_one():
     assert chosen["actions"] == [1, 2] and chosen["val_accuracy"] == 1.0 and chosen["kept"]
     assert summary["best_val_accuracy"] == 1.0
     assert len(summary["finalists"]["finalists"]) == 3
-    no_finalists = ReinforceAgent(env, Unconditioned(2, 4), ReinforceConfig(steps=2, batch_size=4),
+    no_finalists = ReinforceAgent(env, Unconditioned(2, 4), ReinforceConfig(steps=2, batch_size=4, finalists=0),
                                   val_problems=env.problems[:4]).train(progress=False)
     assert "finalists" not in no_finalists
 
@@ -190,10 +190,10 @@ def test_checkpoint_refuses_other_model_and_bad_files(tiny_llm, tmp_path):
 
 
 def _agent(tiny_llm, run_path, steps):
-    from envs import PromptRefineEnv
+    from rlprompt_math.envs import make_env
 
     problems = generate_problems(40, seed=0, kinds=["arithmetic"])
-    env = PromptRefineEnv(tiny_llm, problems, split=None, prompt_length=2, max_new_tokens=4, rewards=["partial"])
+    env = make_env(tiny_llm, problems, split=None, prompt_length=2, max_new_tokens=4, rewards=["partial"])
     torch.manual_seed(0)
     policy = build_policy("refiner", llm=tiny_llm, vocab=env.vocab, prompt_length=2, hidden_size=16)
     config = ReinforceConfig(steps=steps, batch_size=3, prompts_per_question=2, checkpoint_every=2,

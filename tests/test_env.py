@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import envs  # noqa: F401  (registers the environments)
-from envs import PromptRefineEnv, PromptRefineSeqEnv
+import rlprompt_math.envs  # noqa: F401  (registers the environments)
+from rlprompt_math.envs import make_env, make_seq_env
 from rlprompt_math.data import generate_problems
 
 PROBLEMS = generate_problems(60, seed=0, kinds=["arithmetic"])
@@ -24,11 +24,16 @@ def test_registered_make_shares_the_loaded_llm(env, tiny_llm):
     assert env.observation_space.shape == (tiny_llm.hidden_size,)
 
 
+def test_registered_default_env_passes_check_env_as_a_user_runs_it(tiny_llm):
+    check_env(gym.make("rlprompt_math/PromptRefine-v0", llm=tiny_llm).unwrapped, skip_render_check=True)
+    check_env(gym.make("rlprompt_math/PromptRefineSeq-v0", llm=tiny_llm).unwrapped, skip_render_check=True)
+
+
 def test_check_env(tiny_llm):
     kwargs = dict(prompt_length=3, max_new_tokens=6, split=None, counters_in_info=False)
-    check_env(PromptRefineEnv(tiny_llm, PROBLEMS, **kwargs), skip_render_check=True)
-    check_env(PromptRefineSeqEnv(tiny_llm, PROBLEMS, **kwargs), skip_render_check=True)
-    sampled = PromptRefineEnv(tiny_llm, PROBLEMS, temperature=1.0, **kwargs)
+    check_env(make_env(tiny_llm, PROBLEMS, **kwargs), skip_render_check=True)
+    check_env(make_seq_env(tiny_llm, PROBLEMS, **kwargs), skip_render_check=True)
+    sampled = make_env(tiny_llm, PROBLEMS, temperature=1.0, **kwargs)
     check_env(sampled, skip_render_check=True)  # sampling draws on np_random: still deterministic
 
 
@@ -37,9 +42,17 @@ def test_step_info_and_termination(env):
     assert obs.dtype == np.float32 and "question" in info
     obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
     assert terminated and not truncated
-    for key in ("prompt", "problem_id", "completion", "extracted", "correct", "rewards", "oracle_calls",
-                "cache_hits"):
+    for key in ("prompt", "problem_id", "completion", "extracted", "correct", "rewards"):
         assert key in info
+    # The oracle's process-wide counters: a method by default, in `info` on request.
+    for key in ("oracle_calls", "oracle_rows", "cache_hits"):
+        assert key in env.unwrapped.oracle_stats() and key not in info
+    counted = make_env(env.unwrapped.llm, PROBLEMS, prompt_length=3, max_new_tokens=6, split=None,
+                       counters_in_info=True)
+    counted.reset(seed=1)
+    counted_info = counted.step(counted.action_space.sample())[4]
+    for key in ("oracle_calls", "cache_hits"):
+        assert key in counted_info
     assert reward == pytest.approx(info["rewards"]["correct"] + 0.5 * info["rewards"]["partial"])  # the defaults
 
 
@@ -77,7 +90,7 @@ def test_sync_vector_env_matches_batched_score(tiny_llm):
 
 
 def test_greedy_cache_makes_repeats_free(tiny_llm):
-    env = PromptRefineEnv(tiny_llm, PROBLEMS, prompt_length=2, max_new_tokens=6, split=None)
+    env = make_env(tiny_llm, PROBLEMS, prompt_length=2, max_new_tokens=6, split=None, counters_in_info=True)
     actions = np.zeros((5, 2), dtype=np.int64)
     problems = PROBLEMS[:5]
     env.score(problems, actions)
@@ -88,21 +101,21 @@ def test_greedy_cache_makes_repeats_free(tiny_llm):
 
 
 def test_token_observations(tiny_llm):
-    env = PromptRefineEnv(tiny_llm, PROBLEMS, observation="tokens", max_question_tokens=32, split=None)
+    env = make_env(tiny_llm, PROBLEMS, observation="tokens", max_question_tokens=32, split=None)
     obs, _ = env.reset(seed=0)
     assert obs.shape == (32,) and obs.dtype == np.int64 and env.observation_space.contains(obs)
 
 
 def test_action_vocab_kinds(tiny_llm, tmp_path):
-    full = PromptRefineEnv(tiny_llm, PROBLEMS, action_vocab="full", split=None)
-    words = PromptRefineEnv(tiny_llm, PROBLEMS, action_vocab="words", split=None)
+    full = make_env(tiny_llm, PROBLEMS, action_vocab="full", split=None)
+    words = make_env(tiny_llm, PROBLEMS, action_vocab="words", split=None)
     assert len(words.vocab) < len(full.vocab)
     listed = tmp_path / "tokens.txt"
     some = sorted(tiny_llm.tokenizer.get_vocab())[100:102]
     listed.write_text("\n".join(some) + "\n")
-    tokens = PromptRefineEnv(tiny_llm, PROBLEMS, action_vocab=f"tokens:{listed}", split=None, empty_action=False)
+    tokens = make_env(tiny_llm, PROBLEMS, action_vocab=f"tokens:{listed}", split=None, empty_action=False)
     assert len(tokens.vocab) == 2
-    with_empty = PromptRefineEnv(tiny_llm, PROBLEMS, action_vocab=f"tokens:{listed}", split=None)
+    with_empty = make_env(tiny_llm, PROBLEMS, action_vocab=f"tokens:{listed}", split=None)
     assert len(with_empty.vocab) == 3 and with_empty.vocab.decode([0, 0]) == ""
 
 

@@ -1,0 +1,318 @@
+"""The settings: one dataclass per concern, a docstring per field (as CleanRL's `Args`, TRL's `GRPOConfig`).
+
+This is the only place a default or a list of choices is written. The `train` command's options, the
+keys of a `--config` YAML file and the `config.yaml` of a run directory are all derived from these
+fields (`cli_fields`): a field named `max_new_tokens` is the option `--max-new-tokens` and the YAML key
+`max_new_tokens`. Field names are unique across the sections, so a run's settings are one flat mapping.
+
+    from rlprompt_math.config import RunConfig
+    config = RunConfig.from_flat({"agent": "random", "steps": 20})
+    config.algorithm.steps  # 20
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import inspect
+import textwrap
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+AGENTS = ("reinforce", "random", "fixed")
+POLICY_KINDS = ("unconditioned", "refiner", "autoregressive")
+BASELINES = ("none", "moving_average", "batch_mean", "rloo", "learned")
+ENTROPY_SCHEDULES = ("constant", "linear", "cosine")
+DATA_FORMATS = ("auto", "gsm8k", "openmath", "math", "fields")
+
+# The hand-written reference prompts that every comparison includes (training's final comparison,
+# `run.py evaluate`), the empty prompt first. "" is shown as NO_PROMPT.
+REFERENCE_PROMPTS = ("", "Let's think step by step.", "Answer with only the final number.")
+NO_PROMPT = "(no prompt)"
+
+
+class ConfigError(ValueError):
+    """A setting out of range or inconsistent with another; the message names it."""
+
+
+def prompt_label(prompt: str) -> str:
+    """How a hand-written prompt is named in reports: its text, or NO_PROMPT for the empty one."""
+    return prompt or NO_PROMPT
+
+
+def opt(default: Any = None, **cli) -> Any:
+    """A field whose command-line option needs more than its name, type and default.
+
+    cli keys: flag (option name), choices, multiple, metavar, path ("dir" or "file"), cli=False (not
+    an option: set by the wiring).
+    """
+    if isinstance(default, list):
+        raise TypeError("use a tuple for a sequence default")
+    return field(default=default, metadata=cli)
+
+
+@dataclass
+class DataConfig:
+    """Where the problems come from and how they are split (the split and generator use RunConfig.seed)."""
+
+    dataset: str = opt("generator", metavar="PATH_OR_ID")
+    """'generator' (built-in, offline), a .jsonl/.csv/.parquet file, or a hub dataset id."""
+    fmt: str = opt("auto", flag="--format", choices=DATA_FORMATS)
+    """Dataset format (auto: detected from the columns)."""
+    question_field: str | None = None
+    """Column holding the question (format 'fields')."""
+    answer_field: str | None = None
+    """Column holding the answer (format 'fields')."""
+    hub_split: str = "train"
+    """Split to read from a hub dataset."""
+    skip_bad_rows: bool = False
+    """Skip malformed rows (reported) instead of stopping."""
+    kinds: str = "arithmetic"
+    """Generator problem kinds, comma-separated: arithmetic, order_of_operations, fractions, decimals,
+    percentages, word_one_step, word_two_step, linear_equation, or 'all'."""
+    difficulty: str = "1,2"
+    """Generator difficulty levels (1-3), comma-separated."""
+    num_problems: int = 2000
+    """Generated problems (before the split)."""
+
+
+@dataclass
+class EngineConfig:
+    """The frozen LLM (the field names are `FrozenLLM.load`'s keyword arguments)."""
+
+    model: str | None = opt(None, metavar="NAME_OR_PATH")
+    """Frozen LLM: hub id, local directory or .gguf file. Default: the embedded SmolLM2-135M-Instruct."""
+    dtype: str = "auto"
+    """auto | float32 | bfloat16 | float16."""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N."""
+    load_in_8bit: bool = False
+    """Load the LLM in 8-bit with bitsandbytes (CUDA only)."""
+    template: str | None = None
+    """Prompt template, e.g. '{prompt} {question}' (raw) or 'chat:{prompt} {question}'. Default: chat
+    template, question then prompt."""
+
+
+@dataclass
+class OracleConfig:
+    """How the frozen LLM answers and how an answer is scored."""
+
+    rewards: tuple[str, ...] = opt(("correct", "partial:0.5"), flag="--reward", multiple=True, metavar="SPEC")
+    """Reward function, repeatable: correct, partial, format, likelihood, module:fn or file.py:fn, with an
+    optional weight as the last field (partial:0.5)."""
+    max_new_tokens: int = 32
+    """Oracle answer length limit."""
+    stop_at_answer: bool = True
+    """End an answer at the first line break after it states a final answer (saves forward passes)."""
+
+
+@dataclass
+class PolicyConfig:
+    """What the agent writes: the action vocabulary, the prompt length and the policy network."""
+
+    policy: str = opt("unconditioned", choices=POLICY_KINDS)
+    """unconditioned: one prompt for all questions; refiner: question-conditioned MLP with tied logits;
+    autoregressive: GRU, token by token."""
+    prompt_length: int = 4
+    """Prompt tokens the policy writes (the env's action has this many slots)."""
+    action_vocab: str = "words"
+    """words | words:PATH | frequent:N | tokens:PATH | full."""
+    empty_action: bool = True
+    """Include a 'no token' action, so prompts can be shorter than --prompt-length."""
+    hidden_size: int = 256
+    """Hidden size of the refiner policies."""
+    fixed_prompt: str = "Answer with only the final number."
+    """The prompt of --agent fixed."""
+
+
+@dataclass
+class ReinforceConfig:
+    """The algorithm: REINFORCE's hyperparameters (random search uses the budget fields and `finalists`)."""
+
+    steps: int = 80
+    """Training steps (optimizer steps; random search: rounds of candidates)."""
+    batch_size: int = 8
+    """Questions per step."""
+    prompts_per_question: int = 4
+    """K prompts sampled per question (RLOO needs K >= 2)."""
+    lr: float = 0.3
+    """Policy learning rate (Adam)."""
+    baseline: str = opt("rloo", choices=BASELINES)
+    """REINFORCE baseline."""
+    moving_average_decay: float = 0.9
+    """Decay of the moving-average baseline."""
+    normalize_rewards: bool = False
+    """Z-score rewards per question across its K prompts."""
+    entropy_coef: float = 0.01
+    """Entropy bonus coefficient (at step 0)."""
+    entropy_schedule: str = opt("linear", choices=ENTROPY_SCHEDULES)
+    """How the entropy coefficient decays over training (linear, cosine: to 0 at the last step)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    temperature: float = 1.0
+    """Policy sampling temperature while training (log-probabilities are always taken at 1)."""
+    top_k: int = 0
+    """Sample among the top k tokens per slot (0: all)."""
+    value_lr: float = 1e-3
+    """Learning rate of the learned baseline."""
+    eval_every: int = 10
+    """Validate the greedy prompt every N steps (0: only at the end)."""
+    checkpoint_every: int = 5
+    """Save a resumable checkpoint every N steps."""
+    finalists: int = 4
+    """At the end, also validate the N best-rewarded sampled prompts and keep the best of them and the
+    greedy prompt (unconditioned policies and random search; 0: off)."""
+    seed: int = opt(0, cli=False)
+    """Seeds question sampling and prompt sampling (set from RunConfig.seed by the wiring)."""
+
+    def validate(self):
+        if self.baseline not in BASELINES:
+            raise ConfigError(f"baseline must be one of {BASELINES}")
+        if self.entropy_schedule not in ENTROPY_SCHEDULES:
+            raise ConfigError(f"entropy schedule must be one of {ENTROPY_SCHEDULES}")
+        if self.baseline == "rloo" and self.prompts_per_question < 2:
+            raise ConfigError("the rloo baseline needs --prompts-per-question >= 2")
+        if self.normalize_rewards and self.prompts_per_question < 2:
+            raise ConfigError("per-question normalisation needs --prompts-per-question >= 2")
+        if self.finalists < 0:
+            raise ConfigError("--finalists must be >= 0 (0: off)")
+
+
+@dataclass
+class RunConfig:
+    """One training run: which agent, the sections above, and where the run directory goes."""
+
+    agent: str = opt("reinforce", choices=AGENTS)
+    """reinforce: policy gradient; random: random search on the same oracle budget; fixed: a hand-written
+    prompt (--fixed-prompt)."""
+    seed: int = 0
+    """Seeds problem sampling, prompt sampling and the split."""
+    val_size: int = 48
+    """Validation questions."""
+    test_size: int = 200
+    """Held-out test questions in the final comparison."""
+    output_dir: str = opt("runs", path="dir")
+    """Parent directory of run directories."""
+    name: str | None = None
+    """Run directory name (default: agent-policy-seed-time)."""
+    resume: str | None = opt(None, path="existing_dir", metavar="DIR")
+    """Continue an interrupted run from its last checkpoint, with its saved settings."""
+    no_final_eval: bool = False
+    """Skip the held-out comparison at the end."""
+    quiet: bool = False
+    """No progress bars."""
+    data: DataConfig = field(default_factory=DataConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    oracle: OracleConfig = field(default_factory=OracleConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    algorithm: ReinforceConfig = field(default_factory=ReinforceConfig)
+
+    SECTIONS = ("data", "engine", "oracle", "policy", "algorithm")
+
+    def __post_init__(self):
+        self.algorithm.seed = self.seed
+
+    def validate(self) -> "RunConfig":
+        if self.agent not in AGENTS:
+            raise ConfigError(f"agent must be one of {AGENTS}")
+        if self.policy.policy not in POLICY_KINDS:
+            raise ConfigError(f"policy must be one of {POLICY_KINDS}")
+        if self.policy.prompt_length < 1:
+            raise ConfigError("--prompt-length must be >= 1")
+        if self.algorithm.finalists < 0:
+            raise ConfigError("--finalists must be >= 0 (0: off)")
+        if self.agent == "reinforce":
+            self.algorithm.validate()
+        return self
+
+    # ---- the flat view: CLI options, --config YAML keys, config.yaml ---------------------------
+
+    def to_flat(self) -> dict:
+        """Every setting under its option name (sequences as lists, for YAML)."""
+        out = {}
+        for f, owner in _walk(self):
+            value = getattr(owner, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_flat(cls, settings: dict) -> "RunConfig":
+        """A config from option names (missing ones take their default; unknown ones raise)."""
+        unknown = set(settings) - set(flat_field_names())
+        if unknown:
+            raise ConfigError(f"unknown settings {sorted(unknown)}")
+        sections = {}
+        for name in cls.SECTIONS:
+            section_cls = _section_type(name)
+            sections[name] = section_cls(**{f.name: _coerce(f, settings[f.name]) for f in dataclasses.fields(section_cls)
+                                            if f.name in settings and f.metadata.get("cli", True)})
+        top = {f.name: _coerce(f, settings[f.name]) for f in dataclasses.fields(cls)
+               if f.name in settings and f.name not in cls.SECTIONS}
+        return cls(**top, **sections)
+
+
+# Settings that run directories written before they existed ran with (read when resuming or evaluating).
+LEGACY_DEFAULTS = {"stop_at_answer": False, "finalists": 0}
+
+
+def saved_config(settings: dict) -> RunConfig:
+    """The config of a run directory's `config.yaml` (older runs: LEGACY_DEFAULTS for missing keys)."""
+    return RunConfig.from_flat({**LEGACY_DEFAULTS, **settings})
+
+
+def _coerce(f: dataclasses.Field, value):
+    return tuple(value) if isinstance(f.default, tuple) and value is not None else value
+
+
+def _section_type(name: str) -> type:
+    return {"data": DataConfig, "engine": EngineConfig, "oracle": OracleConfig, "policy": PolicyConfig,
+            "algorithm": ReinforceConfig}[name]
+
+
+def _walk(config: RunConfig) -> Iterator[tuple[dataclasses.Field, Any]]:
+    """(field, the object holding it) for every setting that is an option, run fields first."""
+    for f in dataclasses.fields(RunConfig):
+        if f.name not in RunConfig.SECTIONS:
+            yield f, config
+    for name in RunConfig.SECTIONS:
+        section = getattr(config, name)
+        for f in dataclasses.fields(section):
+            if f.metadata.get("cli", True):
+                yield f, section
+
+
+def cli_fields() -> list[tuple[dataclasses.Field, str]]:
+    """(field, its help text) for every option of `train`, in order: run, data, engine, oracle, policy,
+    algorithm."""
+    return [(f, field_doc(type(owner), f.name)) for f, owner in _walk(RunConfig())]
+
+
+@functools.lru_cache(maxsize=None)
+def flat_field_names() -> tuple[str, ...]:
+    return tuple(f.name for f, _ in _walk(RunConfig()))
+
+
+def field_default(name: str):
+    """The default of the setting `name` (for other commands' options that mean the same thing)."""
+    for f, owner in _walk(RunConfig()):
+        if f.name == name:
+            return getattr(owner, name)
+    raise KeyError(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings of a dataclass (the string literal under each field)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def field_doc(cls: type, name: str) -> str:
+    return _docs(cls).get(name, "")

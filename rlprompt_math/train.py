@@ -1,0 +1,182 @@
+"""The one wiring: a `RunConfig` -> engine, problems, environment, policy, agent, run directory, evaluation.
+
+The command line (`run.py train`), `bench/headline.py` and Python users all go through here:
+
+    from rlprompt_math.config import RunConfig
+    from rlprompt_math.train import build, train
+
+    result = train(RunConfig.from_flat({"steps": 20, "agent": "random"}))
+    result.summary["best_val_accuracy"], result.report["systems"]["learned policy"]["accuracy"]
+
+    built = build(config)          # everything wired, nothing trained: built.env, built.agent, ...
+
+Like `cli.py`, this module is a composition root: the only library modules that import
+`rlprompt_math.envs` and `rlprompt_math.agents`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .checkpoint import CheckpointError, load_state
+from .config import ConfigError, RunConfig, saved_config
+from .data import DataError, Problem, problems_from_config, write_split_manifest
+from .llm import FrozenLLM, ModelLoadError
+from .oracle import decoding_from
+from .rewards import RewardError, RewardMix
+from .runlog import RunDir
+from .vocab import ActionVocab, VocabError
+
+
+class TrainError(RuntimeError):
+    """The run cannot start as asked (a run directory in the way, nothing to resume)."""
+
+
+# What a user can get wrong: the command line turns these into one-line messages.
+USER_ERRORS = (TrainError, ConfigError, DataError, ModelLoadError, RewardError, VocabError, CheckpointError)
+
+
+@dataclass
+class Built:
+    """Everything a run needs, wired from one config (see `build`)."""
+
+    config: RunConfig
+    llm: FrozenLLM
+    splits: dict[str, list[Problem]]
+    env: object
+    agent: object
+    run: RunDir
+    val_problems: list[Problem]
+    test_problems: list[Problem]
+    initial_prompt: str | None = None
+    resume_step: int | None = None
+
+
+@dataclass
+class TrainResult:
+    built: Built
+    summary: dict
+    report: dict | None = field(default=None)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.built.run.path
+
+
+def resume_config(run_dir: str | Path, *, steps: int | None = None, quiet: bool = False) -> RunConfig:
+    """The saved config of an interrupted run, set to resume it (optionally to a new step count)."""
+    run_path = Path(run_dir)
+    config = saved_config(RunDir(run_path).read_config())
+    config.resume, config.quiet = str(run_path), quiet
+    if steps:
+        config.algorithm.steps = steps
+    return config
+
+
+def make_env(config: RunConfig, llm: FrozenLLM, problems: list[Problem]):
+    """The training environment: the config's vocabulary, rewards, decoding and prompt length."""
+    from .envs import PromptRefineEnv
+
+    vocab = ActionVocab.from_spec(llm.tokenizer, config.policy.action_vocab, empty=config.policy.empty_action)
+    return PromptRefineEnv(llm, problems, vocab, RewardMix(list(config.oracle.rewards), llm=llm),
+                           decoding_from(config.oracle), prompt_length=config.policy.prompt_length)
+
+
+def make_agent(config: RunConfig, env, *, llm: FrozenLLM, run: RunDir | None = None,
+               val_problems=(), probe_problems=()) -> tuple[object, str | None]:
+    """(agent, the untrained policy's greedy prompt on `probe_problems[0]` or None)."""
+    from .agents import FixedPromptAgent, RandomSearchAgent, ReinforceAgent
+    from .evaluation import policy_prompts
+    from .policies import build_policy
+
+    if config.agent == "random":
+        return RandomSearchAgent(env, config.algorithm, run=run, val_problems=val_problems, llm=llm), None
+    if config.agent == "fixed":
+        return FixedPromptAgent(env, config.policy.fixed_prompt, run=run, val_problems=val_problems, llm=llm), None
+    # The policy's prompt length and vocabulary are the env's: one route (the agent checks they agree).
+    policy = build_policy(config.policy.policy, llm=llm, vocab=env.vocab, prompt_length=env.prompt_length,
+                          hidden_size=config.policy.hidden_size)
+    initial = policy_prompts(policy, env.vocab, list(probe_problems)[:1], llm)[0] if probe_problems else None
+    return ReinforceAgent(env, policy, config.algorithm, run=run, val_problems=val_problems, llm=llm), initial
+
+
+def build(config: RunConfig, *, llm: FrozenLLM | None = None, splits: dict[str, list[Problem]] | None = None,
+          log: Callable[[str], None] = print) -> Built:
+    """Wire a run: its directory (config.yaml, splits.json), problems, LLM, environment and agent.
+
+    `llm` and `splits` may be given to share them between runs (the headline script); otherwise the
+    config's engine and data settings load them. A config with `resume` set continues that run.
+    """
+    config.validate()
+    resume_step = None
+    if config.resume:
+        run_path = Path(config.resume)
+        state_path = run_path / "state_last.safetensors"
+        if not state_path.exists():
+            raise TrainError(f"{run_path} has no checkpoint (state_last.safetensors) to resume from")
+        resume_step = load_state(state_path)[1]["step"]
+    else:
+        name = config.name or f"{config.agent}-{config.policy.policy}-s{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_path = Path(config.output_dir) / name
+        if (run_path / "state_last.safetensors").exists():
+            raise TrainError(f"{run_path} already holds a run; use --resume {run_path} or another --name")
+    torch.manual_seed(config.seed)
+    run = RunDir(run_path, resume_from_step=resume_step)
+    run.write_config({k: v for k, v in config.to_flat().items() if k != "quiet"})
+
+    if splits is None:
+        problems, splits, bad = problems_from_config(config.data, config.seed)
+        if bad:
+            log(f"skipped {len(bad)} bad rows, e.g. {bad[0]}")
+        write_split_manifest(run.path / "splits.json", splits, config.seed)
+    log(f"problems: {sum(map(len, splits.values()))} ({', '.join(f'{k} {len(v)}' for k, v in splits.items())})")
+    if llm is None:
+        start = time.perf_counter()
+        llm = FrozenLLM.load(**vars(config.engine))
+        log(f"model: {llm.name} ({llm.dtype}, {llm.device}) loaded in {time.perf_counter() - start:.1f} s")
+
+    env = make_env(config, llm, splits["train"])
+    log(f"action vocabulary: {len(env.vocab)} tokens ({config.policy.action_vocab}); "
+        f"rewards: {env.reward_mix.describe()}")
+    val, test = splits["validation"][: config.val_size], splits["test"][: config.test_size]
+    agent, initial_prompt = make_agent(config, env, llm=llm, run=run, val_problems=val, probe_problems=test)
+    if resume_step is not None:
+        agent.load_state(run.path / "state_last.safetensors")
+        log(f"resumed {run.path} at step {agent.step}")
+    return Built(config, llm, splits, env, agent, run, val, test, initial_prompt, resume_step)
+
+
+def final_comparison(built: Built, *, log: Callable[[str], None] = print) -> dict:
+    """The held-out comparison at the end of training: `evaluation.evaluate_run` on the run's test problems."""
+    from .evaluation import evaluate_run, format_table
+
+    report = evaluate_run(built.run.path, config=built.config, problems=built.test_problems, llm=built.llm,
+                          output=built.run.path / "final_eval", progress=not built.config.quiet, log=log)
+    top = report["systems"]["learned policy"]["prompts"]
+    log("\nlearned prompt(s): " + "; ".join(f"{p['prompt']!r} (x{p['count']})" for p in top))
+    log(f"held-out comparison on {len(built.test_problems)} test problems:\n{format_table(report)}")
+    return report
+
+
+def train(config: RunConfig, *, llm: FrozenLLM | None = None, splits: dict[str, list[Problem]] | None = None,
+          log: Callable[[str], None] = print) -> TrainResult:
+    """Build, train, save (summary.json, learning curve) and, unless `no_final_eval`, evaluate a run."""
+    built = build(config, llm=llm, splits=splits, log=log)
+    summary = built.agent.train(progress=not config.quiet)
+    built.run.plot_learning_curve()
+    built.run.close()
+    log(f"trained: {summary['steps']} steps, {summary['oracle_pairs']} oracle pairs, "
+        f"{summary['wall_s']:.0f} s; best validation accuracy {summary['best_val_accuracy']:.1%}")
+    if built.initial_prompt is not None:
+        summary["initial_prompt"] = built.initial_prompt
+        log(f"the untrained policy's greedy prompt: {built.initial_prompt!r}")
+    (built.run.path / "summary.json").write_text(json.dumps(summary, indent=2))
+    report = None if config.no_final_eval else final_comparison(built, log=log)
+    log(f"run directory: {built.run.path}")
+    return TrainResult(built, summary, report)
