@@ -33,8 +33,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-HAND_WRITTEN = ("", "Let's think step by step.", "Take a deep breath and work on this problem step-by-step.",
-                "Answer with only the final number.", "Give the answer as a single number.")
+from rlprompt_math.config import NO_PROMPT, REFERENCE_PROMPTS, field_default  # noqa: E402
+
+# The reference prompts every comparison includes, and two more hand-written ones.
+HAND_WRITTEN = (*REFERENCE_PROMPTS, "Take a deep breath and work on this problem step-by-step.",
+                "Give the answer as a single number.")
 HARD_KINDS = ("word_two_step", "fractions", "percentages")
 
 # Comparison grid: overrides of the headline setting, each trained once (seed 0) on the grid budget.
@@ -68,7 +71,7 @@ GRID_DIRS = {name: key for key, name in GRID_KEYS.items()}
 
 
 def _label(prompt: str) -> str:
-    return "(no prompt)" if prompt == "" else repr(prompt)
+    return NO_PROMPT if prompt == "" else repr(prompt)
 
 
 def _pct(x: float) -> str:
@@ -76,35 +79,17 @@ def _pct(x: float) -> str:
 
 
 def _train_one(llm, splits, settings: dict, seed: int, run_dir: Path) -> dict:
-    """Train one prompt policy; return its kept prompt and training facts."""
-    from rlprompt_math.agents import RandomSearchAgent, ReinforceAgent, ReinforceConfig
-    from rlprompt_math.envs import make_env
+    """Train one prompt policy through the one wiring (`rlprompt_math.train`); its kept prompt and facts."""
     from rlprompt_math.checkpoint import load_policy
+    from rlprompt_math.config import RunConfig
     from rlprompt_math.evaluation import policy_prompts
-    from rlprompt_math.policies import build_policy
-    from rlprompt_math.runlog import RunDir
+    from rlprompt_math.train import train
 
-    torch.manual_seed(seed)
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run each time this script runs
-    run = RunDir(run_dir)
-    run.write_config({**settings, "seed": seed})
-    env = PromptRefineEnv(llm, splits["train"], split=None, prompt_length=settings["prompt_length"],
-                          action_vocab=settings["action_vocab"], rewards=list(settings["rewards"]),
-                          max_new_tokens=settings["max_new_tokens"])
-    config = ReinforceConfig(steps=settings["steps"], batch_size=settings["batch_size"],
-                             prompts_per_question=settings["prompts_per_question"], lr=settings["lr"],
-                             baseline=settings["baseline"], entropy_coef=settings["entropy_coef"],
-                             eval_every=max(1, settings["steps"] // 3), finalists=settings["finalists"], seed=seed)
-    val = splits["validation"][: settings["val_size"]]
+    config = RunConfig.from_flat({**settings, "seed": seed, "eval_every": max(1, settings["steps"] // 3),
+                                  "output_dir": str(run_dir.parent), "name": run_dir.name, "no_final_eval": True})
     start = time.perf_counter()
-    if settings["agent"] == "random":
-        agent = RandomSearchAgent(env, config, run=run, val_problems=val, llm=llm, finalists=max(settings["finalists"], 1))
-    else:
-        policy = build_policy(settings["policy"], llm=llm, vocab=env.vocab, prompt_length=settings["prompt_length"])
-        agent = ReinforceAgent(env, policy, config, run=run, val_problems=val, llm=llm)
-    summary = agent.train(progress=True)
-    run.plot_learning_curve()
-    run.close()
+    summary = train(config, llm=llm, splits=splits, log=click.echo).summary
     policy, vocab, _ = load_policy(run_dir / "policy_best.safetensors", llm)
     return {"policy": policy, "vocab": vocab, "summary": summary, "wall_s": time.perf_counter() - start,
             "prompts_of": lambda problems: policy_prompts(policy, vocab, problems, llm)}
@@ -115,13 +100,14 @@ def _train_one(llm, splits, settings: dict, seed: int, run_dir: Path) -> dict:
 @click.option("--steps", default=24, show_default=True, help="REINFORCE steps per seed.")
 @click.option("--batch-size", default=16, show_default=True, help="Questions per step (M).")
 @click.option("--prompts-per-question", default=8, show_default=True, help="Prompts per step (K).")
-@click.option("--prompt-length", default=4, show_default=True, help="Prompt slots of the headline setting.")
-@click.option("--lr", default=0.3, show_default=True)
-@click.option("--finalists", default=6, show_default=True)
-@click.option("--val-size", default=64, show_default=True)
+@click.option("--prompt-length", default=field_default("prompt_length"), show_default=True,
+              help="Prompt slots of the headline setting.")
+@click.option("--lr", default=field_default("lr"), show_default=True)
+@click.option("--finalists", default=field_default("finalists"), show_default=True)
+@click.option("--val-size", default=field_default("val_size"), show_default=True)
 @click.option("--test-size", default=400, show_default=True)
 @click.option("--hard-size", default=60, show_default=True, help="Problems per harder kind (0: skip).")
-@click.option("--max-new-tokens", default=48, show_default=True)
+@click.option("--max-new-tokens", default=field_default("max_new_tokens"), show_default=True)
 @click.option("--grid", default="", help="Comma-separated variants to compare (or 'all'): "
               + ", ".join(GRID_KEYS))
 @click.option("--grid-steps", default=12, show_default=True, help="Steps per grid variant (same M, K).")
@@ -129,8 +115,8 @@ def _train_one(llm, splits, settings: dict, seed: int, run_dir: Path) -> dict:
 @click.option("--render-only", is_flag=True, help="Rewrite results.md from --out's results.json and exit.")
 def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, finalists, val_size, test_size, hard_size,
          max_new_tokens, grid, grid_steps, out, render_only):
-    import envs  # noqa: F401
-    from rlprompt_math.data import generate_problems, split_problems
+    from rlprompt_math.config import DataConfig, RunConfig
+    from rlprompt_math.data import generate_problems, problems_from_config
     from rlprompt_math.evaluation import mcnemar_p, score_system
     from rlprompt_math.llm import FrozenLLM
     from rlprompt_math.oracle import Decoding
@@ -146,14 +132,13 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
     llm = FrozenLLM.load()
-    problems = generate_problems(6000, seed=0, kinds=["arithmetic"], difficulty=[1, 2])
-    splits = split_problems(problems, 0)
+    problems, splits, _ = problems_from_config(DataConfig(num_problems=6000), 0)  # default kinds and levels
     test = splits["test"][:test_size]
     hard = {kind: generate_problems(hard_size, seed=1, kinds=[kind], difficulty=[1, 2]) for kind in HARD_KINDS} \
         if hard_size else {}
-    base = {"agent": "reinforce", "policy": "unconditioned", "prompt_length": prompt_length, "action_vocab": "words",
-            "rewards": ["correct", "partial:0.5"], "baseline": "rloo", "entropy_coef": 0.01, "lr": lr,
-            "steps": steps, "batch_size": batch_size, "prompts_per_question": prompts_per_question,
+    defaults = RunConfig().to_flat()  # the headline setting: the defaults, with these budgets
+    base = {**{k: defaults[k] for k in ("agent", "policy", "action_vocab", "rewards", "baseline", "entropy_coef")},
+            "prompt_length": prompt_length, "lr": lr, "steps": steps, "batch_size": batch_size, "prompts_per_question": prompts_per_question,
             "finalists": finalists, "val_size": val_size, "max_new_tokens": max_new_tokens}
     decoding = Decoding(max_new_tokens)
     grader = RewardMix(["correct"])
