@@ -8,7 +8,6 @@ comparing against different prompts.
 import dataclasses
 import json
 
-import click
 import pytest
 from click.testing import CliRunner
 
@@ -52,10 +51,10 @@ def test_train_options_are_the_config_fields():
 def test_flat_round_trip_and_no_drifting_defaults():
     config = RunConfig()
     assert RunConfig.from_flat(config.to_flat()) == config
+    import inspect
+
     from rlprompt_math.envs.prompt_refine import make_env
     from rlprompt_math.oracle import Decoding
-
-    import inspect
 
     env_defaults = inspect.signature(make_env).parameters
     assert env_defaults["max_new_tokens"].default == config.oracle.max_new_tokens == Decoding().max_new_tokens
@@ -213,4 +212,3 @@ def test_python_users_train_through_the_same_wiring(tiny_model_dir, tmp_path):
     result = training.train(config, log=lambda _: None)
     assert result.run_dir == tmp_path / "py" and result.summary["steps"] == 2
     assert "learned policy" in result.report["systems"] and "(no prompt)" in result.report["systems"]
-    assert isinstance(click.get_current_context(silent=True), type(None))
