@@ -71,12 +71,17 @@ class BaselineState:
     moving_average: float | None = None
 
 
+def zscore(rewards: torch.Tensor) -> torch.Tensor:
+    """Rewards [M, K] standardised per row (question) across its K prompts; constant rows become 0."""
+    return (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-6)
+
+
 def advantages(rewards: torch.Tensor, config: ReinforceConfig, state: BaselineState,
                values: torch.Tensor | None = None) -> torch.Tensor:
     """Advantages [M, K] for rewards [M, K] (M questions, K prompts each). Updates `state`."""
     r = rewards
     if config.normalize_rewards:
-        r = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-6)
+        r = zscore(r)
     kind = config.baseline
     if kind == "none":
         baseline = torch.zeros_like(r)
@@ -178,6 +183,10 @@ class ReinforceAgent:
         if shared:
             for row, column in zip(actions.tolist(), rewards.T.tolist()):
                 self.prompt_rewards.setdefault(tuple(row), []).extend(column)
+            if cfg.normalize_rewards:
+                # Each question z-scored across the K prompts before the mean, so every question
+                # weighs the same whatever its reward scale; `advantages` then z-scores the K means.
+                rewards = zscore(rewards)
             rewards = rewards.mean(0, keepdim=True)  # [1, K]: each prompt's mean over the questions
         values = self.value_head(obs_rep) if self.value_head is not None else None
         adv = advantages(rewards, cfg, self.baseline_state, values).view(-1)

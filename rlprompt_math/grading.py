@@ -804,3 +804,26 @@ def grade(completion: str | None, gold) -> Grade:
         return Grade(None, False, 0.0, f"extraction error: {error}")
     result = compare(extracted, gold)
     return Grade(extracted, result.correct, result.credit, result.reason)
+
+
+# A number as stated: 1,234 / -5 / 3.25 / 5/2 / \frac{5}{2}.
+_STATED_NUMBER = re.compile(r"-?\\[dt]?frac\{\d+\}\{\d+\}|(?<![\d.])-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?")
+
+
+def answer_position(text: str) -> int:
+    """Character index in `text` where its final answer's number begins.
+
+    The number inside the extracted final answer (`36 + 32 = 68` -> the `68`), else the last number
+    in the text, else the end of the text without trailing space. `text[:answer_position(text)]` is
+    the model's own lead-in to its answer, after which a dense reward forces the gold answer.
+    """
+    if not text:
+        return 0
+    extracted = extract_answer(text)
+    if extracted:
+        at = text.rfind(extracted)
+        numbers = list(_STATED_NUMBER.finditer(extracted)) if at >= 0 else []
+        if numbers:
+            return at + numbers[-1].start()
+    numbers = list(_STATED_NUMBER.finditer(text))
+    return numbers[-1].start() if numbers else len(text.rstrip())

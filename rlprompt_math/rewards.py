@@ -15,6 +15,10 @@ Built-ins (name -> function):
   format      1.0 if a final answer could be extracted, else 0.0
   likelihood  exp(mean log p(gold answer tokens | prompt)) in (0, 1]: the per-token geometric-mean
               probability of the gold answer under teacher forcing (needs the oracle)
+  answer_likelihood
+              p(gold answer | prompt + the completion up to where it states its final number), in
+              (0, 1]: the gold answer forced in the model's own format ("36 + 32 = " -> "68"); a
+              dense signal that, unlike `likelihood`, ranks prompts by accuracy (bench/learning_signal.py)
 
 Specs, from the CLI (`--reward SPEC`, repeatable) or Python (`load_reward(SPEC)`):
   correct | correct:0.5 | my_rewards.py:brevity | my_rewards.py:brevity:0.1 | pkg.module:fn:2
@@ -34,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .grading import Grade, grade
+from .grading import Grade, answer_position, grade
 
 RewardFn = Callable[..., Sequence]
 
@@ -82,8 +86,24 @@ class Likelihood:
         return [math.exp(m) for m in means]
 
 
+class AnswerLikelihood(Likelihood):
+    """p(gold answer | rendered prompt + the completion's lead-in to its final number), in (0, 1].
+
+    One teacher-forced pass over the completion the oracle already generated, cut where it states
+    its answer (`grading.answer_position`): how close the model came to writing the gold answer
+    where it actually wrote its own.
+    """
+
+    __name__ = "answer_likelihood"
+
+    def __call__(self, prompts, completions, answer, **kwargs) -> list[float]:
+        lead_ins = [p + c[:answer_position(c)] for p, c in zip(prompts, completions)]
+        sums = self.llm.answer_logprobs(lead_ins, [str(a) for a in answer], reduction="sum")
+        return [math.exp(s) for s in sums]
+
+
 BUILTINS: dict[str, Callable] = {"correct": correct, "partial": partial, "format": format_,
-                                 "likelihood": Likelihood}
+                                 "likelihood": Likelihood, "answer_likelihood": AnswerLikelihood}
 
 
 @dataclass

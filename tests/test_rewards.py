@@ -76,3 +76,20 @@ def test_likelihood_reward_scale(tiny_llm):
     expected = [math.exp(v) for v in tiny_llm.answer_logprobs(texts, COLUMNS["answer"], reduction="mean")]
     assert totals == pytest.approx(expected)
     assert all(0 < t <= 1 for t in totals)
+
+
+def test_answer_likelihood_forces_the_gold_where_the_model_states_its_answer(tiny_llm):
+    from rlprompt_math.grading import answer_position
+
+    completions = ["2 + 3 = 6\n", "The answer is 5/2.", "I am not sure."]
+    # The lead-in is the completion up to its final number; with none, the whole completion.
+    assert [c[:answer_position(c)] for c in completions] == ["2 + 3 = ", "The answer is ", "I am not sure."]
+    texts = [tiny_llm.render("", q) for q in COLUMNS["question"]]
+    totals, per = RewardMix(["answer_likelihood"], llm=tiny_llm)(texts, completions, **COLUMNS)
+    lead_ins = [t + c[:answer_position(c)] for t, c in zip(texts, completions)]
+    expected = [math.exp(v) for v in tiny_llm.answer_logprobs(lead_ins, COLUMNS["answer"], reduction="sum")]
+    assert totals == pytest.approx(expected)
+    assert all(0 < t <= 1 for t in totals)
+    # Not the bare likelihood: the model's own lead-in changes what is scored.
+    bare = [math.exp(v) for v in tiny_llm.answer_logprobs(texts, COLUMNS["answer"], reduction="sum")]
+    assert totals[0] != pytest.approx(bare[0])
