@@ -89,8 +89,7 @@ def _last_boxed_groups(text: str) -> list[list[str]]:
             content = content.strip()
             content = content[content.index("{") + 1:-1]
         between = text[last_end:match.start()] if last_end >= 0 else "x" * 100
-        # Side by side: separated only by punctuation, spaces, `$` or the words "or"/"and".
-        if groups and re.fullmatch(r"[\s,;$]*(?:or|and)?[\s,;$]*", between):
+        if groups and _side_by_side(between):
             groups[-1].append(content)
         else:
             groups.append([content])
@@ -99,10 +98,59 @@ def _last_boxed_groups(text: str) -> list[list[str]]:
     return groups
 
 
+_BOX_SEPARATOR_NOISE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}|\\q?quad|\\[,;: ]|\\[()\[\]]|\$")
+
+
+def _side_by_side(between: str) -> bool:
+    """Whether two boxes belong to one answer: between them only punctuation, spacing, `$`, and at
+    most "or"/"and" after up to three short words ("\\boxed{1} papers and \\boxed{2}",
+    "\\boxed{(3, 3)} \\text{ for part (a) and } \\boxed{(1, 1)}"). A sentence, a line break between
+    words, or words without "and"/"or" ("\\boxed{5} no, wait: \\boxed{6}") keep them apart."""
+    if len(between) > 80:
+        return False
+    plain = _BOX_SEPARATOR_NOISE.sub(lambda m: f" {m.group(1)} " if m.group(1) else " ", between)
+    return bool(re.fullmatch(r"[\s,;]*(?:(?:[A-Za-z()]{1,12}\s+){0,3}(?:or|and)\b)?[\s,;]*", plain))
+
+
+def _unclosed_box_after(text: str, position: int) -> bool:
+    """Whether a `\\boxed{` at or after `position` never closes: malformed LaTeX, no final answer."""
+    for match in re.finditer(r"\\(?:boxed|fbox)\s*\{", text[position:]):
+        depth, i = 1, position + match.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth:
+            return True
+    return False
+
+
+_MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|(?<!\\)\$([^$]+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.S)
+
+
+def _last_math_span(text: str) -> str | None:
+    """The content of the last `$...$`, `$$...$$`, `\\(...\\)` or `\\[...\\]` when nothing after it
+    holds a digit (the span is the text's last mathematical statement). Inline spans (`$`, `\\(`)
+    may not cross a line break."""
+    spans = [m for m in _MATH_SPAN.finditer(text)]
+    for span in reversed(spans):
+        content = next(g for g in span.groups() if g is not None)
+        inline = span.group(2) is not None or span.group(3) is not None
+        if inline and "\n" in content:
+            continue
+        if re.search(r"\d", text[span.end():]):
+            return None
+        content = content.strip().rstrip(".,;").strip()
+        return content or None
+    return None
+
+
 _MATH_LINE = re.compile(r"[\d\s.+\-*/^()=%,]*(?:(?:\\?pi|π|√|\\?sqrt|\\frac|\\overline|\\ldots|[a-z])"
                         r"[\d\s.+\-*/^(){}=%,\\]*)*")
+# A fraction before a plain number ("is 5/12." is 5/12, not 12), and a multiple of pi or a root
+# keeps its symbol ("is 4π." is 4π, not 4).
 _FALLBACK_NUMBER = re.compile(r"\d+\s+\d+/\d+(?![\d.])|\d*\.\\overline\{\d+\}|\d*\.\d+(?:\.\.\.|\\ldots|…)"
-                              r"|\\frac\{\d+\}\{\d+\}|" + _NUMBER + r"|\d+/\d+")
+                              r"|\\frac\{\d+\}\{\d+\}|[-−]?\d+/\d+(?![\d.])|√\d+|"
+                              r"(?:" + _NUMBER + r")(?:\s*(?:π|\\pi\b|√\d+))?")
 
 
 def _join_thousands(text: str) -> str:
@@ -146,6 +194,9 @@ def extract_answer(text: str | None) -> str | None:
         return None
     text = text[-MAX_TEXT_CHARS:].replace("−", "-")
     groups = _last_boxed_groups(text)
+    starts = [m.start() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]
+    if starts and _unclosed_box_after(text, starts[-1]):
+        return None  # the last \boxed{ never closes: malformed LaTeX, no final answer
     if groups:
         contents = list(dict.fromkeys(c.strip() for c in groups[-1]))
         return ", ".join(contents) if len(contents) > 1 else contents[0] or None
@@ -157,6 +208,9 @@ def extract_answer(text: str | None) -> str | None:
         answer = _clean_phrase(text[match.end():match.end() + 300])
         if answer:
             return answer
+    span = _last_math_span(text)
+    if span is not None:
+        return span
     lines = [re.sub(r"(?<!\.)\.$", "", line.strip()).strip("$ ")
              for line in text.strip().splitlines() if line.strip()]
     if lines and len(lines[-1]) <= 80 and _MATH_LINE.fullmatch(lines[-1]) and re.search(r"\d|pi|π", lines[-1]):

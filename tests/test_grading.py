@@ -21,7 +21,7 @@ EXTRACT_EQUAL = [
     ("\\boxed{(1, 2]}", "(1,2]"), ("\\boxed{\\{1,2\\}}", "\\{2,1\\}"), ("pi", "\\pi"), ("π/2", "\\frac{\\pi}{2}"),
     ("sqrt(8)", "2\\sqrt{2}"), ("\\boxed{x^2+2x+1}", "(x+1)^2"), ("The answer is 90^\\circ", "90"),
     ("\\boxed{\\left( 3, 4 \\right)}", "(3,4)"), ("\\boxed{\\text{5 apples}}", "5"),
-    ("\\boxed{2\\sqrt[3]{2}}", "\\sqrt[3]{16}"), ("\\boxed{1", "1"), ("I get 70 but it is 68", "68"),
+    ("\\boxed{2\\sqrt[3]{2}}", "\\sqrt[3]{16}"), ("I get 70 but it is 68", "68"),
     ("She has 12 apples left.", "12"), ("Total: $45", "45"), ("It costs €30.", "30"), ("£7.50", "7.5"),
     ("The final answer is 1,000,000.", "1000000"), ("So the answer is -17", "-17"),
     ("Therefore, the answer is \\(\\frac{3}{4}\\).", "0.75"), ("The answer is $\\dfrac{5}{2}$", "2.5"),
@@ -69,7 +69,9 @@ NOT_EQUAL = [
     ("999999999999999999999", "1000000000000000000000"), ("2^{100}", "2^{100}+1"), ("abc", "5"),
 ]
 
-NOT_EXTRACTED = ["", "   ", "I don't know.", "no numbers here", None, "\\boxed{}"]
+# Issue 15: an unclosed \\boxed{ is malformed LaTeX, so no final answer ("\\boxed{1" used to grade as 1).
+NOT_EXTRACTED = ["", "   ", "I don't know.", "no numbers here", None, "\\boxed{}", "\\boxed{1",
+                 "The answer is \\boxed{\\frac{1}{2}"]
 
 ADVERSARIAL = [
     "__import__('os').system('echo pwned')", "eval('1+1')", "exec(\"import os\")", "lambda: 1",
@@ -161,7 +163,7 @@ def test_100kb_completion():
 
 
 def test_unbalanced_and_empty():
-    assert extract_answer("\\boxed{3") in (None, "3")
+    assert extract_answer("\\boxed{3") is None
     assert not answers_equal("", "")
     assert compare("{", "1").reason.startswith("unparseable")
 
