@@ -149,7 +149,7 @@ _MATH_LINE = re.compile(r"[\d\s.+\-*/^()=%,]*(?:(?:\\?pi|π|√|\\?sqrt|\\frac|\
 # A fraction before a plain number ("is 5/12." is 5/12, not 12), and a multiple of pi or a root
 # keeps its symbol ("is 4π." is 4π, not 4).
 _FALLBACK_NUMBER = re.compile(r"\d+\s+\d+/\d+(?![\d.])|\d*\.\\overline\{\d+\}|\d*\.\d+(?:\.\.\.|\\ldots|…)"
-                              r"|\\frac\{\d+\}\{\d+\}|[-−]?\d+/\d+(?![\d.])|√\d+|"
+                              r"|\\frac\{\d+\}\{\d+\}|[-−]?\d+/\d+(?!\d|\.\d)|√\d+|"
                               r"(?:" + _NUMBER + r")(?:\s*(?:π|\\pi\b|√\d+))?")
 
 
@@ -213,7 +213,8 @@ def extract_answer(text: str | None) -> str | None:
         return span
     lines = [re.sub(r"(?<!\.)\.$", "", line.strip()).strip("$ ")
              for line in text.strip().splitlines() if line.strip()]
-    if lines and len(lines[-1]) <= 80 and _MATH_LINE.fullmatch(lines[-1]) and re.search(r"\d|pi|π", lines[-1]):
+    if (lines and len(lines[-1]) <= 80 and _MATH_LINE.fullmatch(lines[-1]) and re.search(r"\d|pi|π", lines[-1])
+            and not re.search(r"(?<![\\a-z])(?!(?:pi|sqrt)\b)[a-z]{2,}\b", lines[-1])):  # prose is not math
         return lines[-1]  # the last line is itself an answer: "pi/2", "sqrt(8)", "36 + 32 = 68"
     numbers = _FALLBACK_NUMBER.findall(_join_thousands(text))
     if numbers:
