@@ -32,7 +32,7 @@ def load_cases(path: Path) -> tuple[dict, list[dict]]:
 
 
 def gold_answer(gold: str) -> str:
-    return extract_answer(gold) if "boxed" in gold else gold
+    return extract_answer(gold) or gold
 
 
 def our_verdict(case: dict) -> bool:

@@ -393,6 +393,15 @@ def normalize(s: str) -> str:
     s = re.sub(r"(?<![\d.)*/^])(\d+)\s*\\frac\s*\{(\d+)\}\s*\{(\d+)\}", r"(\1+\\frac{\2}{\3})", s)
     s = re.sub(r"(?<![\d.)*/^])(\d+)\s+(\d+)\s*/\s*(\d+)(?![\d.])", r"(\1+\2/\3)", s)
     s = re.sub(r"(-?)(\d*)\.(\d+)\s*(?:\\ldots|\\cdots|\.\.\.|…)", _ellipsis_repeating, s)
+    # "{1, 2, 3}" around a whole list is a set (a bare brace group is otherwise just grouping).
+    if s.startswith("{") and s.endswith("}") and "," in s:
+        try:
+            if _match_braces(s, 0) == len(s):
+                s = "«" + s[1:-1] + "»"
+        except ParseError:
+            pass
+    # Answers joined by "or" / "and" ("(11,7) or (7,11)", "6 and 8") are a list.
+    s = re.sub(r"(?:,\s*)?\b(?:or|and)\b\s*", ", ", s) if re.search(r"\b(?:or|and)\b", s) else s
     s = _expand_macros(s)
     # Unit and filler words ("5 apples", "12 cm") are not part of the value.
     s = re.sub(r"(?<![a-zA-Z\\])(?!(?:sqrt|root|pi|oo|" + _FUNCTION_NAMES + r")\b)(?:[a-zA-Z]{3,}|cm|mm|km|kg|mg|ft|lb|oz|hr|ml)\b", " ", s)
@@ -637,7 +646,8 @@ def _split_top_level(s: str, separator: str = ",") -> list[str]:
 
 
 _NAME = r"[a-zA-Z](?:_(?:\([a-zA-Z0-9]{1,8}\)|[a-zA-Z0-9]))?"
-_LONE_LHS = re.compile(rf"\s*(?:{_NAME}|{_NAME}\(\s*{_NAME}\s*\)|\(\s*{_NAME}(?:\s*,\s*{_NAME})+\s*\))\s*")
+_LONE_LHS = re.compile(rf"\s*(?:{_NAME}|{_NAME}\(\s*{_NAME}\s*\)|\(\s*{_NAME}(?:\s*,\s*{_NAME})+\s*\)"
+                       r"|[A-Z]{1,4}|\|[A-Za-z]{1,4}\|)\s*")  # x, f(x), (p, q), AB, |AB|
 
 
 def _parse_item(s: str) -> Answer:
@@ -999,6 +1009,15 @@ def _items_equal(a: tuple, b: tuple, ordered: bool) -> bool:
     return True
 
 
+def _distinct(items: tuple) -> tuple:
+    """A set's elements without repeats ({3, 3, 5} is {3, 5})."""
+    kept: list = []
+    for item in items:
+        if not any(_elements_equal(item, k) for k in kept):
+            kept.append(item)
+    return tuple(kept)
+
+
 def _texts_equal(p: Answer, g: Answer) -> bool:
     if p.kind == g.kind == "text":
         return p.text == g.text
@@ -1034,7 +1053,7 @@ def _answers_equal(p: Answer, g: Answer) -> bool:
     if p.kind == g.kind == "tuple":
         return _items_equal(p.items, g.items, ordered=True)
     if p.kind == g.kind == "set":
-        return _items_equal(p.items, g.items, ordered=False)
+        return _items_equal(_distinct(p.items), _distinct(g.items), ordered=False)
     if p.kind == g.kind == "matrix":
         return len(p.items) == len(g.items) and all(_items_equal(a, b, ordered=True) for a, b in zip(p.items, g.items))
     if kinds & {"interval", "relation"} and kinds <= {"interval", "relation", "tuple"}:
