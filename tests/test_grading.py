@@ -233,3 +233,107 @@ def test_fraction_equality_symmetric(a, b):
 ])
 def test_answer_is_complete(text, complete):
     assert answer_is_complete(text) is complete
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 15: soundness first, equations, inequalities, rewrites, words, prose, strict mode
+# ---------------------------------------------------------------------------------------------
+
+ISSUE15_EQUAL = [
+    ("2x - y + 1 = 0", "y = 2x + 1"), ("y = -\\frac{1}{2}x + \\frac{3}{4}", "2x + 4y - 3 = 0"),
+    ("x \\le 3", "(-\\infty, 3]"), ("x > 5", "(5, \\infty)"), ("-x > -1", "x < 1"), ("5 \\geq x", "x \\le 5"),
+    ("-2 \\le x \\le 7", "[-2, 7]"), ("x \\in [-2, 7]", "[-2, 7]"),
+    ("[-1, 0) \\cup (0, 1]", "[-1, 0) \\cup (0, 1]"), ("2\\sin x\\cos x", "\\sin(2x)"),
+    ("\\sec^2(y)", "\\tan^2(y)+1"), ("\\text{Evelyn}", "Evelyn"), ("\\text{ odd }", "Odd"),
+    ("1 \\pm \\sqrt{19}", "\\{1 + \\sqrt{19}, 1 - \\sqrt{19}\\}"), ("(7,11), (11,7)", "(11,7) or (7,11)"),
+    ("\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix}", "\\begin{bmatrix}1 & 2 \\\\ 3 & 4\\end{bmatrix}"),
+]
+ISSUE15_NOT_EQUAL = [
+    ("x + y = 1", "x - y = 1"), ("2x + y = 3", "x + 2y = 3"), ("y = 2x + 1", "y = 2x - 1"), ("x = 3", "y = 3"),
+    ("7 = 11a + c", "11a + c"), ("2x + z = 1", "1"), ("x < 3", "(-\\infty, 3]"), ("x \\le 3", "x \\ge 3"),
+    ("\\sin x", "\\cos x"), ("2\\sin x\\cos x", "\\sin(x)"), ("\\text{odd}", "\\text{even}"), ("\\text{five}", "5"),
+    ("\\begin{pmatrix}1 & 2 \\\\ 3 & 5\\end{pmatrix}", "\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix}"),
+    ("x \\le 3", "y \\le 3"),
+]
+
+
+@pytest.mark.parametrize("pred,gold", ISSUE15_EQUAL)
+def test_issue15_equal(pred, gold):
+    assert answers_equal(pred, gold), compare(pred, gold)
+    assert answers_equal(gold, pred), compare(gold, pred)
+
+
+@pytest.mark.parametrize("pred,gold", ISSUE15_NOT_EQUAL)
+def test_issue15_not_equal(pred, gold):
+    assert not answers_equal(pred, gold), compare(pred, gold)
+    assert not answers_equal(gold, pred), compare(gold, pred)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("So the probability is 5/12.", "5/12"), ("The circumference is 4π.", "4π"), ("It is 12 cm.", "12"),
+    ("\\boxed{1} papers and \\boxed{2} bins", "1, 2"), ("Therefore $x \\geq 5$ is the solution.", "x \\geq 5"),
+    ("\\boxed{5} no, wait, it is \\boxed{6}", "6"), ("The answer is \\boxed{", None), ("\\boxed{\\frac{1}{2}", None),
+])
+def test_issue15_extraction(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_strict_mode():
+    for pred, gold in [("0.33", "1/3"), ("6.28", "2\\pi"), ("3.14", "\\pi"), ("1.41", "\\sqrt{2}")]:
+        assert answers_equal(pred, gold)                      # default: a rounded decimal within 1%
+        assert not answers_equal(pred, gold, strict=True)     # strict: exact values need exact answers
+        assert not grade(f"The answer is {pred}", gold, strict=True).correct
+    for pred, gold in [("0.5", "1/2"), ("2\\pi", "\\pi + \\pi"), ("1,234", "1234"), ("x=3", "3")]:
+        assert answers_equal(pred, gold, strict=True)
+
+
+_small = st.integers(-9, 9)
+
+
+def _poly(coeffs):
+    return "+".join(f"({c})*x^{i}" for i, c in enumerate(coeffs))
+
+
+@given(st.lists(_small, min_size=1, max_size=5), st.lists(_small, min_size=1, max_size=5))
+@settings(max_examples=150, deadline=None)
+def test_different_polynomials_never_equal(a, b):
+    pa, pb = a + [0] * (6 - len(a)), b + [0] * (6 - len(b))
+    assert answers_equal(_poly(a), _poly(b)) == (pa == pb)
+
+
+@given(st.lists(_small, min_size=1, max_size=5))
+@settings(max_examples=60, deadline=None)
+def test_polynomial_equals_its_sympy_rewrites(coeffs):
+    import sympy
+    x = sympy.Symbol("x")
+    poly = sum(c * x ** i for i, c in enumerate(coeffs))
+    for rewritten in (sympy.expand(poly), sympy.factor(poly), sympy.horner(poly)):
+        text = str(rewritten).replace("**", "^")
+        assert answers_equal(text, _poly(coeffs)), (text, coeffs)
+
+
+@given(_small, _small, _small, _small, _small, _small, st.integers(1, 5).map(lambda k: k * (-1) ** k))
+@settings(max_examples=200, deadline=None)
+def test_linear_equations_equal_iff_proportional(a, b, c, d, e, f, k):
+    """a x + b y = c against d x + e y = f: equal exactly when one is a non-zero multiple of the other;
+    a multiple (k times each side, moved across) is always equal."""
+    if (a, b) == (0, 0) or (d, e) == (0, 0):
+        return
+    first = f"{a}x + {b}y = {c}"
+    import sympy
+    proportional = sympy.Matrix([[a, b, c], [d, e, f]]).rank() == 1
+    assert answers_equal(first, f"{d}x + {e}y = {f}") == proportional
+    assert answers_equal(first, f"{k * a}x + {k * b}y - {k * c} = 0")
+
+
+@given(st.fractions(max_denominator=50), st.fractions(max_denominator=50))
+@settings(max_examples=150, deadline=None)
+def test_different_numbers_never_equal(a, b):
+    assert answers_equal(str(a), str(b)) == (a == b)
+    assert answers_equal(f"x = {a}", f"x = {b}") == (a == b)
+
+
+@given(st.sampled_from(["<", "<=", ">", ">="]), st.sampled_from(["<", "<=", ">", ">="]), _small, _small)
+@settings(max_examples=100, deadline=None)
+def test_inequalities_equal_iff_same_set(op1, op2, a, b):
+    assert answers_equal(f"x {op1} {a}", f"x {op2} {b}") == (op1 == op2 and a == b)
