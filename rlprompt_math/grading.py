@@ -175,11 +175,11 @@ def _clean_phrase(phrase: str) -> str | None:
     if re.search(r"\\[a-zA-Z]|[{}^]|\bsqrt\b|[π√]|\bpi\b|[=\[\]]|^\(", phrase):
         return phrase
     numbers = re.findall(_NUMBER + r"|\d+\s*/\s*\d+", phrase)
-    numbers = [n for n in (re.sub(r"\s+", "", n) for n in numbers) if n]
+    numbers = [n for n in (re.sub(r"\s+", "", n).rstrip(",") for n in numbers) if n]
     if not numbers:
         return phrase if re.fullmatch(r"[a-zA-Z0-9+\-*/() .]+", phrase) else None
     number = r"[-−]?\$?\d[\d,.]*%?"
-    if re.match(rf"\s*{number}(?:\s*(?:,|\bor\b|\band\b)\s*{number})+\s*$", phrase):
+    if re.match(rf"\s*{number}(?:(?:\s*,\s+|\s*,(?!\d{{3}}\b)|\s*\bor\b\s*|\s*\band\b\s*){number})+\s*$", phrase):
         return ", ".join(dict.fromkeys(numbers))  # answers side by side ("5 or 6"): a list, not either
     mixed = re.match(r"\s*(\d+\s+\d+\s*/\s*\d+)(?![\d.])", phrase)
     if mixed:
@@ -759,15 +759,15 @@ def _parse_text(text: str) -> Answer:
     if "≈" in text:  # "x ≈ 11" is x = 11; "x = 1/3 ≈ 0.33" keeps the exact value
         left, _, right = text.partition("≈")
         text = left if "=" in left or not re.fullmatch(_NAME, left.strip()) else f"{left}={right}"
+    member = _split_top_level(text, "∈")
+    if len(member) == 2 and re.fullmatch(_NAME, member[0]):
+        return _parse_text(member[1])
     unions = _split_top_level(text, "∪")
     if len(unions) > 1:
         parts = [_as_set(_parse_text(p)) for p in unions]
         if any(p is None for p in parts):
             raise ParseError("a union of things that are not sets")
         return Answer("interval", interval=sympy.Union(*parts))
-    member = _split_top_level(text, "∈")
-    if len(member) == 2 and re.fullmatch(_NAME, member[0]):
-        return _parse_text(member[1])
     if re.search(r"<|>|≠", text) and len(_split_top_level(text)) == 1:
         return _relation(text)
     if text.startswith("«") and text.endswith("»") and _encloses(text):
