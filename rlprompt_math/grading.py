@@ -152,9 +152,15 @@ _MATH_LINE = re.compile(r"[\d\s.+\-*/^()=%,]*(?:(?:\\?pi|π|√|\\?sqrt|\\frac|\
                         r"[\d\s.+\-*/^(){}=%,\\]*)*")
 # A fraction before a plain number ("is 5/12." is 5/12, not 12), and a multiple of pi or a root
 # keeps its symbol ("is 4π." is 4π, not 4).
-_FALLBACK_NUMBER = re.compile(r"\d+\s+\d+/\d+(?![\d.])|\d*\.\\overline\{\d+\}|\d*\.\d+(?:\.\.\.|\\ldots|…)"
+# A number is not read out of an alphanumeric word ("AZYUK2A", "B12", "x_2", "3x2"): no letter,
+# digit or underscore right before it, and no letters-then-digit right after it ("12cm" is 12).
+_IN_WORD_BEFORE = r"(?<![A-Za-z_\d])"
+_IN_WORD_AFTER = r"(?![A-Za-z]*\d)"
+_WORD_NUMBER = _IN_WORD_BEFORE + r"(?:" + _NUMBER + r"|\d+\s*/\s*\d+)" + _IN_WORD_AFTER
+_FALLBACK_NUMBER = re.compile(_IN_WORD_BEFORE + r"(?:"
+                              r"\d+\s+\d+/\d+(?![\d.])|\d*\.\\overline\{\d+\}|\d*\.\d+(?:\.\.\.|\\ldots|…)"
                               r"|\\frac\{\d+\}\{\d+\}|[-−]?\d+/\d+(?!\d|\.\d)|√\d+|"
-                              r"(?:" + _NUMBER + r")(?:\s*(?:π|\\pi\b|√\d+))?")
+                              r"(?:" + _NUMBER + r")(?:\s*(?:π|\\pi\b|√\d+))?)" + _IN_WORD_AFTER)
 
 
 def _join_thousands(text: str) -> str:
@@ -174,7 +180,7 @@ def _clean_phrase(phrase: str) -> str | None:
         return None
     if re.search(r"\\[a-zA-Z]|[{}^]|\bsqrt\b|[π√]|\bpi\b|[=\[\]]|^\(", phrase):
         return phrase
-    numbers = re.findall(_NUMBER + r"|\d+\s*/\s*\d+", phrase)
+    numbers = re.findall(_WORD_NUMBER, phrase)
     numbers = [n for n in (re.sub(r"\s+", "", n).rstrip(",") for n in numbers) if n]
     if not numbers:
         return phrase if re.fullmatch(r"[a-zA-Z0-9+\-*/() .]+", phrase) else None

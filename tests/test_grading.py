@@ -337,3 +337,21 @@ def test_different_numbers_never_equal(a, b):
 @settings(max_examples=100, deadline=None)
 def test_inequalities_equal_iff_same_set(op1, op2, a, b):
     assert answers_equal(f"x {op1} {a}", f"x {op2} {b}") == (op1 == op2 and a == b)
+
+
+# Issue 15, second pass: classes from Math-Verify's suite --------------------------------------
+
+@pytest.mark.parametrize("text,gold,correct", [
+    ("AZYUK2A", "2", False), ("Answer: AZYUK2A", "2", False), ("the code is B12", "12", False),
+    ("so x_2 is it", "2", False), ("a 3x2 grid", "3", False), ("a 3x2 grid", "2", False),
+    ("It is 12cm", "12", True), ("1,000.99m²", "1000.99", True), ("The answer is 7.", "7", True),
+])
+def test_no_number_out_of_a_word(text, gold, correct):
+    """The last-number fallback must not pull a digit out of an alphanumeric word."""
+    assert grade(text, gold).correct is correct
+
+
+@given(st.text("ABCXYZxyz", min_size=1, max_size=4), st.integers(0, 99), st.text("ABCXYZ", min_size=1, max_size=4))
+@settings(max_examples=100, deadline=None)
+def test_digits_inside_words_are_never_an_answer(before, n, after):
+    assert not grade(f"The code is {before}{n}{after} today", str(n)).correct
