@@ -819,7 +819,18 @@ def parse_answer(s: str | None) -> Answer:
         raw = str(s)
         if len(raw) > MAX_ANSWER_CHARS:
             raise ParseError(f"answer longer than {MAX_ANSWER_CHARS} characters")
+        raw = _undouble_backslashes(raw)
         return _text_answer(raw) or _matrix_answer(raw) or _parse_text(normalize(raw).replace(";", ","))
+
+
+def _undouble_backslashes(raw: str) -> str:
+    """`\\\\le`, `\\\\frac` (a command whose backslash was escaped twice, as in JSON-encoded or
+    Python-quoted LaTeX) -> `\\le`, `\\frac`. Outside an environment (`\\begin{...}`, where `\\\\` ends
+    a row) a LaTeX line break is meaningless inside an answer, so a line break followed directly by
+    letters can only be a doubled backslash. Math-Verify's normaliser applies the same rule."""
+    if "\\begin" in raw or "\\\\" not in raw:
+        return raw
+    return re.sub(r"\\\\(?=[a-zA-Z])", r"\\", raw)
 
 
 def _encloses(text: str) -> bool:

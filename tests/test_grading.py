@@ -355,3 +355,15 @@ def test_no_number_out_of_a_word(text, gold, correct):
 @settings(max_examples=100, deadline=None)
 def test_digits_inside_words_are_never_an_answer(before, n, after):
     assert not grade(f"The code is {before}{n}{after} today", str(n)).correct
+
+
+@pytest.mark.parametrize("pred,gold,equal", [
+    ("-2 \\\\le x \\\\le 7", "x \\in [-2,7]", True), ("\\\\left(\\\\frac{1}{5},\\\\frac{1}{6}\\\\right)", "(1/5, 1/6)", True),
+    ("\\\\frac{\\\\pi}{2}", "\\frac{\\pi}{2}", True), ("\\\\frac{1}{5}", "\\frac{1}{6}", False),
+    ("-2 \\\\le x \\\\le 7", "[-2, 8]", False), ("\\\\sqrt{2}", "2", False),
+    ("\\begin{pmatrix}a \\\\b\\end{pmatrix}", "\\begin{pmatrix}a & b\\end{pmatrix}", False),
+])
+def test_doubled_backslashes(pred, gold, equal):
+    """A command whose backslash was escaped twice (`\\\\le`) reads as the command, outside environments."""
+    assert answers_equal(pred, gold) is equal
+    assert answers_equal(gold, pred) is equal
