@@ -70,6 +70,9 @@ _ANSWER_PHRASES = re.compile(
     re.IGNORECASE)
 
 
+_FINAL_PHRASE = re.compile(r"final\s+answer\s*(?:is|:)\s*[:=]?\s*", re.IGNORECASE)
+
+
 def _last_boxed_groups(text: str) -> list[list[str]]:
     """Contents of every `\\boxed{...}` / `\\fbox{...}`, brace-matched, grouped when side by side."""
     groups: list[list[str]] = []
@@ -208,6 +211,15 @@ def extract_answer(text: str | None) -> str | None:
     if starts and _unclosed_box_after(text, starts[-1]):
         return None  # the last \boxed{ never closes: malformed LaTeX, no final answer
     if groups:
+        # "... \boxed{255} ... Final Answer: The final answer is $10,455$.": a final-answer statement
+        # after the last box supersedes the boxes (they were intermediate results).
+        for match in reversed(list(_FINAL_PHRASE.finditer(text, starts[-1]))):
+            stated = text[match.end():match.end() + 300]
+            if any(c.strip() and c.strip() in stated for c in groups[-1]):
+                break  # the statement restates the box
+            answer = _clean_phrase(stated)
+            if answer and re.search(r"\d|\\", answer):
+                return answer
         contents = list(dict.fromkeys(c.strip() for c in groups[-1]))
         return ", ".join(contents) if len(contents) > 1 else contents[0] or None
     hashes = re.findall(r"####\s*([^\n]+)", text)
@@ -384,6 +396,12 @@ def _ellipsis_repeating(match: re.Match) -> str:
     return f"{sign}({value.numerator}/{value.denominator})"
 
 
+def _bracketed_pair(m: re.Match) -> bool:
+    """Whether a digit run with one comma is the whole content of a bracket pair: "(12,102)"."""
+    before, after = m.string[:m.start()].rstrip(), m.string[m.end():].lstrip()
+    return m.group(2).count(",") == 1 and before[-1:] in ("(", "[") and after[:1] in (")", "]")
+
+
 def normalize(s: str) -> str:
     """LaTeX / plain text -> the parser's language. Raises ParseError on what it cannot read."""
     if len(s) > MAX_ANSWER_CHARS:
@@ -392,9 +410,11 @@ def normalize(s: str) -> str:
     s = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", s).strip()
     for pattern, replacement in _LATEX_REPLACEMENTS:
         s = re.sub(pattern, replacement, s)
-    # Thousands separators: 1,234,567 / 1\,234 (now '1 234') / 1 234 -- not '2 1/4', not '1, 2'.
+    # Thousands separators: 1,234,567 / 1\,234 (now '1 234') / 1 234 -- not '2 1/4', not '1, 2', and
+    # not the two ends of a bracketed pair ("(12,102)" is an interval or a point, not 12102).
     s = re.sub(r"(?<![\d.])(\d{1,3})((?:[, ]\d{3})+)(?![\d/])(?!\.\d*[, ]\d)",
-               lambda m: m.group(1) + m.group(2).replace(",", "").replace(" ", ""), s)
+               lambda m: m.group(0) if _bracketed_pair(m) else
+               m.group(1) + m.group(2).replace(",", "").replace(" ", ""), s)
     # Mixed numbers: 2\frac{1}{4} and 2 1/4 are 2 + 1/4, not 2 * 1/4.
     s = re.sub(r"(?<![\d.)*/^])(\d+)\s*\\frac\s*\{(\d+)\}\s*\{(\d+)\}", r"(\1+\\frac{\2}{\3})", s)
     s = re.sub(r"(?<![\d.)*/^])(\d+)\s+(\d+)\s*/\s*(\d+)(?![\d.])", r"(\1+\2/\3)", s)

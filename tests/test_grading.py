@@ -367,3 +367,21 @@ def test_doubled_backslashes(pred, gold, equal):
     """A command whose backslash was escaped twice (`\\\\le`) reads as the command, outside environments."""
     assert answers_equal(pred, gold) is equal
     assert answers_equal(gold, pred) is equal
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("\\boxed{200} then \\boxed{255}, so $10,455. Final Answer: The final answer is $10,455$. I hope it is correct.",
+     "10,455"),
+    ("\\boxed{5}. Final answer: it is clearly right", "5"), ("Final answer: \\boxed{5}", "5"),
+    ("\\boxed{12 $ and $13 }. Final Answer: The final answer is \"$12 $ and $13 $\".", "12 $ and $13"),
+])
+def test_final_answer_statement_after_boxes(text, expected):
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize("pred,gold,equal", [
+    ("(2,12) \\cup (12,102)", "(2, 12) \\cup (12, 102)", True), ("(12,102)", "(12, 102)", True),
+    ("(12,102)", "12102", False), ("1,234", "1234", True), ("[1,000]", "1000", False),
+])
+def test_bracketed_pair_is_not_a_thousands_number(pred, gold, equal):
+    assert answers_equal(pred, gold) is equal and answers_equal(gold, pred) is equal
