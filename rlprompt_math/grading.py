@@ -147,7 +147,18 @@ def _last_math_span(text: str) -> str | None:
         if re.search(r"\d", text[span.end():]):
             return None
         content = content.strip().rstrip(".,;").strip()
-        return content or None
+        joined = [content]
+        index = spans.index(span)
+        # "$1$ and $2$ and $3$", "$21,16$ or $11$": spans joined only by a comma, "and" or "or" are
+        # one answer, a list (a list never equals a single value, so hedging gains nothing).
+        while index > 0 and re.fullmatch(r"\s*(?:,\s*)?(?:(?:and|or)\s*)?", text[spans[index - 1].end():spans[index].start()]) \
+                and text[spans[index - 1].end():spans[index].start()].strip() and len(joined) < 20:
+            previous = next(g for g in spans[index - 1].groups() if g is not None).strip().rstrip(".,;").strip()
+            if not previous or "\n" in previous:
+                break
+            joined.insert(0, previous)
+            index -= 1
+        return ", ".join(joined) if content else None
     return None
 
 
@@ -430,7 +441,7 @@ def normalize(s: str) -> str:
     s = re.sub(r"(?:,\s*)?\b(?:or|and)\b\s*", ", ", s) if re.search(r"\b(?:or|and)\b", s) else s
     s = _expand_macros(s)
     # Unit and filler words ("5 apples", "12 cm") are not part of the value.
-    s = re.sub(r"(?<![a-zA-Z\\])(?!(?:sqrt|root|pi|oo|" + _FUNCTION_NAMES + r")\b)(?:[a-zA-Z]{3,}|cm|mm|km|kg|mg|ft|lb|oz|hr|ml)\b", " ", s)
+    s = re.sub(r"(?<![a-zA-Z\\])(?<!_\()(?!(?:sqrt|root|pi|oo|" + _FUNCTION_NAMES + r")\b)(?:[a-zA-Z]{3,}|cm|mm|km|kg|mg|ft|lb|oz|hr|ml)\b", " ", s)
     if "\\" in s:
         raise ParseError(f"unsupported LaTeX command in {s!r}")
     s = re.sub(r"(\d*)\.(\d*)R(\d+)R", lambda m: "({0})".format(
@@ -449,7 +460,7 @@ def normalize(s: str) -> str:
 _TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)"
                     r"|(?P<func>(?:" + _FUNCTION_NAMES + r")(?![a-zA-Z]))"
                     r"|(?P<name>sqrt|root|pi|oo|[a-zA-Z]_(?:\([a-zA-Z0-9]{1,8}\)|[a-zA-Z0-9])|[a-zA-Z])(?![a-zA-Z])"
-                    r"|(?P<op>\*\*|<=|>=|[-+*/^()\[\],=%<>]))")
+                    r"|(?P<op>\*\*|<=|>=|[-+*/^()\[\],=%<>|]))")
 
 
 @dataclass(frozen=True)
@@ -627,6 +638,10 @@ class _Parser:
             inner = self.expr()
             self.take(")")
             return inner
+        if text == "|":  # |x|: an absolute value (no implicit product starts with "|", so "|a|b|" is refused)
+            inner = self.expr()
+            self.take("|")
+            return Num(sympy.Abs(inner.value))
         raise ParseError(f"unexpected {text!r}")
 
 
@@ -673,7 +688,9 @@ def _split_top_level(s: str, separator: str = ",") -> list[str]:
 
 _NAME = r"[a-zA-Z](?:_(?:\([a-zA-Z0-9]{1,8}\)|[a-zA-Z0-9]))?"
 _LONE_LHS = re.compile(rf"\s*(?:{_NAME}|{_NAME}\(\s*{_NAME}\s*\)|\(\s*{_NAME}(?:\s*,\s*{_NAME})+\s*\)"
-                       r"|[A-Z]{1,4}|\|[A-Za-z]{1,4}\|)\s*")  # x, f(x), (p, q), AB, |AB|
+                       r"|[A-Z]{1,4}|\|[A-Z]{1,4}\|"
+                       rf"|{_NAME}\s*:\s*{_NAME}|\(\(\s*[A-Z]{{1,4}}\s*\)/\(\s*[A-Z]{{1,4}}\s*\)\))\s*")
+# x, f(x), (p, q), AB, |AB|, a ratio of names (V_1 : V_2, A:B) and a ratio of segments (\frac{NO}{BO})
 
 
 def _parse_item(s: str) -> Answer:
@@ -681,6 +698,8 @@ def _parse_item(s: str) -> Answer:
     right-hand side (after a lone variable or a tuple of variables) and "x = 3" also as the equation
     x - 3 = 0; any other equation ("2x - y + 1 = 0") is kept as lhs - rhs, compared as an equation."""
     parts = re.split(r"(?<![<>≠!])=", s)
+    if len(parts) == 1 and ":" in s:
+        return _ratio(s)
     if len(parts) == 1:
         value = _parse_expression(s)
         return Answer(_kind(value), (value,))
@@ -697,6 +716,18 @@ def _parse_item(s: str) -> Answer:
     if not left.free_symbols and not right.free_symbols:
         return _parse_text(rhs)  # a computation "36 + 32 = 68" states its result
     return Answer("equation", equation=left - right)
+
+
+def _ratio(s: str) -> Answer:
+    """"7:32" is the number 7/32 (so 7:32 = 14:64 = 7/32). Only two numeric terms, the second
+    non-zero; anything else (1:2:3, x:y, a time written 7:32 against 7.32) is refused or unequal."""
+    terms = s.split(":")
+    if len(terms) != 2:
+        raise ParseError("only a ratio of two numbers is read")
+    a, b = (_parse_expression(t).value for t in terms)
+    if a.free_symbols or b.free_symbols or b == 0:
+        raise ParseError("a ratio of two non-zero numbers only")
+    return Answer("number", (Num(a / b),))
 
 
 def _kind(num: Num) -> str:
@@ -754,12 +785,34 @@ def _matrix_answer(raw: str) -> Answer | None:
 def _relation(text: str) -> Answer:
     """An inequality in one variable ("x <= 3", "-2 <= x <= 7", "5 >= x", "-x > -1", "x ≠ 5") as its
     solution set over the reals. Each side must be linear in the variable with a numeric coefficient."""
+    # "0 < f(x) < 1": a function value is the quantity bounded (compared as the set it lies in).
+    text = re.sub(r"(?<![A-Za-z_])([fgh])\(\s*([a-z])\s*\)", r"\1_(\2)", text)
     pieces = re.split(r"(<=|>=|<|>|≠)", text)
     operands, ops = [_parse_expression(p).value for p in pieces[0::2]], pieces[1::2]
     symbols = set().union(*(o.free_symbols for o in operands))
     if len(symbols) != 1:
         raise ParseError("an inequality needs exactly one variable")
     (var,) = symbols
+    absolute = set().union(*(o.atoms(sympy.Abs) for o in operands))
+    if absolute:
+        # "1 <= |z| <= 3/2": solve for t = |z| (linear as below), keep t >= 0, then z = ±t.
+        if absolute != {sympy.Abs(var)}:
+            raise ParseError("only |x| of the variable itself")
+        t = sympy.Dummy("t")
+        operands = [o.subs(sympy.Abs(var), t) for o in operands]
+        if any(o.has(var) for o in operands):
+            raise ParseError("the variable both inside and outside |...|")
+        inner = _relation_region(operands, ops, t)
+        inner = sympy.Intersection(inner, sympy.Interval(0, sympy.oo))
+        region = sympy.Union(inner, sympy.imageset(sympy.Lambda(t, -t), inner))
+        if region.atoms(sympy.ImageSet):
+            raise ParseError("absolute-value region not reducible to intervals")
+        return Answer("relation", interval=region, variable=var)
+    return Answer("relation", interval=_relation_region(operands, ops, var), variable=var)
+
+
+def _relation_region(operands: list, ops: list, var) -> sympy.Set:
+    """The set of real `var` where the chain `operands[0] ops[0] operands[1] ...` holds (linear sides)."""
     region = sympy.Reals
     for left, op, right in zip(operands, ops, operands[1:]):
         difference = sympy.expand(left - right)
@@ -774,7 +827,7 @@ def _relation(text: str) -> Answer:
                 ">": sympy.Interval.open(bound, sympy.oo), ">=": sympy.Interval(bound, sympy.oo),
                 "≠": sympy.Union(sympy.Interval.open(-sympy.oo, bound), sympy.Interval.open(bound, sympy.oo))}[op]
         region = sympy.Intersection(region, part)
-    return Answer("relation", interval=region, variable=var)
+    return region
 
 
 def _parse_text(text: str) -> Answer:
@@ -840,7 +893,26 @@ def parse_answer(s: str | None) -> Answer:
         if len(raw) > MAX_ANSWER_CHARS:
             raise ParseError(f"answer longer than {MAX_ANSWER_CHARS} characters")
         raw = _undouble_backslashes(raw)
-        return _text_answer(raw) or _matrix_answer(raw) or _parse_text(normalize(raw).replace(";", ","))
+        return _text_answer(raw) or _matrix_answer(raw) or _parse_text(_assignment_groups(normalize(raw)).replace(";", ","))
+
+
+def _assignment_groups(text: str) -> str:
+    """"p=5,q=2;p=7,q=2" -> "(5,2),(7,2)": groups separated by ";", each assigning the same distinct
+    names in the same order, are the solution pairs they list (in the order the names are written)."""
+    groups = _split_top_level(text, ";")
+    if len(groups) < 2:
+        return text
+    names, tuples = None, []
+    for group in groups:
+        pairs = [re.fullmatch(rf"({_NAME})\s*=\s*([^=<>≠]+)", part) for part in _split_top_level(group)]
+        if not all(pairs):
+            return text
+        group_names = [m.group(1) for m in pairs]
+        if len(set(group_names)) != len(group_names) or len(group_names) < 2 or names not in (None, group_names):
+            return text
+        names = group_names
+        tuples.append("(" + ",".join(m.group(2) for m in pairs) + ")")
+    return ",".join(tuples)
 
 
 def _undouble_backslashes(raw: str) -> str:

@@ -385,3 +385,38 @@ def test_final_answer_statement_after_boxes(text, expected):
 ])
 def test_bracketed_pair_is_not_a_thousands_number(pred, gold, equal):
     assert answers_equal(pred, gold) is equal and answers_equal(gold, pred) is equal
+
+
+@pytest.mark.parametrize("pred,gold,equal", [
+    # ratios of two numbers, and a named ratio or a ratio of segments on the left
+    ("7:32", "S_{MBCN}:S=7:32", True), ("11:21", "V_{1}:V_{2}=11:21", True), ("1", "A:B=1", True),
+    ("14:64", "7:32", True), ("7/32", "7:32", True), ("\\frac{1}{\\sqrt{6}}", "\\frac{NO}{BO}=\\frac{1}{\\sqrt{6}}", True),
+    ("7:33", "7:32", False), ("32:7", "7:32", False), ("2", "A:B=1", False), ("\\frac{1}{6}", "\\frac{NO}{BO}=\\frac{1}{\\sqrt{6}}", False),
+    # solution groups "p=5,q=2;p=7,q=2"
+    ("(5,2),(7,2)", "p=5,q=2;p=7,q=2", True), ("(7,2),(5,2)", "p=5,q=2;p=7,q=2", True),
+    ("(2,5),(2,7)", "p=5,q=2;p=7,q=2", False), ("(5,2)", "p=5,q=2;p=7,q=2", False), ("(5,2),(7,3)", "p=5,q=2;p=7,q=2", False),
+    # absolute values and function values in inequalities
+    ("z \\in \\left[-\\frac{3}{2}, -1\\right] \\cup \\left[1, \\frac{3}{2}\\right]", "1\\leq|z|\\leq \\frac{3}{2}", True),
+    ("(-1,1)", "|x|<1", True), ("(-\\infty,-1) \\cup (1,\\infty)", "|x|>1", True), ("|-3|", "3", True), ("(0,1)", "0<f(x)<1", True),
+    ("[1, 3/2]", "1\\leq|z|\\leq \\frac{3}{2}", False), ("[0,1]", "0<f(x)<1", False), ("|x|", "x", False),
+    ("|2|", "-2", False), ("3", "|x|=3", False), ("(-1,1]", "|x|<1", False),
+])
+def test_ratios_groups_absolute_values(pred, gold, equal):
+    assert answers_equal(pred, gold) is equal, compare(pred, gold)
+    assert answers_equal(gold, pred) is equal, compare(gold, pred)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("$1$ and $2$ and $3$", "1, 2, 3"), ("$21,16$ or $11$", "21,16, 11"), ("We get $5$ or $6$.", "5, 6"),
+    ("So $x$ is $5$", "5"),
+])
+def test_spans_joined_by_and_or(text, expected):
+    assert extract_answer(text) == expected
+
+
+@given(st.integers(-20, 20), st.integers(1, 20), st.integers(-20, 20), st.integers(1, 20))
+@settings(max_examples=100, deadline=None)
+def test_absolute_value_regions_iff_same(a, b, c, d):
+    """|x| < b/1 against |x| < d: equal iff b == d; a ratio a:b equals c:d iff a*d == b*c."""
+    assert answers_equal(f"|x| < {b}", f"|x| < {d}") == (b == d)
+    assert answers_equal(f"{a}:{b}", f"{c}:{d}") == (a * d == b * c)
