@@ -116,7 +116,8 @@ def _side_by_side(between: str) -> bool:
     if len(between) > 80:
         return False
     plain = _BOX_SEPARATOR_NOISE.sub(lambda m: f" {m.group(1)} " if m.group(1) else " ", between)
-    return bool(re.fullmatch(r"[\s,;]*(?:(?:[A-Za-z()]{1,12}\s+){0,3}(?:or|and)\b)?[\s,;]*", plain))
+    return bool(re.fullmatch(r"[\s,;]*(?:(?:[A-Za-z()]{1,12}\s+){0,3}(?:or|and)\b)?[\s,;]*"
+                             rf"(?:{_NAME}\s*=\s*)?", plain))  # "... and \( y_2 = \boxed{...}": a labelled part
 
 
 def _unclosed_box_after(text: str, position: int) -> bool:

@@ -420,3 +420,11 @@ def test_absolute_value_regions_iff_same(a, b, c, d):
     """|x| < b/1 against |x| < d: equal iff b == d; a ratio a:b equals c:d iff a*d == b*c."""
     assert answers_equal(f"|x| < {b}", f"|x| < {d}") == (b == d)
     assert answers_equal(f"{a}:{b}", f"{c}:{d}") == (a * d == b * c)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("\\($y_1 = \\boxed{-2(x - 1)^2 + 5} \\) and \\( y_2 = \\boxed{3(x + 2)^2 - 2} \\)", "-2(x - 1)^2 + 5, 3(x + 2)^2 - 2"),
+    ("\\boxed{5} no, wait: x = \\boxed{6}", "6"), ("\\boxed{5}. So x = \\boxed{6}", "6"),
+])
+def test_labelled_boxes_side_by_side(text, expected):
+    assert extract_answer(text) == expected
