@@ -1,20 +1,27 @@
-"""Grading throughput and worst-case latency, and accuracy against Math-Verify on the same cases.
+"""Grading throughput and worst-case latency, agreement with a peer's own test suite, soundness.
 
     python bench/grading.py
 
-Runs every labelled case in tests/test_grading.py (equal and not-equal) plus the adversarial inputs,
-prints cases/second, the slowest single call, and how many labelled cases each grader gets right.
-Math-Verify is only measured when it is installed (`pip install math-verify`); it is not a dependency.
+Prints: agreement with Math-Verify's own test cases (bench/data/math_verify_cases.jsonl, see
+bench/peer_suites.py) and every disagreement; how many random pairs of *different* numbers,
+expressions and equations we grade equal (must be 0); our labelled cases in tests/test_grading.py;
+cases/second and the slowest single call over all of them plus the adversarial inputs; and, when it
+is installed (`pip install math-verify`, not a dependency), Math-Verify on our labelled cases.
 """
 
 import multiprocessing as mp
+import random
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from test_grading import ADVERSARIAL, EQUAL, EXTRACT_EQUAL, NOT_EQUAL  # noqa: E402
+from test_grading import (ADVERSARIAL, EQUAL, EXTRACT_EQUAL, ISSUE15_EQUAL, ISSUE15_NOT_EQUAL,  # noqa: E402
+                          NOT_EQUAL, NOT_EXTRACTED)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peer_suites import SUITES, agreement, gold_answer  # noqa: E402
 
 from rlprompt_math.grading import answers_equal, grade  # noqa: E402
 
@@ -26,6 +33,43 @@ def labelled():
         yield "equal", pred, gold, True
     for pred, gold in NOT_EQUAL:
         yield "not-equal", pred, gold, False
+    for text in NOT_EXTRACTED:
+        if text:
+            yield "extract", text, "1", False
+    for pred, gold in ISSUE15_EQUAL:
+        yield "equal", pred, gold, True
+    for pred, gold in ISSUE15_NOT_EQUAL:
+        yield "not-equal", pred, gold, False
+
+
+def random_different_pairs(n=300, seed=0):
+    """Pairs that are mathematically different: numbers, polynomials, linear equations in two variables."""
+    rng = random.Random(seed)
+    pairs = []
+    while len(pairs) < n:
+        kind = len(pairs) % 3
+        if kind == 0:
+            a, b = (f"{rng.randint(-99, 99)}/{rng.randint(1, 30)}" for _ in range(2))
+            if eval_fraction(a) != eval_fraction(b):
+                pairs.append((a, b))
+        elif kind == 1:
+            ca, cb = ([rng.randint(-5, 5) for _ in range(4)] for _ in range(2))
+            if ca != cb:
+                pairs.append(tuple("+".join(f"({c})*x^{i}" for i, c in enumerate(cs)) for cs in (ca, cb)))
+        else:
+            (a, b, c), (d, e, f) = ([rng.randint(-6, 6) for _ in range(3)] for _ in range(2))
+            if (a, b) != (0, 0) and (d, e) != (0, 0) and not _proportional((a, b, c), (d, e, f)):
+                pairs.append((f"{a}x + {b}y = {c}", f"{d}x + {e}y = {f}"))
+    return pairs
+
+
+def eval_fraction(text):
+    from fractions import Fraction
+    return Fraction(text)
+
+
+def _proportional(u, v):
+    return all(u[i] * v[j] == u[j] * v[i] for i in range(3) for j in range(3))
 
 
 def ours(kind, pred, gold):
@@ -51,9 +95,31 @@ def math_verify(kind, pred, gold, timeout=5.0):
     return queue.get() if not queue.empty() else False
 
 
+def peer_suites():
+    for name, path in SUITES.items():
+        start = time.perf_counter()
+        total, disagreements = agreement(path)
+        elapsed = time.perf_counter() - start
+        wrong_right = sum(ours and not case["expected"] for case, ours in disagreements)
+        print(f"{name} suite: agree on {total - len(disagreements)}/{total} "
+              f"({100 * (total - len(disagreements)) / total:.1f}%) in {elapsed:.1f} s; "
+              f"graded correct where they expect wrong: {wrong_right}")
+        for case, ours in disagreements:
+            print(f"  {case['source']}: ours {'equal' if ours else 'not equal'}, theirs "
+                  f"{'equal' if case['expected'] else 'not equal'}: pred {case['pred'][-70:]!r} "
+                  f"gold {gold_answer(case['gold'])!r}")
+
+
 def main():
+    peer_suites()
+    pairs = random_different_pairs()
+    wrong = [(a, b) for a, b in pairs if answers_equal(a, b) or answers_equal(b, a)]
+    print(f"random different pairs (numbers, polynomials, linear equations) graded equal: {len(wrong)}/{len(pairs)}"
+          + "".join(f"\n  {a!r} vs {b!r}" for a, b in wrong))
     cases = list(labelled())
-    inputs = [(k, p, g) for k, p, g, _ in cases] + [("extract", a, "1") for a in ADVERSARIAL]
+    from peer_suites import load_cases
+    peer = [("extract", c["pred"], gold_answer(c["gold"])) for path in SUITES.values() for c in load_cases(path)[1]]
+    inputs = [(k, p, g) for k, p, g, _ in cases] + [("extract", a, "1") for a in ADVERSARIAL] + peer
     worst, worst_case = 0.0, None
     start = time.perf_counter()
     for kind, pred, gold in inputs:
@@ -63,10 +129,13 @@ def main():
         if el > worst:
             worst, worst_case = el, pred
     total = time.perf_counter() - start
-    print(f"rlprompt_math.grading: {len(inputs)} calls in {total:.2f} s = {len(inputs) / total:.0f} cases/s; "
+    print(f"rlprompt_math.grading (labelled + adversarial + peer-suite inputs): {len(inputs)} calls in {total:.2f} s = {len(inputs) / total:.0f} cases/s; "
           f"worst single call {worst * 1000:.1f} ms ({worst_case[:40]!r})")
     right = sum(ours(k, p, g) == label for k, p, g, label in cases)
     print(f"labelled cases right: ours {right}/{len(cases)}")
+    for k, p, g, label in cases:
+        if ours(k, p, g) != label:
+            print(f"  ours wrong: {p!r} vs {g!r}")
     try:
         import math_verify as _  # noqa: F401
     except ImportError:

@@ -30,6 +30,7 @@ import re
 import signal
 import threading
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -42,6 +43,9 @@ MAX_RESULT_BITS = 20_000     # a power whose result needs more bits than this is
 MAX_SYMBOLIC_EXPONENT = 32   # x^n with variables: larger n is refused (expansion blows up)
 TIME_LIMIT_S = 1.0           # wall-clock backstop for a grading call (main thread only)
 RELATIVE_TOLERANCE = 1e-2    # for an inexact decimal; see the module docstring
+
+
+_STRICT: ContextVar[bool] = ContextVar("strict", default=False)
 
 
 class ParseError(ValueError):
@@ -64,6 +68,9 @@ _NUMBER = r"[-−]?\$?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?%?|[-−]?\.\d+%?"
 _ANSWER_PHRASES = re.compile(
     r"(?:final\s+answer\s*(?:is|:)|the\s+answer\s+is|answer\s*:|answer\s+is)\s*[:=]?\s*",
     re.IGNORECASE)
+
+
+_FINAL_PHRASE = re.compile(r"final\s+answer\s*(?:is|:)\s*[:=]?\s*", re.IGNORECASE)
 
 
 def _last_boxed_groups(text: str) -> list[list[str]]:
@@ -89,8 +96,7 @@ def _last_boxed_groups(text: str) -> list[list[str]]:
             content = content.strip()
             content = content[content.index("{") + 1:-1]
         between = text[last_end:match.start()] if last_end >= 0 else "x" * 100
-        # Side by side: separated only by punctuation, spaces, `$` or the words "or"/"and".
-        if groups and re.fullmatch(r"[\s,;$]*(?:or|and)?[\s,;$]*", between):
+        if groups and _side_by_side(between):
             groups[-1].append(content)
         else:
             groups.append([content])
@@ -99,10 +105,77 @@ def _last_boxed_groups(text: str) -> list[list[str]]:
     return groups
 
 
+_BOX_SEPARATOR_NOISE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}|\\q?quad|\\[,;: ]|\\[()\[\]]|\$")
+
+
+def _side_by_side(between: str) -> bool:
+    """Whether two boxes belong to one answer: between them only punctuation, spacing, `$`, and at
+    most "or"/"and" after up to three short words ("\\boxed{1} papers and \\boxed{2}",
+    "\\boxed{(3, 3)} \\text{ for part (a) and } \\boxed{(1, 1)}"). A sentence, a line break between
+    words, or words without "and"/"or" ("\\boxed{5} no, wait: \\boxed{6}") keep them apart."""
+    if len(between) > 80:
+        return False
+    plain = _BOX_SEPARATOR_NOISE.sub(lambda m: f" {m.group(1)} " if m.group(1) else " ", between)
+    return bool(re.fullmatch(r"[\s,;]*(?:(?:[A-Za-z()]{1,12}\s+){0,3}(?:or|and)\b)?[\s,;]*"
+                             rf"(?:{_NAME}\s*=\s*)?", plain))  # "... and \( y_2 = \boxed{...}": a labelled part
+
+
+def _unclosed_box_after(text: str, position: int) -> bool:
+    """Whether a `\\boxed{` at or after `position` never closes: malformed LaTeX, no final answer."""
+    for match in re.finditer(r"\\(?:boxed|fbox)\s*\{", text[position:]):
+        depth, i = 1, position + match.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth:
+            return True
+    return False
+
+
+_MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|(?<!\\)\$([^$]+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.S)
+
+
+def _last_math_span(text: str) -> str | None:
+    """The content of the last `$...$`, `$$...$$`, `\\(...\\)` or `\\[...\\]` when nothing after it
+    holds a digit (the span is the text's last mathematical statement). Inline spans (`$`, `\\(`)
+    may not cross a line break."""
+    spans = [m for m in _MATH_SPAN.finditer(text)]
+    for span in reversed(spans):
+        content = next(g for g in span.groups() if g is not None)
+        inline = span.group(2) is not None or span.group(3) is not None
+        if inline and "\n" in content:
+            continue
+        if re.search(r"\d", text[span.end():]):
+            return None
+        content = content.strip().rstrip(".,;").strip()
+        joined = [content]
+        index = spans.index(span)
+        # "$1$ and $2$ and $3$", "$21,16$ or $11$": spans joined only by a comma, "and" or "or" are
+        # one answer, a list (a list never equals a single value, so hedging gains nothing).
+        while index > 0 and re.fullmatch(r"\s*(?:,\s*)?(?:(?:and|or)\s*)?", text[spans[index - 1].end():spans[index].start()]) \
+                and text[spans[index - 1].end():spans[index].start()].strip() and len(joined) < 20:
+            previous = next(g for g in spans[index - 1].groups() if g is not None).strip().rstrip(".,;").strip()
+            if not previous or "\n" in previous:
+                break
+            joined.insert(0, previous)
+            index -= 1
+        return ", ".join(joined) if content else None
+    return None
+
+
 _MATH_LINE = re.compile(r"[\d\s.+\-*/^()=%,]*(?:(?:\\?pi|π|√|\\?sqrt|\\frac|\\overline|\\ldots|[a-z])"
                         r"[\d\s.+\-*/^(){}=%,\\]*)*")
-_FALLBACK_NUMBER = re.compile(r"\d+\s+\d+/\d+(?![\d.])|\d*\.\\overline\{\d+\}|\d*\.\d+(?:\.\.\.|\\ldots|…)"
-                              r"|\\frac\{\d+\}\{\d+\}|" + _NUMBER + r"|\d+/\d+")
+# A fraction before a plain number ("is 5/12." is 5/12, not 12), and a multiple of pi or a root
+# keeps its symbol ("is 4π." is 4π, not 4).
+# A number is not read out of an alphanumeric word ("AZYUK2A", "B12", "x_2", "3x2"): no letter,
+# digit or underscore right before it, and no letters-then-digit right after it ("12cm" is 12).
+_IN_WORD_BEFORE = r"(?<![A-Za-z_\d])"
+_IN_WORD_AFTER = r"(?![A-Za-z]*\d)"
+_WORD_NUMBER = _IN_WORD_BEFORE + r"(?:" + _NUMBER + r"|\d+\s*/\s*\d+)" + _IN_WORD_AFTER
+_FALLBACK_NUMBER = re.compile(_IN_WORD_BEFORE + r"(?:"
+                              r"\d+\s+\d+/\d+(?![\d.])|\d*\.\\overline\{\d+\}|\d*\.\d+(?:\.\.\.|\\ldots|…)"
+                              r"|\\frac\{\d+\}\{\d+\}|[-−]?\d+/\d+(?!\d|\.\d)|√\d+|"
+                              r"(?:" + _NUMBER + r")(?:\s*(?:π|\\pi\b|√\d+))?)" + _IN_WORD_AFTER)
 
 
 def _join_thousands(text: str) -> str:
@@ -122,12 +195,12 @@ def _clean_phrase(phrase: str) -> str | None:
         return None
     if re.search(r"\\[a-zA-Z]|[{}^]|\bsqrt\b|[π√]|\bpi\b|[=\[\]]|^\(", phrase):
         return phrase
-    numbers = re.findall(_NUMBER + r"|\d+\s*/\s*\d+", phrase)
-    numbers = [n for n in (re.sub(r"\s+", "", n) for n in numbers) if n]
+    numbers = re.findall(_WORD_NUMBER, phrase)
+    numbers = [n for n in (re.sub(r"\s+", "", n).rstrip(",") for n in numbers) if n]
     if not numbers:
         return phrase if re.fullmatch(r"[a-zA-Z0-9+\-*/() .]+", phrase) else None
     number = r"[-−]?\$?\d[\d,.]*%?"
-    if re.match(rf"\s*{number}(?:\s*(?:,|\bor\b|\band\b)\s*{number})+\s*$", phrase):
+    if re.match(rf"\s*{number}(?:(?:\s*,\s+|\s*,(?!\d{{3}}\b)|\s*\bor\b\s*|\s*\band\b\s*){number})+\s*$", phrase):
         return ", ".join(dict.fromkeys(numbers))  # answers side by side ("5 or 6"): a list, not either
     mixed = re.match(r"\s*(\d+\s+\d+\s*/\s*\d+)(?![\d.])", phrase)
     if mixed:
@@ -146,7 +219,19 @@ def extract_answer(text: str | None) -> str | None:
         return None
     text = text[-MAX_TEXT_CHARS:].replace("−", "-")
     groups = _last_boxed_groups(text)
+    starts = [m.start() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]
+    if starts and _unclosed_box_after(text, starts[-1]):
+        return None  # the last \boxed{ never closes: malformed LaTeX, no final answer
     if groups:
+        # "... \boxed{255} ... Final Answer: The final answer is $10,455$.": a final-answer statement
+        # after the last box supersedes the boxes (they were intermediate results).
+        for match in reversed(list(_FINAL_PHRASE.finditer(text, starts[-1]))):
+            stated = text[match.end():match.end() + 300]
+            if any(c.strip() and c.strip() in stated for c in groups[-1]):
+                break  # the statement restates the box
+            answer = _clean_phrase(stated)
+            if answer and re.search(r"\d|\\", answer):
+                return answer
         contents = list(dict.fromkeys(c.strip() for c in groups[-1]))
         return ", ".join(contents) if len(contents) > 1 else contents[0] or None
     hashes = re.findall(r"####\s*([^\n]+)", text)
@@ -157,9 +242,13 @@ def extract_answer(text: str | None) -> str | None:
         answer = _clean_phrase(text[match.end():match.end() + 300])
         if answer:
             return answer
+    span = _last_math_span(text)
+    if span is not None:
+        return span
     lines = [re.sub(r"(?<!\.)\.$", "", line.strip()).strip("$ ")
              for line in text.strip().splitlines() if line.strip()]
-    if lines and len(lines[-1]) <= 80 and _MATH_LINE.fullmatch(lines[-1]) and re.search(r"\d|pi|π", lines[-1]):
+    if (lines and len(lines[-1]) <= 80 and _MATH_LINE.fullmatch(lines[-1]) and re.search(r"\d|pi|π", lines[-1])
+            and not re.search(r"(?<![\\a-z])(?!(?:pi|sqrt)\b)[a-z]{2,}\b", lines[-1])):  # prose is not math
         return lines[-1]  # the last line is itself an answer: "pi/2", "sqrt(8)", "36 + 32 = 68"
     numbers = _FALLBACK_NUMBER.findall(_join_thousands(text))
     if numbers:
@@ -201,9 +290,25 @@ def answer_is_complete(text: str) -> bool:
 # Normalisation: LaTeX and plain text to the parser's small language
 # =============================================================================================
 
+_FUNCTIONS = {"sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan, "sec": sympy.sec, "csc": sympy.csc,
+              "cot": sympy.cot, "arcsin": sympy.asin, "arccos": sympy.acos, "arctan": sympy.atan,
+              "sinh": sympy.sinh, "cosh": sympy.cosh, "tanh": sympy.tanh, "ln": sympy.log, "log": sympy.log,
+              "exp": sympy.exp}
+_FUNCTION_NAMES = "|".join(sorted(_FUNCTIONS, key=len, reverse=True))
+
 _LATEX_REPLACEMENTS = [
+    (r"\{,\}|,\\!\s*", ","),                       # 14{,}916 and 11,\! 111: thousands separators
     (r"\\left|\\right|\\!|\\displaystyle|\\mathbf|\\bigl|\\bigr|\\Bigl|\\Bigr", ""),
-    (r"\\(?:text|textbf|mbox|mathrm|operatorname)\s*\{([^{}]*)\}", r" \1 "),
+    (r"\\(?:text|textbf|textnormal|textit|mbox|mathrm|mathit|operatorname)\s*\{([^{}]*)\}", r" \1 "),
+    (r"\\(" + _FUNCTION_NAMES + r")\b", r" \1 "),
+    (r"\\approx|≈", "≈"),
+    (r"\\neq?\b|≠|!=", "≠"),
+    (r"\\lt\b", "<"),
+    (r"\\gt\b", ">"),
+    (r"\\in\b|∈", "∈"),
+    (r"\\cup\b|∪", "∪"),
+    (r"\\pm\b|±", "±"),
+    (r"\\[cdt]frac", r"\\frac"),
     (r"\^\s*\{?\\circ\}?|°|\\degree", ""),
     (r"\\%|%", "%"),
     (r"\\\$|\$", ""),
@@ -211,14 +316,13 @@ _LATEX_REPLACEMENTS = [
     (r"\\div|÷", "/"),
     (r"\\pi\b|π", " pi "),
     (r"\\infty|∞", " oo "),
-    (r"\\le\b|\\leq\b", "<="),
-    (r"\\ge\b|\\geq\b", ">="),
+    (r"\\le\b|\\leq\b|≤", "<="),
+    (r"\\ge\b|\\geq\b|≥", ">="),
     (r"\\lbrace|\\\{", "«"),
     (r"\\rbrace|\\\}", "»"),
     (r"\\[,;:> ]|~|\\quad|\\qquad", " "),
     (r"−|–", "-"),
     (r"√", " sqrt "),
-    (r"\\[dt]frac", r"\\frac"),
 ]
 
 
@@ -304,6 +408,12 @@ def _ellipsis_repeating(match: re.Match) -> str:
     return f"{sign}({value.numerator}/{value.denominator})"
 
 
+def _bracketed_pair(m: re.Match) -> bool:
+    """Whether a digit run with one comma is the whole content of a bracket pair: "(12,102)"."""
+    before, after = m.string[:m.start()].rstrip(), m.string[m.end():].lstrip()
+    return m.group(2).count(",") == 1 and before[-1:] in ("(", "[") and after[:1] in (")", "]")
+
+
 def normalize(s: str) -> str:
     """LaTeX / plain text -> the parser's language. Raises ParseError on what it cannot read."""
     if len(s) > MAX_ANSWER_CHARS:
@@ -312,16 +422,27 @@ def normalize(s: str) -> str:
     s = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", s).strip()
     for pattern, replacement in _LATEX_REPLACEMENTS:
         s = re.sub(pattern, replacement, s)
-    # Thousands separators: 1,234,567 / 1\,234 (now '1 234') / 1 234 -- not '2 1/4', not '1, 2'.
+    # Thousands separators: 1,234,567 / 1\,234 (now '1 234') / 1 234 -- not '2 1/4', not '1, 2', and
+    # not the two ends of a bracketed pair ("(12,102)" is an interval or a point, not 12102).
     s = re.sub(r"(?<![\d.])(\d{1,3})((?:[, ]\d{3})+)(?![\d/])(?!\.\d*[, ]\d)",
-               lambda m: m.group(1) + m.group(2).replace(",", "").replace(" ", ""), s)
+               lambda m: m.group(0) if _bracketed_pair(m) else
+               m.group(1) + m.group(2).replace(",", "").replace(" ", ""), s)
     # Mixed numbers: 2\frac{1}{4} and 2 1/4 are 2 + 1/4, not 2 * 1/4.
     s = re.sub(r"(?<![\d.)*/^])(\d+)\s*\\frac\s*\{(\d+)\}\s*\{(\d+)\}", r"(\1+\\frac{\2}{\3})", s)
     s = re.sub(r"(?<![\d.)*/^])(\d+)\s+(\d+)\s*/\s*(\d+)(?![\d.])", r"(\1+\2/\3)", s)
     s = re.sub(r"(-?)(\d*)\.(\d+)\s*(?:\\ldots|\\cdots|\.\.\.|…)", _ellipsis_repeating, s)
+    # "{1, 2, 3}" around a whole list is a set (a bare brace group is otherwise just grouping).
+    if s.startswith("{") and s.endswith("}") and "," in s:
+        try:
+            if _match_braces(s, 0) == len(s):
+                s = "«" + s[1:-1] + "»"
+        except ParseError:
+            pass
+    # Answers joined by "or" / "and" ("(11,7) or (7,11)", "6 and 8") are a list.
+    s = re.sub(r"(?:,\s*)?\b(?:or|and)\b\s*", ", ", s) if re.search(r"\b(?:or|and)\b", s) else s
     s = _expand_macros(s)
     # Unit and filler words ("5 apples", "12 cm") are not part of the value.
-    s = re.sub(r"(?<![a-zA-Z\\])(?!(?:sqrt|root|pi|oo)\b)(?:[a-zA-Z]{3,}|cm|mm|km|kg|mg|ft|lb|oz|hr|ml)\b", " ", s)
+    s = re.sub(r"(?<![a-zA-Z\\])(?<!_\()(?!(?:sqrt|root|pi|oo|" + _FUNCTION_NAMES + r")\b)(?:[a-zA-Z]{3,}|cm|mm|km|kg|mg|ft|lb|oz|hr|ml)\b", " ", s)
     if "\\" in s:
         raise ParseError(f"unsupported LaTeX command in {s!r}")
     s = re.sub(r"(\d*)\.(\d*)R(\d+)R", lambda m: "({0})".format(
@@ -338,7 +459,9 @@ def normalize(s: str) -> str:
 # =============================================================================================
 
 _TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)"
-                    r"|(?P<name>sqrt|root|pi|oo|[a-zA-Z])(?![a-zA-Z])|(?P<op>\*\*|<=|>=|[-+*/^()\[\],=%<>]))")
+                    r"|(?P<func>(?:" + _FUNCTION_NAMES + r")(?![a-zA-Z]))"
+                    r"|(?P<name>sqrt|root|pi|oo|[a-zA-Z]_(?:\([a-zA-Z0-9]{1,8}\)|[a-zA-Z0-9])|[a-zA-Z])(?![a-zA-Z])"
+                    r"|(?P<op>\*\*|<=|>=|[-+*/^()\[\],=%<>|]))")
 
 
 @dataclass(frozen=True)
@@ -429,8 +552,8 @@ class _Parser:
                     value = Num(value.value / rhs.value)
                 else:
                     value = Num(value.value * rhs.value)
-            elif kind in ("num", "name") or text == "(":
-                value = Num(value.value * self.unary().value)  # implicit product: 2x, 2 sqrt(3)
+            elif kind in ("num", "name", "func") or text == "(":
+                value = Num(value.value * self.unary().value)  # implicit product: 2x, 2 sqrt(3), 2 sin x
             else:
                 return value
 
@@ -458,8 +581,33 @@ class _Parser:
             base = Num(base.value, base.decimals, percent=True)
         return base
 
+    def function(self, name: str):
+        """sin(x), sin x, sin 2x, sin^2 x: without brackets the argument is the run of numbers and
+        letters up to the next operator or function ("2 sin b cos a" is 2 sin(b) cos(a))."""
+        power = None
+        if self.peek()[1] in ("^", "**"):
+            self.take()
+            power = self.atom().value
+        self.nest()
+        if self.peek()[1] == "(":
+            arg = self.atom().value
+        else:
+            arg = self.power().value
+            while self.peek()[0] in ("num", "name"):
+                arg = arg * self.power().value
+        self.depth -= 1
+        value = _FUNCTIONS[name](arg)
+        if power is not None:
+            _check_power(value, power)
+            value = value ** power
+        if value.is_number and value.has(sympy.exp, sympy.Pow) and abs(sympy.N(value, 5)) > 10 ** 300:
+            raise TooLarge("function value too large")
+        return Num(value)
+
     def atom(self):
         kind, text = self.take()
+        if kind == "func":
+            return self.function(text)
         if kind == "num":
             mantissa, _, exp = text.lower().partition("e")
             value = Fraction(mantissa) * Fraction(10) ** int(exp or 0) if abs(int(exp or 0)) <= 400 else None
@@ -486,21 +634,30 @@ class _Parser:
                 if arg.is_Rational and max(arg.p.bit_length(), arg.q.bit_length()) > MAX_RESULT_BITS:
                     raise TooLarge("square root of a huge number")
                 return Num(sympy.sqrt(arg))
-            return Num(sympy.Symbol(text))
+            return Num(sympy.Symbol(text.replace("(", "").replace(")", "")))
         if text == "(":
             inner = self.expr()
             self.take(")")
             return inner
+        if text == "|":  # |x|: an absolute value (no implicit product starts with "|", so "|a|b|" is refused)
+            inner = self.expr()
+            self.take("|")
+            return Num(sympy.Abs(inner.value))
         raise ParseError(f"unexpected {text!r}")
 
 
 @dataclass(frozen=True)
 class Answer:
-    """A parsed answer: a number/expression, a tuple, a set, an interval, or an equation's value."""
+    """A parsed answer: a number/expression, an equation, a tuple, a set, an interval or a union of
+    them, an inequality's solution set, a matrix, or a word answer."""
 
-    kind: str                     # "number", "expr", "tuple", "set", "interval"
-    items: tuple = ()             # Num items for number/expr (one), tuple and set
-    interval: sympy.Interval | None = None
+    kind: str                     # number, expr, equation, tuple, set, interval, relation, matrix, text
+    items: tuple = ()             # (Num,) for number/expr; element Answers for tuple/set; rows for matrix
+    interval: sympy.Set | None = None   # the set an interval / union / relation / real pair stands for
+    equation: sympy.Expr | None = None  # lhs - rhs, for "y = 2x + 1" and "2x - y + 1 = 0"
+    text: str | None = None             # a word answer, normalised
+    variable: sympy.Symbol | None = None  # the variable of an inequality
+    ends: tuple = ()                    # (Num, Num) ends of a plain interval, as written
 
 
 def _parse_expression(s: str) -> Num:
@@ -514,14 +671,14 @@ def _parse_expression(s: str) -> Num:
     return value
 
 
-def _split_top_level(s: str) -> list[str]:
+def _split_top_level(s: str, separator: str = ",") -> list[str]:
     parts, depth, current = [], 0, []
     for ch in s:
         if ch in "([{«":
             depth += 1
         elif ch in ")]}»":
             depth -= 1
-        if ch == "," and depth == 0:
+        if ch == separator and depth == 0:
             parts.append("".join(current))
             current = []
         else:
@@ -530,17 +687,202 @@ def _split_top_level(s: str) -> list[str]:
     return [p.strip() for p in parts]
 
 
-def _parse_item(s: str) -> Num:
-    # Equations: "x = 3" compares as 3 (the right-hand side after a lone variable).
-    if "=" in s and "<=" not in s and ">=" not in s:
-        lhs, _, rhs = s.rpartition("=")
-        s = rhs if rhs.strip() else lhs
-    value = _parse_expression(s)
-    return value
+_NAME = r"[a-zA-Z](?:_(?:\([a-zA-Z0-9]{1,8}\)|[a-zA-Z0-9]))?"
+_LONE_LHS = re.compile(rf"\s*(?:{_NAME}|{_NAME}\(\s*{_NAME}\s*\)|\(\s*{_NAME}(?:\s*,\s*{_NAME})+\s*\)"
+                       r"|[A-Z]{1,4}|\|[A-Z]{1,4}\|"
+                       rf"|{_NAME}\s*:\s*{_NAME}|\(\(\s*[A-Z]{{1,4}}\s*\)/\(\s*[A-Z]{{1,4}}\s*\)\))\s*")
+# x, f(x), (p, q), AB, |AB|, a ratio of names (V_1 : V_2, A:B) and a ratio of segments (\frac{NO}{BO})
+
+
+def _parse_item(s: str) -> Answer:
+    """One element: an expression, or an equation. "x = 3" and "(p, q) = (3, 2)" compare as their
+    right-hand side (after a lone variable or a tuple of variables) and "x = 3" also as the equation
+    x - 3 = 0; any other equation ("2x - y + 1 = 0") is kept as lhs - rhs, compared as an equation."""
+    parts = re.split(r"(?<![<>≠!])=", s)
+    if len(parts) == 1 and ":" in s:
+        return _ratio(s)
+    if len(parts) == 1:
+        value = _parse_expression(s)
+        return Answer(_kind(value), (value,))
+    lhs, rhs = parts[0].strip(), parts[-1].strip()
+    if not rhs or not lhs:
+        return _parse_item(lhs or rhs)
+    if _LONE_LHS.fullmatch(lhs):
+        value = _parse_text(rhs)
+        if value.kind in ("number", "expr") and re.fullmatch(_NAME, lhs):
+            symbol = sympy.Symbol(lhs.replace("(", "").replace(")", ""))
+            return Answer(value.kind, value.items, equation=symbol - value.items[0].value)
+        return value
+    left, right = _parse_expression(lhs).value, _parse_expression(rhs).value
+    if not left.free_symbols and not right.free_symbols:
+        return _parse_text(rhs)  # a computation "36 + 32 = 68" states its result
+    return Answer("equation", equation=left - right)
+
+
+def _ratio(s: str) -> Answer:
+    """"7:32" is the number 7/32 (so 7:32 = 14:64 = 7/32). Only two numeric terms, the second
+    non-zero; anything else (1:2:3, x:y, a time written 7:32 against 7.32) is refused or unequal."""
+    terms = s.split(":")
+    if len(terms) != 2:
+        raise ParseError("only a ratio of two numbers is read")
+    a, b = (_parse_expression(t).value for t in terms)
+    if a.free_symbols or b.free_symbols or b == 0:
+        raise ParseError("a ratio of two non-zero numbers only")
+    return Answer("number", (Num(a / b),))
 
 
 def _kind(num: Num) -> str:
     return "expr" if num.value.free_symbols else "number"
+
+
+def _expand_pm(s: str) -> list[str]:
+    """"1 ± sqrt(5)" -> ["1 + sqrt(5)", "1 - sqrt(5)"]; more than one ± is refused."""
+    if s.count("±") > 1:
+        raise ParseError("more than one ±")
+    return [s.replace("±", "+"), s.replace("±", "-")] if "±" in s else [s]
+
+
+def _elements(parts: list[str]) -> tuple:
+    return tuple(_parse_text(q) for p in parts if p for q in _expand_pm(p))
+
+
+_WORD_WRAPPER = re.compile(r"\\(?:text|textbf|textnormal|textit|mathrm|mbox)\s*\{([^{}]*)\}")
+_MATH_WORDS = {"pi", "sqrt", "oo", "root", *_FUNCTIONS}
+
+
+def _text_answer(raw: str) -> Answer | None:
+    """A word answer ("\\text{Evelyn}", "odd", "No solution"): no digits, only letters and light
+    punctuation, and either wrapped in \\text{} or holding a word of three or more letters. Compared
+    by normalised string (case and spacing ignored)."""
+    t = raw.strip().strip("$").strip()
+    t = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", t).strip().rstrip(".").strip()
+    wrapped = _WORD_WRAPPER.fullmatch(t)
+    content = wrapped.group(1) if wrapped else t
+    content = _WORD_WRAPPER.sub(lambda m: m.group(1), content).strip()
+    if not content or not re.fullmatch(r"[A-Za-z][A-Za-z .,'\-]*", content):
+        return None
+    words = re.findall(r"[A-Za-z]+", content)
+    if not wrapped and (all(len(w) < 3 or w.lower() in _MATH_WORDS for w in words)):
+        return None
+    return Answer("text", text=" ".join(words).casefold() if len(content) > 1 else content)
+
+
+_MATRIX = re.compile(r"\\begin\{([pbBvV]?matrix|array)\}(?:\{[lcr| ]*\})?(.*?)\\end\{\1\}", re.S)
+
+
+def _matrix_answer(raw: str) -> Answer | None:
+    """The last matrix in the answer (`A + B = \\begin{pmatrix}...` compares as its result)."""
+    matches = list(_MATRIX.finditer(raw))
+    if not matches:
+        return None
+    body = matches[-1].group(2)
+    rows = [r for r in re.split(r"\\\\", body) if r.strip()]
+    cells = tuple(tuple(_parse_text(normalize(c)) for c in r.split("&")) for r in rows)
+    if not cells or len({len(r) for r in cells}) != 1:
+        raise ParseError("ragged matrix")
+    return Answer("matrix", cells)
+
+
+def _relation(text: str) -> Answer:
+    """An inequality in one variable ("x <= 3", "-2 <= x <= 7", "5 >= x", "-x > -1", "x ≠ 5") as its
+    solution set over the reals. Each side must be linear in the variable with a numeric coefficient."""
+    # "0 < f(x) < 1": a function value is the quantity bounded (compared as the set it lies in).
+    text = re.sub(r"(?<![A-Za-z_])([fgh])\(\s*([a-z])\s*\)", r"\1_(\2)", text)
+    pieces = re.split(r"(<=|>=|<|>|≠)", text)
+    operands, ops = [_parse_expression(p).value for p in pieces[0::2]], pieces[1::2]
+    symbols = set().union(*(o.free_symbols for o in operands))
+    if len(symbols) != 1:
+        raise ParseError("an inequality needs exactly one variable")
+    (var,) = symbols
+    absolute = set().union(*(o.atoms(sympy.Abs) for o in operands))
+    if absolute:
+        # "1 <= |z| <= 3/2": solve for t = |z| (linear as below), keep t >= 0, then z = ±t.
+        if absolute != {sympy.Abs(var)}:
+            raise ParseError("only |x| of the variable itself")
+        t = sympy.Dummy("t")
+        operands = [o.subs(sympy.Abs(var), t) for o in operands]
+        if any(o.has(var) for o in operands):
+            raise ParseError("the variable both inside and outside |...|")
+        inner = _relation_region(operands, ops, t)
+        inner = sympy.Intersection(inner, sympy.Interval(0, sympy.oo))
+        region = sympy.Union(inner, sympy.imageset(sympy.Lambda(t, -t), inner))
+        if region.atoms(sympy.ImageSet):
+            raise ParseError("absolute-value region not reducible to intervals")
+        return Answer("relation", interval=region, variable=var)
+    return Answer("relation", interval=_relation_region(operands, ops, var), variable=var)
+
+
+def _relation_region(operands: list, ops: list, var) -> sympy.Set:
+    """The set of real `var` where the chain `operands[0] ops[0] operands[1] ...` holds (linear sides)."""
+    region = sympy.Reals
+    for left, op, right in zip(operands, ops, operands[1:]):
+        difference = sympy.expand(left - right)
+        a, b = difference.coeff(var, 1), difference.coeff(var, 0)
+        if sympy.expand(a * var + b - difference) != 0 or a.free_symbols or b.free_symbols or a == 0:
+            raise ParseError("not linear in the variable")
+        if not a.is_real or not b.is_real:
+            raise ParseError("non-real inequality")
+        bound, flip = -b / a, bool(a < 0)
+        op = {"<": ">", ">": "<", "<=": ">=", ">=": "<="}.get(op, op) if flip else op
+        part = {"<": sympy.Interval.open(-sympy.oo, bound), "<=": sympy.Interval(-sympy.oo, bound),
+                ">": sympy.Interval.open(bound, sympy.oo), ">=": sympy.Interval(bound, sympy.oo),
+                "≠": sympy.Union(sympy.Interval.open(-sympy.oo, bound), sympy.Interval.open(bound, sympy.oo))}[op]
+        region = sympy.Intersection(region, part)
+    return region
+
+
+def _parse_text(text: str) -> Answer:
+    """The normalised answer text -> an Answer (recursive for elements of tuples and sets)."""
+    text = text.strip()
+    if not text:
+        raise ParseError("empty element")
+    if "≈" in text:  # "x ≈ 11" is x = 11; "x = 1/3 ≈ 0.33" keeps the exact value
+        left, _, right = text.partition("≈")
+        text = left if "=" in left or not re.fullmatch(_NAME, left.strip()) else f"{left}={right}"
+    member = _split_top_level(text, "∈")
+    if len(member) == 2 and re.fullmatch(_NAME, member[0]):
+        return _parse_text(member[1])
+    unions = _split_top_level(text, "∪")
+    if len(unions) > 1:
+        parts = [_as_set(_parse_text(p)) for p in unions]
+        if any(p is None for p in parts):
+            raise ParseError("a union of things that are not sets")
+        return Answer("interval", interval=sympy.Union(*parts))
+    if re.search(r"<|>|≠", text) and len(_split_top_level(text)) == 1:
+        return _relation(text)
+    if text.startswith("«") and text.endswith("»") and _encloses(text):
+        return Answer("set", _elements(_split_top_level(text[1:-1])))
+    bracketed = re.fullmatch(r"([\[(])(.*)([\])])", text)
+    if bracketed and not _encloses(text):
+        bracketed = None
+    if bracketed and len(_split_top_level(bracketed.group(2))) == 2 and "," in bracketed.group(2):
+        elements = _elements(_split_top_level(bracketed.group(2)))
+        ends = [e.items[0] if e.kind == "number" and e.equation is None else None for e in elements]
+        real = len(elements) == 2 and None not in ends and _is_real(*(e.value for e in ends))
+        left, right = (e.value for e in ends) if real else (None, None)
+        if bracketed.group(1) == "(" and bracketed.group(3) == ")":
+            return Answer("tuple", elements, sympy.Interval(left, right, True, True) if real else None,
+                          ends=tuple(ends) if real else ())
+        if not real:
+            raise ParseError("interval with non-real ends")
+        return Answer("interval", interval=sympy.Interval(
+            left, right, bracketed.group(1) == "(", bracketed.group(3) == ")"), ends=tuple(ends))
+    if bracketed and len(_split_top_level(bracketed.group(2))) > 2 and bracketed.group(1) == "(":
+        return Answer("tuple", _elements(_split_top_level(bracketed.group(2))))
+    parts = _split_top_level(text)
+    if len(parts) > 1 or "±" in text:
+        return Answer("set", _elements(parts))
+    return _parse_item(text)
+
+
+def _as_set(answer: Answer) -> sympy.Set | None:
+    if answer.kind in ("interval", "relation") or (answer.kind == "tuple" and answer.interval is not None):
+        return answer.interval
+    if answer.kind == "set" and all(a.kind == "number" for a in answer.items):
+        return sympy.FiniteSet(*(a.items[0].value for a in answer.items))
+    if answer.kind == "number":
+        return sympy.FiniteSet(answer.items[0].value)
+    return None
 
 
 def parse_answer(s: str | None) -> Answer:
@@ -548,29 +890,40 @@ def parse_answer(s: str | None) -> Answer:
     if s is None:
         raise ParseError("no answer")
     with _time_limit(TIME_LIMIT_S):
-        text = normalize(str(s))
-        if text.startswith("«") and text.endswith("»"):
-            items = tuple(_parse_item(p) for p in _split_top_level(text[1:-1]) if p)
-            return Answer("set", items)
-        bracketed = re.fullmatch(r"([\[(])(.*)([\])])", text)
-        if bracketed and not _encloses(text):
-            bracketed = None
-        if bracketed and len(_split_top_level(bracketed.group(2))) == 2 and "," in bracketed.group(2):
-            left, right = (_parse_item(p).value for p in _split_top_level(bracketed.group(2)))
-            if bracketed.group(1) == "(" and bracketed.group(3) == ")":
-                return Answer("tuple", (Num(left), Num(right)),
-                              sympy.Interval(left, right, True, True) if _is_real(left, right) else None)
-            if not _is_real(left, right):
-                raise ParseError("interval with non-real ends")
-            return Answer("interval", interval=sympy.Interval(
-                left, right, bracketed.group(1) == "(", bracketed.group(3) == ")"))
-        if bracketed and len(_split_top_level(bracketed.group(2))) > 2 and bracketed.group(1) == "(":
-            return Answer("tuple", tuple(_parse_item(p) for p in _split_top_level(bracketed.group(2))))
-        parts = _split_top_level(text)
-        if len(parts) > 1:
-            return Answer("set", tuple(_parse_item(p) for p in parts if p))
-        item = _parse_item(text)
-        return Answer(_kind(item), (item,))
+        raw = str(s)
+        if len(raw) > MAX_ANSWER_CHARS:
+            raise ParseError(f"answer longer than {MAX_ANSWER_CHARS} characters")
+        raw = _undouble_backslashes(raw)
+        return _text_answer(raw) or _matrix_answer(raw) or _parse_text(_assignment_groups(normalize(raw)).replace(";", ","))
+
+
+def _assignment_groups(text: str) -> str:
+    """"p=5,q=2;p=7,q=2" -> "(5,2),(7,2)": groups separated by ";", each assigning the same distinct
+    names in the same order, are the solution pairs they list (in the order the names are written)."""
+    groups = _split_top_level(text, ";")
+    if len(groups) < 2:
+        return text
+    names, tuples = None, []
+    for group in groups:
+        pairs = [re.fullmatch(rf"({_NAME})\s*=\s*([^=<>≠]+)", part) for part in _split_top_level(group)]
+        if not all(pairs):
+            return text
+        group_names = [m.group(1) for m in pairs]
+        if len(set(group_names)) != len(group_names) or len(group_names) < 2 or names not in (None, group_names):
+            return text
+        names = group_names
+        tuples.append("(" + ",".join(m.group(2) for m in pairs) + ")")
+    return ",".join(tuples)
+
+
+def _undouble_backslashes(raw: str) -> str:
+    """`\\\\le`, `\\\\frac` (a command whose backslash was escaped twice, as in JSON-encoded or
+    Python-quoted LaTeX) -> `\\le`, `\\frac`. Outside an environment (`\\begin{...}`, where `\\\\` ends
+    a row) a LaTeX line break is meaningless inside an answer, so a line break followed directly by
+    letters can only be a doubled backslash. Math-Verify's normaliser applies the same rule."""
+    if "\\begin" in raw or "\\\\" not in raw:
+        return raw
+    return re.sub(r"\\\\(?=[a-zA-Z])", r"\\", raw)
 
 
 def _encloses(text: str) -> bool:
@@ -641,14 +994,18 @@ def _values_equal(x, y, decimals_x, decimals_y) -> bool:
     if diff == 0:
         return True
     if x.is_Rational and y.is_Rational:
+        if _STRICT.get():
+            return False  # strict: exact values need exact answers (0.33 is not 1/3)
         # Exact unless one side is a decimal standing for a value with no finite decimal form.
         for dec, approx, exact in ((decimals_x, x, y), (decimals_y, y, x)):
             if dec is not None and not _terminating(exact):
                 return _decimal_matches(approx, exact, dec)
         return False
-    # One side irrational (pi, sqrt 2): equal exactly, or as a rounded decimal.
+    # One side irrational (pi, sqrt 2): equal exactly, or (not strict) as a rounded decimal.
     for dec, approx, exact in ((decimals_x, x, y), (decimals_y, y, x)):
         if dec is not None and approx.is_Rational:
+            if _STRICT.get():
+                return False
             return _decimal_matches(approx, exact, dec)
     try:
         return abs(sympy.N(diff, 50)) < sympy.Float("1e-40", 50) * max(1, abs(sympy.N(y, 50)))
@@ -667,30 +1024,94 @@ def _decimal_matches(decimal: sympy.Rational, exact: sympy.Expr, places: int) ->
     return exact == 0 or error <= sympy.Rational(RELATIVE_TOLERANCE) * abs(sympy.nsimplify(value, rational=True))
 
 
+_POINTS = [sympy.Rational(2, 7), sympy.Rational(-3, 11), sympy.Rational(5, 3), sympy.Rational(13, 17),
+           sympy.Rational(-19, 23)]
+MAX_SIMPLIFY_OPS = 40        # sympy.simplify only on differences this small (it can run unbounded)
+MAX_CANCEL_OPS = 400         # sympy.cancel (exact for rational functions) only up to this size
+
+
+def _at_points(expr, symbols):
+    """expr evaluated at five fixed rational points (one per symbol, shifted per symbol); None where
+    undefined (a pole)."""
+    values = []
+    for k in range(len(_POINTS)):
+        subs = {s: _POINTS[(k + j) % len(_POINTS)] + j for j, s in enumerate(symbols)}
+        try:
+            value = expr.subs(subs)
+        except (ZeroDivisionError, TypeError):
+            value = None
+        if value is not None and (value.has(sympy.nan, sympy.zoo, sympy.oo, -sympy.oo) or value.free_symbols):
+            value = None
+        values.append(value)
+    return values
+
+
+def _is_zero_number(value) -> bool:
+    if value.is_Rational:
+        return value == 0
+    try:
+        approx = sympy.N(value, 50)
+    except (TypeError, ValueError):
+        return False
+    return abs(approx) < sympy.Float("1e-35", 50)
+
+
 def _expressions_equal(x, y) -> bool:
+    """Equal expressions in the same variables. The difference must vanish at five fixed rational
+    points (exactly, or to 35 digits where functions make values irrational); then a rational
+    function is confirmed exactly by `sympy.cancel`, and anything else (trigonometric, roots, logs) by
+    guarded `sympy.simplify` when small, else by the 50-digit evaluation at the five points. Any
+    point where the difference is non-zero decides "not equal" at once."""
     if x.free_symbols != y.free_symbols:
         return False
     symbols = sorted(x.free_symbols, key=str)
-    points = [sympy.Rational(2, 7), sympy.Rational(-3, 11), sympy.Rational(5, 3), sympy.Rational(13, 17)]
-    for k in range(3):
-        subs = {s: points[(k + j) % len(points)] + j for j, s in enumerate(symbols)}
-        try:
-            if sympy.simplify(x.subs(subs) - y.subs(subs)) != 0:
-                return False
-        except (ZeroDivisionError, TypeError):
+    diff = x - y
+    if diff == 0:
+        return True
+    values = [v for v in _at_points(diff, symbols) if v is not None]
+    if len(values) < 3 or not all(_is_zero_number(v) for v in values):
+        return False
+    size = sympy.count_ops(diff)
+    if diff.is_rational_function(*symbols):
+        return size <= MAX_CANCEL_OPS and sympy.cancel(diff) == 0
+    if size <= MAX_SIMPLIFY_OPS and sympy.simplify(diff) == 0:
+        return True
+    return True  # zero to 35 digits at five points: an identity (documented rule)
+
+
+def _equations_equal(d1, d2) -> bool:
+    """lhs1 - rhs1 and lhs2 - rhs2 describe the same equation: same variables and d1 = c d2 for a
+    non-zero constant c (so 2x - y + 1 = 0 is y = 2x + 1, and 2x + 4y - 3 = 0 is y = -x/2 + 3/4)."""
+    if d1.free_symbols != d2.free_symbols or not d1.free_symbols:
+        return d1 == d2
+    symbols = sorted(d1.free_symbols, key=str)
+    for a, b in zip(_at_points(d1, symbols), _at_points(d2, symbols)):
+        if a is None or b is None or _is_zero_number(b):
+            continue
+        ratio = a / b
+        if _is_zero_number(ratio):
             return False
-    return True
+        return _expressions_equal(d1, ratio * d2)
+    return False
+
+
+def _elements_equal(a, b) -> bool:
+    if isinstance(a, Num) and isinstance(b, Num):
+        return _numbers_equal(a, b)
+    if isinstance(a, Answer) and isinstance(b, Answer):
+        return _answers_equal(a, b)
+    return False
 
 
 def _items_equal(a: tuple, b: tuple, ordered: bool) -> bool:
     if len(a) != len(b):
         return False
     if ordered:
-        return all(_numbers_equal(x, y) for x, y in zip(a, b))
+        return all(_elements_equal(x, y) for x, y in zip(a, b))
     remaining = list(b)
     for x in a:
         for j, y in enumerate(remaining):
-            if _numbers_equal(x, y):
+            if _elements_equal(x, y):
                 del remaining[j]
                 break
         else:
@@ -698,16 +1119,57 @@ def _items_equal(a: tuple, b: tuple, ordered: bool) -> bool:
     return True
 
 
+def _distinct(items: tuple) -> tuple:
+    """A set's elements without repeats ({3, 3, 5} is {3, 5})."""
+    kept: list = []
+    for item in items:
+        if not any(_elements_equal(item, k) for k in kept):
+            kept.append(item)
+    return tuple(kept)
+
+
+def _texts_equal(p: Answer, g: Answer) -> bool:
+    if p.kind == g.kind == "text":
+        return p.text == g.text
+    text, other = (p, g) if p.kind == "text" else (g, p)
+    # \text{E} against E: a word answer against the lone letter it names.
+    return (other.kind == "expr" and other.equation is None and isinstance(other.items[0].value, sympy.Symbol)
+            and str(other.items[0].value) == text.text)
+
+
+def _regions_equal(p: Answer, g: Answer) -> bool:
+    if p.kind == g.kind == "relation" and p.variable != g.variable:
+        return False
+    if p.ends and g.ends and p.interval is not None and g.interval is not None \
+            and isinstance(p.interval, sympy.Interval) and isinstance(g.interval, sympy.Interval):
+        # a plain interval: ends as written (the decimal rules apply: (0.6, 2.6667] is (3/5, 8/3])
+        return (p.interval.left_open, p.interval.right_open) == (g.interval.left_open, g.interval.right_open) \
+            and all(_numbers_equal(a, b) for a, b in zip(p.ends, g.ends))
+    return p.interval == g.interval or bool(sympy.Complement(p.interval, g.interval) == sympy.EmptySet
+                                            and sympy.Complement(g.interval, p.interval) == sympy.EmptySet)
+
+
 def _answers_equal(p: Answer, g: Answer) -> bool:
-    if p.kind in ("number", "expr") and g.kind in ("number", "expr"):
+    kinds = {p.kind, g.kind}
+    if "text" in kinds:
+        return _texts_equal(p, g)
+    if kinds <= {"number", "expr"}:
+        if p.equation is not None and g.equation is not None:
+            return _equations_equal(p.equation, g.equation)
         return _numbers_equal(p.items[0], g.items[0])
+    if "equation" in kinds:
+        return (kinds <= {"equation", "number", "expr"} and p.equation is not None and g.equation is not None
+                and _equations_equal(p.equation, g.equation))
     if p.kind == g.kind == "tuple":
         return _items_equal(p.items, g.items, ordered=True)
     if p.kind == g.kind == "set":
-        return _items_equal(p.items, g.items, ordered=False)
-    intervals = [a.interval for a in (p, g) if a.kind in ("interval", "tuple")]
-    if len(intervals) == 2 and all(i is not None for i in intervals) and "interval" in (p.kind, g.kind):
-        return intervals[0] == intervals[1]
+        return _items_equal(_distinct(p.items), _distinct(g.items), ordered=False)
+    if p.kind == g.kind == "matrix":
+        return len(p.items) == len(g.items) and all(_items_equal(a, b, ordered=True) for a, b in zip(p.items, g.items))
+    if kinds & {"interval", "relation"} and kinds <= {"interval", "relation", "tuple"}:
+        if p.interval is None or g.interval is None:
+            return False
+        return _regions_equal(p, g)
     return False
 
 
@@ -725,12 +1187,15 @@ def _as_answer(x) -> Answer:
     return x if isinstance(x, Answer) else parse_answer(x)
 
 
-def answers_equal(pred, gold) -> bool:
-    """Whether two answers (strings or parsed `Answer`s) are mathematically equal. Never raises."""
-    return compare(pred, gold).correct
+def answers_equal(pred, gold, *, strict: bool = False) -> bool:
+    """Whether two answers (strings or parsed `Answer`s) are mathematically equal. Never raises.
+
+    strict=True: exact values need exact answers (0.33 is not 1/3, 3.14 is not pi); see the module
+    docstring for the default's tolerance rule."""
+    return compare(pred, gold, strict=strict).correct
 
 
-def partial_credit(pred, gold) -> float:
+def partial_credit(pred, gold, *, strict: bool = False) -> float:
     """Credit in [0, 1] for an extracted answer against the gold answer. Never raises.
 
     1 when equal. Otherwise, for real numbers p and gold g, with rel = |p - g| / |g| (|p| if g = 0):
@@ -743,14 +1208,31 @@ def partial_credit(pred, gold) -> float:
     (a list for a number: hedging) and expressions that differ earn 0.1 at most; nothing extracted
     or unparseable earns 0.
     """
-    return compare(pred, gold).credit
+    return compare(pred, gold, strict=strict).credit
 
 
-def compare(pred, gold) -> Grade:
+def compare(pred, gold, *, strict: bool = False) -> Grade:
     """Equality and partial credit in one bounded call; failures become a reason, not an exception."""
     extracted = pred if isinstance(pred, str) or pred is None else None
     if pred is None or (isinstance(pred, str) and not pred.strip()):
         return Grade(extracted, False, 0.0, "nothing extracted")
+    token = _STRICT.set(bool(strict))
+    try:
+        return _compare(pred, gold, extracted)
+    finally:
+        _STRICT.reset(token)
+
+
+def _same_text(pred, gold) -> bool:
+    """The same answer written identically (spacing and `$` aside): equal even when we cannot parse
+    it (f(2) < f(1) < f(4), 12:00). Sound: identical text is the identical answer."""
+    if not (isinstance(pred, str) and isinstance(gold, str)):
+        return False
+    a, b = (re.sub(r"\s+|\$|\\[,;! ]", "", x.strip().rstrip(".")) for x in (pred, gold))
+    return bool(a) and a == b
+
+
+def _compare(pred, gold, extracted) -> Grade:
     try:
         with _time_limit(TIME_LIMIT_S):
             g = _as_answer(gold)
@@ -759,11 +1241,15 @@ def compare(pred, gold) -> Grade:
             except TooLarge as error:
                 return Grade(extracted, False, 0.0, f"too large: {error}")
             except (ParseError, GradingTimeout, ArithmeticError) as error:
+                if _same_text(pred, gold):
+                    return Grade(extracted, True, 1.0, "identical text")
                 return Grade(extracted, False, 0.0, f"unparseable answer: {error}")
             if _answers_equal(p, g):
                 return Grade(extracted, True, 1.0, "equal")
             return Grade(extracted, False, _near_miss_credit(p, g), "not equal")
     except (ParseError, GradingTimeout, ArithmeticError) as error:
+        if not isinstance(error, (TooLarge, GradingTimeout)) and _same_text(pred, gold):
+            return Grade(extracted, True, 1.0, "identical text")
         return Grade(extracted, False, 0.0, f"gold answer problem: {error}")
     except Exception as error:  # a grader bug must not crash training; the reason says what broke
         return Grade(extracted, False, 0.0, f"grader error: {type(error).__name__}: {error}")
@@ -774,9 +1260,9 @@ def _near_miss_credit(p: Answer, g: Answer) -> float:
         return _number_credit(p.items[0].value, g.items[0].value)
     if p.kind == g.kind and p.kind in ("tuple", "set") and len(p.items) == len(g.items):
         if p.kind == "tuple":
-            matches = sum(_numbers_equal(x, y) for x, y in zip(p.items, g.items))
+            matches = sum(_elements_equal(x, y) for x, y in zip(p.items, g.items))
         else:
-            matches = sum(any(_numbers_equal(x, y) for y in g.items) for x in p.items)
+            matches = sum(any(_elements_equal(x, y) for y in g.items) for x in p.items)
         return min(0.1 + 0.8 * matches / len(g.items), 0.89)
     if p.kind == g.kind or {p.kind, g.kind} <= {"tuple", "interval"}:
         return 0.1
@@ -796,13 +1282,14 @@ def _number_credit(p: sympy.Expr, g: sympy.Expr) -> float:
     return min(0.1 + 0.1 * same_sign + 0.7 / (1 + 10 * rel), 0.89)
 
 
-def grade(completion: str | None, gold) -> Grade:
-    """Extract the final answer from a completion and compare it with the gold answer."""
+def grade(completion: str | None, gold, *, strict: bool = False) -> Grade:
+    """Extract the final answer from a completion and compare it with the gold answer
+    (strict=True: exact values need exact answers, see `answers_equal`)."""
     try:
         extracted = extract_answer(completion)
     except Exception as error:  # extraction is regex work on bounded text; never crash training
         return Grade(None, False, 0.0, f"extraction error: {error}")
-    result = compare(extracted, gold)
+    result = compare(extracted, gold, strict=strict)
     return Grade(extracted, result.correct, result.credit, result.reason)
 
 

@@ -11,6 +11,7 @@ here unchanged, and ours work there.
 
 Built-ins (name -> function):
   correct     1.0 if the extracted answer equals the gold answer (sympy), else 0.0
+  correct_strict  the same, but exact values need exact answers (0.33 is not 1/3; see grading)
   partial     partial credit in [0, 1] (see grading.partial_credit for the formula)
   format      1.0 if a final answer could be extracted, else 0.0
   likelihood  exp(mean log p(gold answer tokens | prompt)) in (0, 1]: the per-token geometric-mean
@@ -21,7 +22,7 @@ Built-ins (name -> function):
               dense signal that, unlike `likelihood`, ranks prompts by accuracy (bench/learning_signal.py)
 
 Specs, from the CLI (`--reward SPEC`, repeatable) or Python (`load_reward(SPEC)`):
-  correct | correct:0.5 | my_rewards.py:brevity | my_rewards.py:brevity:0.1 | pkg.module:fn:2
+  correct | correct:0.5 | correct_strict:0.5 | my_rewards.py:brevity | my_rewards.py:brevity:0.1 | pkg.module:fn:2
 The last field, when it is a number, is the weight (default 1).
 """
 
@@ -56,6 +57,19 @@ def cached_grade(completion: str, gold: str) -> Grade:
 def correct(prompts, completions, answer, **kwargs) -> list[float]:
     """1.0 when the completion's final answer equals the gold answer, else 0.0."""
     return [float(cached_grade(c, str(a)).correct) for c, a in zip(completions, answer)]
+
+
+@functools.lru_cache(maxsize=65_536)
+def cached_strict_grade(completion: str, gold: str) -> Grade:
+    """`grading.grade(..., strict=True)`, memoised."""
+    return grade(completion, gold, strict=True)
+
+
+def correct_strict(prompts, completions, answer, **kwargs) -> list[float]:
+    """1.0 when the final answer equals the gold answer exactly: a decimal approximation of a value
+    with no finite decimal form (0.33 for 1/3, 3.14 for pi) is wrong (MATH / Minerva-style exact
+    match), unlike `correct`, which accepts a correctly rounded decimal within 1%."""
+    return [float(cached_strict_grade(c, str(a)).correct) for c, a in zip(completions, answer)]
 
 
 def partial(prompts, completions, answer, **kwargs) -> list[float]:
@@ -102,8 +116,9 @@ class AnswerLikelihood(Likelihood):
         return [math.exp(s) for s in sums]
 
 
-BUILTINS: dict[str, Callable] = {"correct": correct, "partial": partial, "format": format_,
-                                 "likelihood": Likelihood, "answer_likelihood": AnswerLikelihood}
+BUILTINS: dict[str, Callable] = {"correct": correct, "correct_strict": correct_strict, "partial": partial,
+                                 "format": format_, "likelihood": Likelihood,
+                                 "answer_likelihood": AnswerLikelihood}
 
 
 @dataclass

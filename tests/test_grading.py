@@ -21,7 +21,7 @@ EXTRACT_EQUAL = [
     ("\\boxed{(1, 2]}", "(1,2]"), ("\\boxed{\\{1,2\\}}", "\\{2,1\\}"), ("pi", "\\pi"), ("π/2", "\\frac{\\pi}{2}"),
     ("sqrt(8)", "2\\sqrt{2}"), ("\\boxed{x^2+2x+1}", "(x+1)^2"), ("The answer is 90^\\circ", "90"),
     ("\\boxed{\\left( 3, 4 \\right)}", "(3,4)"), ("\\boxed{\\text{5 apples}}", "5"),
-    ("\\boxed{2\\sqrt[3]{2}}", "\\sqrt[3]{16}"), ("\\boxed{1", "1"), ("I get 70 but it is 68", "68"),
+    ("\\boxed{2\\sqrt[3]{2}}", "\\sqrt[3]{16}"), ("I get 70 but it is 68", "68"),
     ("She has 12 apples left.", "12"), ("Total: $45", "45"), ("It costs €30.", "30"), ("£7.50", "7.5"),
     ("The final answer is 1,000,000.", "1000000"), ("So the answer is -17", "-17"),
     ("Therefore, the answer is \\(\\frac{3}{4}\\).", "0.75"), ("The answer is $\\dfrac{5}{2}$", "2.5"),
@@ -69,7 +69,9 @@ NOT_EQUAL = [
     ("999999999999999999999", "1000000000000000000000"), ("2^{100}", "2^{100}+1"), ("abc", "5"),
 ]
 
-NOT_EXTRACTED = ["", "   ", "I don't know.", "no numbers here", None, "\\boxed{}"]
+# Issue 15: an unclosed \\boxed{ is malformed LaTeX, so no final answer ("\\boxed{1" used to grade as 1).
+NOT_EXTRACTED = ["", "   ", "I don't know.", "no numbers here", None, "\\boxed{}", "\\boxed{1",
+                 "The answer is \\boxed{\\frac{1}{2}"]
 
 ADVERSARIAL = [
     "__import__('os').system('echo pwned')", "eval('1+1')", "exec(\"import os\")", "lambda: 1",
@@ -161,7 +163,7 @@ def test_100kb_completion():
 
 
 def test_unbalanced_and_empty():
-    assert extract_answer("\\boxed{3") in (None, "3")
+    assert extract_answer("\\boxed{3") is None
     assert not answers_equal("", "")
     assert compare("{", "1").reason.startswith("unparseable")
 
@@ -231,3 +233,198 @@ def test_fraction_equality_symmetric(a, b):
 ])
 def test_answer_is_complete(text, complete):
     assert answer_is_complete(text) is complete
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 15: soundness first, equations, inequalities, rewrites, words, prose, strict mode
+# ---------------------------------------------------------------------------------------------
+
+ISSUE15_EQUAL = [
+    ("2x - y + 1 = 0", "y = 2x + 1"), ("y = -\\frac{1}{2}x + \\frac{3}{4}", "2x + 4y - 3 = 0"),
+    ("x \\le 3", "(-\\infty, 3]"), ("x > 5", "(5, \\infty)"), ("-x > -1", "x < 1"), ("5 \\geq x", "x \\le 5"),
+    ("-2 \\le x \\le 7", "[-2, 7]"), ("x \\in [-2, 7]", "[-2, 7]"),
+    ("[-1, 0) \\cup (0, 1]", "[-1, 0) \\cup (0, 1]"), ("2\\sin x\\cos x", "\\sin(2x)"),
+    ("\\sec^2(y)", "\\tan^2(y)+1"), ("\\text{Evelyn}", "Evelyn"), ("\\text{ odd }", "Odd"),
+    ("1 \\pm \\sqrt{19}", "\\{1 + \\sqrt{19}, 1 - \\sqrt{19}\\}"), ("(7,11), (11,7)", "(11,7) or (7,11)"),
+    ("\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix}", "\\begin{bmatrix}1 & 2 \\\\ 3 & 4\\end{bmatrix}"),
+]
+ISSUE15_NOT_EQUAL = [
+    ("x + y = 1", "x - y = 1"), ("2x + y = 3", "x + 2y = 3"), ("y = 2x + 1", "y = 2x - 1"), ("x = 3", "y = 3"),
+    ("7 = 11a + c", "11a + c"), ("2x + z = 1", "1"), ("x < 3", "(-\\infty, 3]"), ("x \\le 3", "x \\ge 3"),
+    ("\\sin x", "\\cos x"), ("2\\sin x\\cos x", "\\sin(x)"), ("\\text{odd}", "\\text{even}"), ("\\text{five}", "5"),
+    ("\\begin{pmatrix}1 & 2 \\\\ 3 & 5\\end{pmatrix}", "\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix}"),
+    ("x \\le 3", "y \\le 3"),
+]
+
+
+@pytest.mark.parametrize("pred,gold", ISSUE15_EQUAL)
+def test_issue15_equal(pred, gold):
+    assert answers_equal(pred, gold), compare(pred, gold)
+    assert answers_equal(gold, pred), compare(gold, pred)
+
+
+@pytest.mark.parametrize("pred,gold", ISSUE15_NOT_EQUAL)
+def test_issue15_not_equal(pred, gold):
+    assert not answers_equal(pred, gold), compare(pred, gold)
+    assert not answers_equal(gold, pred), compare(gold, pred)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("So the probability is 5/12.", "5/12"), ("The circumference is 4π.", "4π"), ("It is 12 cm.", "12"),
+    ("\\boxed{1} papers and \\boxed{2} bins", "1, 2"), ("Therefore $x \\geq 5$ is the solution.", "x \\geq 5"),
+    ("\\boxed{5} no, wait, it is \\boxed{6}", "6"), ("The answer is \\boxed{", None), ("\\boxed{\\frac{1}{2}", None),
+])
+def test_issue15_extraction(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_strict_mode():
+    for pred, gold in [("0.33", "1/3"), ("6.28", "2\\pi"), ("3.14", "\\pi"), ("1.41", "\\sqrt{2}")]:
+        assert answers_equal(pred, gold)                      # default: a rounded decimal within 1%
+        assert not answers_equal(pred, gold, strict=True)     # strict: exact values need exact answers
+        assert not grade(f"The answer is {pred}", gold, strict=True).correct
+    for pred, gold in [("0.5", "1/2"), ("2\\pi", "\\pi + \\pi"), ("1,234", "1234"), ("x=3", "3")]:
+        assert answers_equal(pred, gold, strict=True)
+
+
+_small = st.integers(-9, 9)
+
+
+def _poly(coeffs):
+    return "+".join(f"({c})*x^{i}" for i, c in enumerate(coeffs))
+
+
+@given(st.lists(_small, min_size=1, max_size=5), st.lists(_small, min_size=1, max_size=5))
+@settings(max_examples=150, deadline=None)
+def test_different_polynomials_never_equal(a, b):
+    pa, pb = a + [0] * (6 - len(a)), b + [0] * (6 - len(b))
+    assert answers_equal(_poly(a), _poly(b)) == (pa == pb)
+
+
+@given(st.lists(_small, min_size=1, max_size=5))
+@settings(max_examples=60, deadline=None)
+def test_polynomial_equals_its_sympy_rewrites(coeffs):
+    import sympy
+    x = sympy.Symbol("x")
+    poly = sum(c * x ** i for i, c in enumerate(coeffs))
+    for rewritten in (sympy.expand(poly), sympy.factor(poly), sympy.horner(poly)):
+        text = str(rewritten).replace("**", "^")
+        assert answers_equal(text, _poly(coeffs)), (text, coeffs)
+
+
+@given(_small, _small, _small, _small, _small, _small, st.integers(1, 5).map(lambda k: k * (-1) ** k))
+@settings(max_examples=200, deadline=None)
+def test_linear_equations_equal_iff_proportional(a, b, c, d, e, f, k):
+    """a x + b y = c against d x + e y = f: equal exactly when one is a non-zero multiple of the other;
+    a multiple (k times each side, moved across) is always equal."""
+    if (a, b) == (0, 0) or (d, e) == (0, 0):
+        return
+    first = f"{a}x + {b}y = {c}"
+    import sympy
+    proportional = sympy.Matrix([[a, b, c], [d, e, f]]).rank() == 1
+    assert answers_equal(first, f"{d}x + {e}y = {f}") == proportional
+    assert answers_equal(first, f"{k * a}x + {k * b}y - {k * c} = 0")
+
+
+@given(st.fractions(max_denominator=50), st.fractions(max_denominator=50))
+@settings(max_examples=150, deadline=None)
+def test_different_numbers_never_equal(a, b):
+    assert answers_equal(str(a), str(b)) == (a == b)
+    assert answers_equal(f"x = {a}", f"x = {b}") == (a == b)
+
+
+@given(st.sampled_from(["<", "<=", ">", ">="]), st.sampled_from(["<", "<=", ">", ">="]), _small, _small)
+@settings(max_examples=100, deadline=None)
+def test_inequalities_equal_iff_same_set(op1, op2, a, b):
+    assert answers_equal(f"x {op1} {a}", f"x {op2} {b}") == (op1 == op2 and a == b)
+
+
+# Issue 15, second pass: classes from Math-Verify's suite --------------------------------------
+
+@pytest.mark.parametrize("text,gold,correct", [
+    ("AZYUK2A", "2", False), ("Answer: AZYUK2A", "2", False), ("the code is B12", "12", False),
+    ("so x_2 is it", "2", False), ("a 3x2 grid", "3", False), ("a 3x2 grid", "2", False),
+    ("It is 12cm", "12", True), ("1,000.99m²", "1000.99", True), ("The answer is 7.", "7", True),
+])
+def test_no_number_out_of_a_word(text, gold, correct):
+    """The last-number fallback must not pull a digit out of an alphanumeric word."""
+    assert grade(text, gold).correct is correct
+
+
+@given(st.text("ABCXYZxyz", min_size=1, max_size=4), st.integers(0, 99), st.text("ABCXYZ", min_size=1, max_size=4))
+@settings(max_examples=100, deadline=None)
+def test_digits_inside_words_are_never_an_answer(before, n, after):
+    assert not grade(f"The code is {before}{n}{after} today", str(n)).correct
+
+
+@pytest.mark.parametrize("pred,gold,equal", [
+    ("-2 \\\\le x \\\\le 7", "x \\in [-2,7]", True), ("\\\\left(\\\\frac{1}{5},\\\\frac{1}{6}\\\\right)", "(1/5, 1/6)", True),
+    ("\\\\frac{\\\\pi}{2}", "\\frac{\\pi}{2}", True), ("\\\\frac{1}{5}", "\\frac{1}{6}", False),
+    ("-2 \\\\le x \\\\le 7", "[-2, 8]", False), ("\\\\sqrt{2}", "2", False),
+    ("\\begin{pmatrix}a \\\\b\\end{pmatrix}", "\\begin{pmatrix}a & b\\end{pmatrix}", False),
+])
+def test_doubled_backslashes(pred, gold, equal):
+    """A command whose backslash was escaped twice (`\\\\le`) reads as the command, outside environments."""
+    assert answers_equal(pred, gold) is equal
+    assert answers_equal(gold, pred) is equal
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("\\boxed{200} then \\boxed{255}, so $10,455. Final Answer: The final answer is $10,455$. I hope it is correct.",
+     "10,455"),
+    ("\\boxed{5}. Final answer: it is clearly right", "5"), ("Final answer: \\boxed{5}", "5"),
+    ("\\boxed{12 $ and $13 }. Final Answer: The final answer is \"$12 $ and $13 $\".", "12 $ and $13"),
+])
+def test_final_answer_statement_after_boxes(text, expected):
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize("pred,gold,equal", [
+    ("(2,12) \\cup (12,102)", "(2, 12) \\cup (12, 102)", True), ("(12,102)", "(12, 102)", True),
+    ("(12,102)", "12102", False), ("1,234", "1234", True), ("[1,000]", "1000", False),
+])
+def test_bracketed_pair_is_not_a_thousands_number(pred, gold, equal):
+    assert answers_equal(pred, gold) is equal and answers_equal(gold, pred) is equal
+
+
+@pytest.mark.parametrize("pred,gold,equal", [
+    # ratios of two numbers, and a named ratio or a ratio of segments on the left
+    ("7:32", "S_{MBCN}:S=7:32", True), ("11:21", "V_{1}:V_{2}=11:21", True), ("1", "A:B=1", True),
+    ("14:64", "7:32", True), ("7/32", "7:32", True), ("\\frac{1}{\\sqrt{6}}", "\\frac{NO}{BO}=\\frac{1}{\\sqrt{6}}", True),
+    ("7:33", "7:32", False), ("32:7", "7:32", False), ("2", "A:B=1", False), ("\\frac{1}{6}", "\\frac{NO}{BO}=\\frac{1}{\\sqrt{6}}", False),
+    # solution groups "p=5,q=2;p=7,q=2"
+    ("(5,2),(7,2)", "p=5,q=2;p=7,q=2", True), ("(7,2),(5,2)", "p=5,q=2;p=7,q=2", True),
+    ("(2,5),(2,7)", "p=5,q=2;p=7,q=2", False), ("(5,2)", "p=5,q=2;p=7,q=2", False), ("(5,2),(7,3)", "p=5,q=2;p=7,q=2", False),
+    # absolute values and function values in inequalities
+    ("z \\in \\left[-\\frac{3}{2}, -1\\right] \\cup \\left[1, \\frac{3}{2}\\right]", "1\\leq|z|\\leq \\frac{3}{2}", True),
+    ("(-1,1)", "|x|<1", True), ("(-\\infty,-1) \\cup (1,\\infty)", "|x|>1", True), ("|-3|", "3", True), ("(0,1)", "0<f(x)<1", True),
+    ("[1, 3/2]", "1\\leq|z|\\leq \\frac{3}{2}", False), ("[0,1]", "0<f(x)<1", False), ("|x|", "x", False),
+    ("|2|", "-2", False), ("3", "|x|=3", False), ("(-1,1]", "|x|<1", False),
+])
+def test_ratios_groups_absolute_values(pred, gold, equal):
+    assert answers_equal(pred, gold) is equal, compare(pred, gold)
+    assert answers_equal(gold, pred) is equal, compare(gold, pred)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("$1$ and $2$ and $3$", "1, 2, 3"), ("$21,16$ or $11$", "21,16, 11"), ("We get $5$ or $6$.", "5, 6"),
+    ("So $x$ is $5$", "5"),
+])
+def test_spans_joined_by_and_or(text, expected):
+    assert extract_answer(text) == expected
+
+
+@given(st.integers(-20, 20), st.integers(1, 20), st.integers(-20, 20), st.integers(1, 20))
+@settings(max_examples=100, deadline=None)
+def test_absolute_value_regions_iff_same(a, b, c, d):
+    """|x| < b/1 against |x| < d: equal iff b == d; a ratio a:b equals c:d iff a*d == b*c."""
+    assert answers_equal(f"|x| < {b}", f"|x| < {d}") == (b == d)
+    assert answers_equal(f"{a}:{b}", f"{c}:{d}") == (a * d == b * c)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("\\($y_1 = \\boxed{-2(x - 1)^2 + 5} \\) and \\( y_2 = \\boxed{3(x + 2)^2 - 2} \\)", "-2(x - 1)^2 + 5, 3(x + 2)^2 - 2"),
+    ("\\boxed{5} no, wait: x = \\boxed{6}", "6"), ("\\boxed{5}. So x = \\boxed{6}", "6"),
+])
+def test_labelled_boxes_side_by_side(text, expected):
+    assert extract_answer(text) == expected
