@@ -1,14 +1,30 @@
-"""Turn a peer grader's own test cases into data: bench/data/math_verify_cases.jsonl.
+"""Turn peer graders' own test cases into data under bench/data/.
 
-    git clone https://github.com/huggingface/Math-Verify   # Apache-2.0
-    python bench/extract_peer_cases.py path/to/Math-Verify > bench/data/math_verify_cases.jsonl
+    python bench/extract_peer_cases.py [PEER] <checkout or bare git dir> > bench/data/<file>
 
-Reads the test files with `ast` (nothing of theirs is imported or run): every
-`@pytest.mark.parametrize` list whose argument names include gold, pred and an expected verdict
-becomes one JSON line per case with the gold text, the prediction text, the expected verdict, the
-options the test passes to Math-Verify (match types, float rounding, strict, set-relation
-comparison) and where it came from (file, test function, index). Only the data is kept; none of
-Math-Verify's code is copied. The first line is a header crediting the source and its licence.
+    PEER             repository (licence)                     file written
+    math-verify      huggingface/Math-Verify (Apache-2.0)      math_verify_cases.jsonl   (the default)
+    hendrycks-math   hendrycks/math (MIT)                      hendrycks_math_cases.jsonl
+    nemo-skills      NVIDIA/NeMo-Skills (Apache-2.0)           nemo_skills_cases.jsonl
+
+Reads the test files with `ast` (nothing of theirs is imported or run) and writes one JSON line per
+case: the gold text, the prediction text, the expected verdict, the options the test passes to the
+peer's grader (Math-Verify only: match types, float rounding, strict, set-relation comparison) and
+where it came from (file, test function, index). Only the data is kept; none of the peers' code is
+copied. The first line is a header crediting the source, its commit and its licence.
+
+* Math-Verify: every `@pytest.mark.parametrize` list whose argument names include gold, pred and an
+  expected verdict, and `assert compare_strings(gold, pred, ...) == v` written out in a test body.
+* hendrycks-math: `modeling/math_equivalence_test.py`, the unit tests of the MATH dataset's
+  `is_equiv` (the normaliser lm-evaluation-harness's `hendrycks_math` task uses): each test assigns
+  `test_in` and `test_out` and asserts `is_equiv(test_in, test_out)` true or false. Their
+  evaluation calls `is_equiv(model_output, answer)`, so `test_in` is the prediction and `test_out`
+  the gold.
+* nemo-skills: `tests/test_math_equal.py`: `test_correct_examples` / `test_incorrect_examples`
+  parametrize pairs and assert `math_equal(a, b)` and `math_equal(b, a)` both true (or both false),
+  so each pair gives two cases, `[i]` (prediction a, gold b) and `[i]r` (prediction b, gold a).
+  Non-string values (`5`, `5.0`, `5 / 2`) become the text Python prints for them (`2.5`); a pair
+  with `None` on one side (no answer at all, not a text) is skipped and counted in the header.
 """
 
 from __future__ import annotations
@@ -22,6 +38,16 @@ from pathlib import Path
 
 FILES = ["tests/test_all.py", "tests/test_boxed.py", "tests/test_numina_cases.py",
          "tests/test_open_thoughts.py", "tests/test_strict.py", "tests/test_yujianll.py"]
+HENDRYCKS_FILE = "modeling/math_equivalence_test.py"
+NEMO_FILE = "tests/test_math_equal.py"
+
+
+def _read(repo: Path, rel: str) -> str:
+    """A file of a checkout, or of the HEAD commit of a bare git directory."""
+    if (repo / rel).exists():
+        return (repo / rel).read_text()
+    return subprocess.run(["git", "--git-dir", str(repo), "show", f"HEAD:{rel}"], capture_output=True,
+                          text=True, check=True).stdout
 
 
 def _literal(node: ast.AST):
@@ -45,6 +71,9 @@ def _literal(node: ast.AST):
     if isinstance(node, (ast.List, ast.Tuple)):
         items = [_literal(e) for e in node.elts]
         return items if isinstance(node, ast.List) else tuple(items)
+    if (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)
+            and all(isinstance(v, ast.Constant) and type(v.value) in (int, float) for v in (node.left, node.right))):
+        return node.left.value / node.right.value      # NeMo-Skills writes `5 / 2`
     return ast.literal_eval(node)
 
 
@@ -78,7 +107,7 @@ def _helper_options(func: ast.FunctionDef) -> dict:
 
 def cases(repo: Path):
     for rel in FILES:
-        tree = ast.parse((repo / rel).read_text())
+        tree = ast.parse(_read(repo, rel))
         for func in tree.body:
             if not isinstance(func, ast.FunctionDef):
                 continue
@@ -105,21 +134,84 @@ def cases(repo: Path):
                            "options": opts, "source": f"{rel}::{func.name}[{index}]"}
 
 
-def main(repo: str) -> None:
+def hendrycks_cases(repo: Path):
+    tree = ast.parse(_read(repo, HENDRYCKS_FILE))
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        for func in (n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test")):
+            names = {}
+            for node in func.body:
+                if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                    names[node.targets[0].id] = _literal(node.value)
+                call = node.value if isinstance(node, ast.Expr) else None
+                if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                        and call.func.attr in ("assertTrue", "assertFalse")):
+                    inner = call.args[0]
+                    if not (isinstance(inner, ast.Call) and ast.unparse(inner.func) == "is_equiv"):
+                        continue
+                    pred, gold = (names[a.id] if isinstance(a, ast.Name) else _literal(a) for a in inner.args[:2])
+                    yield {"gold": gold, "pred": pred, "expected": call.func.attr == "assertTrue",
+                           "options": {}, "source": f"{HENDRYCKS_FILE}::{cls.name}.{func.name}"}
+
+
+def _as_text(value) -> str | None:
+    return None if value is None else value if isinstance(value, str) else str(value)
+
+
+def nemo_cases(repo: Path, skipped: list):
+    tree = ast.parse(_read(repo, NEMO_FILE))
+    for func in (n for n in tree.body if isinstance(n, ast.FunctionDef)):
+        verdicts = {node.comparators[0].value for node in ast.walk(func)
+                    if isinstance(node, ast.Compare) and isinstance(node.ops[0], ast.Is)
+                    and isinstance(node.comparators[0], ast.Constant)}
+        if len(verdicts) != 1:
+            continue
+        expected = bool(verdicts.pop())
+        for deco in func.decorator_list:
+            if not (isinstance(deco, ast.Call) and ast.unparse(deco.func).endswith("parametrize")):
+                continue
+            for index, pair in enumerate(_literal(deco.args[1])):
+                a, b = (_as_text(v) for v in pair)
+                if a is None or b is None:
+                    skipped.append(f"{NEMO_FILE}::{func.name}[{index}] {pair!r}")
+                    continue
+                for suffix, (pred, gold) in (("", (a, b)), ("r", (b, a))):
+                    yield {"gold": gold, "pred": pred, "expected": expected, "options": {},
+                           "source": f"{NEMO_FILE}::{func.name}[{index}]{suffix}"}
+
+
+PEERS = {
+    "math-verify": ("https://github.com/huggingface/Math-Verify",
+                    "Apache-2.0 (Copyright The HuggingFace Team); test cases used as data only", FILES),
+    "hendrycks-math": ("https://github.com/hendrycks/math",
+                       "MIT (Copyright (c) 2021 Dan Hendrycks); test cases used as data only", [HENDRYCKS_FILE]),
+    "nemo-skills": ("https://github.com/NVIDIA/NeMo-Skills",
+                    "Apache-2.0 (Copyright (c) 2024, NVIDIA CORPORATION); test cases used as data only", [NEMO_FILE]),
+}
+
+
+def main(argv: list[str]) -> None:
+    peer, repo = (argv[0], argv[1]) if argv and argv[0] in PEERS else ("math-verify", argv[0] if argv else ".")
     path = Path(repo)
     try:
-        commit = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True,
+        commit = subprocess.run(["git", "--git-dir", repo, "rev-parse", "HEAD"] if not (path / ".git").exists()
+                                else ["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True,
                                 check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
-    rows = list(cases(path))
-    print(json.dumps({"header": True, "source": "https://github.com/huggingface/Math-Verify", "commit": commit,
-                      "licence": "Apache-2.0 (Copyright The HuggingFace Team); test cases used as data only",
-                      "files": FILES, "cases": len(rows),
-                      "extracted_by": "python bench/extract_peer_cases.py <Math-Verify checkout>"}))
+    skipped: list[str] = []
+    rows = list({"math-verify": lambda: cases(path), "hendrycks-math": lambda: hendrycks_cases(path),
+                 "nemo-skills": lambda: nemo_cases(path, skipped)}[peer]())
+    source, licence, files = PEERS[peer]
+    header = {"header": True, "source": source, "commit": commit, "licence": licence, "files": files,
+              "cases": len(rows)}
+    if skipped:
+        header["skipped"] = skipped
+    header["extracted_by"] = ("python bench/extract_peer_cases.py <Math-Verify checkout>" if peer == "math-verify"
+                              else f"python bench/extract_peer_cases.py {peer} <checkout>")
+    print(json.dumps(header))
     for row in rows:
         print(json.dumps(row, ensure_ascii=False))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else ".")
+    main(sys.argv[1:])

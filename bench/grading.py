@@ -1,9 +1,10 @@
-"""Grading throughput and worst-case latency, agreement with a peer's own test suite, soundness.
+"""Grading throughput and worst-case latency, agreement with peers' own test suites, soundness.
 
     python bench/grading.py
 
-Prints: agreement with Math-Verify's own test cases (bench/data/math_verify_cases.jsonl, see
-bench/peer_suites.py) and every disagreement; how many random pairs of *different* numbers,
+Prints: agreement with peers' own test cases (Math-Verify's, the MATH dataset's `is_equiv` tests and
+NeMo-Skills' `math_equal` tests: bench/data/*_cases.jsonl, see bench/peer_suites.py) and every
+disagreement; how many random pairs of *different* numbers,
 expressions and equations we grade equal (must be 0); our labelled cases in tests/test_grading.py;
 cases/second and the slowest single call over all of them plus the adversarial inputs; and, when it
 is installed (`pip install math-verify`, not a dependency), Math-Verify on our labelled cases.

@@ -22,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rlprompt_math.grading import extract_answer, grade  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
-SUITES = {"Math-Verify": DATA / "math_verify_cases.jsonl"}
+SUITES = {"Math-Verify": DATA / "math_verify_cases.jsonl",
+          "MATH is_equiv (hendrycks/math)": DATA / "hendrycks_math_cases.jsonl",
+          "NeMo-Skills math_equal": DATA / "nemo_skills_cases.jsonl"}
 
 
 def load_cases(path: Path) -> tuple[dict, list[dict]]:

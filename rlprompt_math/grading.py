@@ -163,7 +163,10 @@ def _last_math_span(text: str) -> str | None:
     return None
 
 
-_MATH_LINE = re.compile(r"[\d\s.+\-*/^()=%,]*(?:(?:\\?pi|π|√|\\?sqrt|\\frac|\\overline|\\ldots|[a-z])"
+# LaTeX a bare answer line may use: \frac in its \dfrac/\tfrac forms, \left( \right), \cdot,
+# \times and the spacing commands (a line "\dfrac{1}{3}" is 1/3, not its last digit 3).
+_MATH_LINE = re.compile(r"[\d\s.+\-*/^()=%,]*(?:(?:\\?pi|π|√|\\?sqrt|\\[dt]?frac|\\overline|\\ldots|\\left|"
+                        r"\\right|\\cdot|\\times|\\[,;! ]|[a-z])"
                         r"[\d\s.+\-*/^(){}=%,\\]*)*")
 # A fraction before a plain number ("is 5/12." is 5/12, not 12), and a multiple of pi or a root
 # keeps its symbol ("is 4π." is 4π, not 4).
@@ -174,7 +177,7 @@ _IN_WORD_AFTER = r"(?![A-Za-z]*\d)"
 _WORD_NUMBER = _IN_WORD_BEFORE + r"(?:" + _NUMBER + r"|\d+\s*/\s*\d+)" + _IN_WORD_AFTER
 _FALLBACK_NUMBER = re.compile(_IN_WORD_BEFORE + r"(?:"
                               r"\d+\s+\d+/\d+(?![\d.])|\d*\.\\overline\{\d+\}|\d*\.\d+(?:\.\.\.|\\ldots|…)"
-                              r"|\\frac\{\d+\}\{\d+\}|[-−]?\d+/\d+(?!\d|\.\d)|√\d+|"
+                              r"|\\[dt]?frac\{\d+\}\{\d+\}|[-−]?\d+/\d+(?!\d|\.\d)|√\d+|"
                               r"(?:" + _NUMBER + r")(?:\s*(?:π|\\pi\b|√\d+))?)" + _IN_WORD_AFTER)
 
 
@@ -247,8 +250,10 @@ def extract_answer(text: str | None) -> str | None:
         return span
     lines = [re.sub(r"(?<!\.)\.$", "", line.strip()).strip("$ ")
              for line in text.strip().splitlines() if line.strip()]
-    if (lines and len(lines[-1]) <= 80 and _MATH_LINE.fullmatch(lines[-1]) and re.search(r"\d|pi|π", lines[-1])
-            and not re.search(r"(?<![\\a-z])(?!(?:pi|sqrt)\b)[a-z]{2,}\b", lines[-1])):  # prose is not math
+    # a doubly escaped command (`\\dfrac`, as in a raw string) is read as the command, as the parser does
+    last = re.sub(r"\\\\(?=[a-zA-Z])", r"\\", lines[-1]) if lines else ""
+    if (lines and len(lines[-1]) <= 80 and _MATH_LINE.fullmatch(last) and re.search(r"\d|pi|π", last)
+            and not re.search(r"(?<![\\a-z])(?!(?:pi|sqrt)\b)[a-z]{2,}\b", last)):  # prose is not math
         return lines[-1]  # the last line is itself an answer: "pi/2", "sqrt(8)", "36 + 32 = 68"
     numbers = _FALLBACK_NUMBER.findall(_join_thousands(text))
     if numbers:

@@ -428,3 +428,21 @@ def test_absolute_value_regions_iff_same(a, b, c, d):
 ])
 def test_labelled_boxes_side_by_side(text, expected):
     assert extract_answer(text) == expected
+
+
+# Issue 15, third pass: classes from the MATH `is_equiv` tests (hendrycks/math) and NeMo-Skills' --------
+# A bare last line in \dfrac / \tfrac / \left( \right) form was not read as math, and the last-number
+# fallback then took its denominator or last digit: "\dfrac{1}{3}" graded as 3.
+
+@pytest.mark.parametrize("text,gold,correct", [
+    ("\\dfrac{1}{3}", "1/3", True), ("\\dfrac{1}{3}", "3", False),
+    ("\\tfrac83", "\\frac{8}{3}", True), ("\\tfrac83", "3", False), ("\\tfrac83", "83", False),
+    ("\\left(x-2\\right)\\left(x+2\\right)", "(x-2)(x+2)", True), ("\\left(x-2\\right)\\left(x+2\\right)", "2", False),
+    ("\\tfrac{1}{2} +\\! \\frac1{72}", "\\frac{1}{2} + \\frac{1}{72}", True), ("\\tfrac{1}{2} +\\! \\frac1{72}", "72", False),
+    ("so the value we want is \\dfrac{2}{5} here", "2/5", True), ("so the value we want is \\dfrac{2}{5} here", "5", False),
+    ("2 \\cdot 3", "6", True), ("2 \\cdot 3", "3", False), ("See section 2 and the left side", "2", True),
+    # doubly escaped (a raw-string gold such as MATH's test_dfrac): the whole line, not its last fraction
+    ("\\\\dfrac{1}{2} +\\frac{1}{72}", "37/72", True), ("\\\\dfrac{1}{2} +\\frac{1}{72}", "1/72", False),
+])
+def test_bare_dfrac_and_left_right_lines(text, gold, correct):
+    assert grade(text, gold).correct is correct
