@@ -208,6 +208,41 @@ class OracleStats:
     new_tokens: int = 0           # tokens generated
 
 
+@dataclass(frozen=True)
+class Trace:
+    """What one greedy decode saw: its tokens and, at each step, the log-probabilities of `watch` ids.
+
+    Recorded only when `generate(..., watch=ids)` asks: a dense reward can then read how likely
+    the gold answer's tokens were where the model wrote its own, from logits the decode computed
+    anyway, with no second forward pass. `logprobs` has one row per generated token, plus one for
+    the step that chose EOS.
+    """
+
+    token_ids: tuple[int, ...]
+    watch: tuple[int, ...]
+    logprobs: torch.Tensor  # [steps, len(watch)] float32
+
+    def covers(self, ids: Sequence[int]) -> bool:
+        return set(ids) <= set(self.watch)
+
+    def token_index(self, tokenizer, char_position: int) -> int | None:
+        """The generated token at which the decoded text reaches `char_position`, if it is a boundary."""
+        for k in range(len(self.token_ids) + 1):
+            n = len(tokenizer.decode(self.token_ids[:k], skip_special_tokens=True))
+            if n == char_position:
+                return k
+            if n > char_position:
+                return None
+        return None
+
+    def logprob(self, start: int, ids: Sequence[int]) -> float | None:
+        """log p(ids) from step `start` on, given the model's own tokens before each (None: not recorded)."""
+        column = {t: i for i, t in enumerate(self.watch)}
+        if start + len(ids) > len(self.logprobs) or any(t not in column for t in ids):
+            return None
+        return float(sum(self.logprobs[start + j, column[t]] for j, t in enumerate(ids)))
+
+
 class FrozenLLM:
     """A frozen causal LM used as a reward oracle and feature extractor."""
 
@@ -224,6 +259,7 @@ class FrozenLLM:
         self.template = template
         self.stats = OracleStats()
         self._cache: OrderedDict[tuple, str] = OrderedDict()
+        self._traces: OrderedDict[str, Trace] = OrderedDict()  # by rendered text: greedy decodes only
         self._cache_size = cache_size
         self._line_breaks: frozenset[int] | None = None
 
@@ -362,16 +398,20 @@ class FrozenLLM:
     def generate(self, texts: Sequence[str], *, max_new_tokens: int = OracleConfig.max_new_tokens, temperature: float = 0.0,
                  top_k: int | None = None, stop: Sequence[str] | None = None,
                  stop_when: Callable[[str], bool] | None = None, batch_size: int = 64,
-                 seed: int | None = None, use_cache: bool = True) -> list[str]:
+                 seed: int | None = None, use_cache: bool = True,
+                 watch: Sequence[int] | None = None) -> list[str]:
         """Completions for rendered texts: batched, left-padded, greedy when `temperature == 0`.
 
         Each row stops at EOS or at the first stop string (the stop string is cut off), or when
         `stop_when(text)` is true, which is asked whenever a row's newest token holds a line break
         (the text is kept, line break included). Greedy completions are cached by (text, settings),
         so repeated pairs cost no forward pass. Sampling (`temperature > 0`) draws from a torch
-        generator seeded by `seed`.
+        generator seeded by `seed`. With `watch` (token ids), greedy decodes also record a `Trace`,
+        read back with `trace(text)`; a cached completion without one that covers `watch` is
+        decoded again.
         """
         texts = list(texts)
+        watch = tuple(sorted(set(int(t) for t in watch))) if watch else None
         self.stats.generate_calls += 1
         greedy = temperature == 0
         # The predicate itself is in the key (functions hash by identity; the key keeps it alive).
@@ -380,7 +420,8 @@ class FrozenLLM:
         todo: dict[str, list[int]] = {}
         for i, text in enumerate(texts):
             key = (text, settings)
-            if greedy and use_cache and key in self._cache:
+            traced = watch is None or (text in self._traces and self._traces[text].covers(watch))
+            if greedy and use_cache and key in self._cache and traced:
                 self._cache.move_to_end(key)
                 results[i] = self._cache[key]
                 self.stats.cache_hits += 1
@@ -400,15 +441,29 @@ class FrozenLLM:
                 seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
         # Sorted by length, so rows decoded side by side need little padding.
         order = sorted(range(len(encoded)), key=lambda j: len(encoded[j]))
-        outs = self._decode_stream([encoded[j] for j in order], max_new_tokens, temperature, top_k,
-                                   list(stop or ()), generator, stop_when, batch_size)
-        for j, out in zip(order, outs):
+        outs, traces = self._decode_stream([encoded[j] for j in order], max_new_tokens, temperature, top_k,
+                                           list(stop or ()), generator, stop_when, batch_size,
+                                           watch if greedy else None)
+        for k, (j, out) in enumerate(zip(order, outs)):
             text, indices = jobs[j]
             for i in indices:
                 results[i] = out
             if greedy and use_cache:
                 self._remember((text, settings), out)
+            if traces is not None:
+                self._remember_trace(text, traces[k])
         return [r if r is not None else "" for r in results]
+
+    def trace(self, text: str) -> Trace | None:
+        """The trace of the latest watched greedy decode of `text` (greedy prefixes do not depend on
+        the length limit or stop rules, so one trace serves them all), or None."""
+        return self._traces.get(text)
+
+    def _remember_trace(self, text: str, trace: Trace) -> None:
+        self._traces[text] = trace
+        self._traces.move_to_end(text)
+        while len(self._traces) > self._cache_size:
+            self._traces.popitem(last=False)
 
     def _remember(self, key: tuple, value: str) -> None:
         self._cache[key] = value
@@ -419,19 +474,24 @@ class FrozenLLM:
     @torch.inference_mode()
     def _decode_stream(self, rows: list[list[int]], max_new_tokens: int, temperature: float,
                        top_k: int | None, stop: list[str], generator,
-                       stop_when: Callable[[str], bool] | None, batch_size: int) -> list[str]:
+                       stop_when: Callable[[str], bool] | None, batch_size: int,
+                       watch: tuple[int, ...] | None = None) -> tuple[list[str], list[Trace] | None]:
         """Incremental decoding with a KV cache and continuous batching.
 
         Rows go in in the order given (callers sort them by length). A finished row leaves the batch
         at once, and when a quarter of the `batch_size` slots are free the next waiting rows are
         prefilled and joined to the running batch: a decode step costs about the same for 8 rows as
         for 32 on a CPU (it is bound by reading the weights), so a full batch is most of the speed.
+        With `watch`, each row's step log-probabilities of those ids are kept (one `Trace` per row).
         """
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
 
         if max_new_tokens <= 0:
-            return [""] * len(rows)
+            return [""] * len(rows), None if watch is None else [Trace((), watch, torch.zeros(0, len(watch)))
+                                                                 for _ in rows]
+        watch_ids = torch.tensor(watch, device=self.device) if watch else None
+        recorded: list[list[torch.Tensor]] = [[] for _ in rows]
         eos_ids = self._eos_ids()
         line_breaks = self._line_break_ids() if stop_when is not None else frozenset()
         outputs: list[list[int]] = [[] for _ in rows]
@@ -460,9 +520,13 @@ class FrozenLLM:
             if active is None or len(active) == 0:
                 break
             next_ids = self._pick(logits.float(), temperature, top_k, generator)
+            if watch_ids is not None:
+                watched = torch.log_softmax(logits.float(), -1)[:, watch_ids].cpu()
             keep = []
             for k, row in enumerate(active.tolist()):
                 token = int(next_ids[k])
+                if watch_ids is not None:
+                    recorded[row].append(watched[k])
                 done = token in eos_ids
                 if not done:
                     outputs[row].append(token)
@@ -502,7 +566,11 @@ class FrozenLLM:
                 if cut >= 0:
                     text = text[:cut]
             completions.append(text)
-        return completions
+        if watch is None:
+            return completions, None
+        return completions, [Trace(tuple(outputs[r]), watch,
+                                   torch.stack(recorded[r]) if recorded[r] else torch.zeros(0, len(watch)))
+                             for r in range(len(rows))]
 
     def _forward_rows(self, rows: list[list[int]], cache, keep: int = 1
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -44,7 +44,8 @@ def score_pairs(llm: FrozenLLM, reward_mix: RewardMix, problems: Sequence[Proble
     completions = llm.generate(rendered, max_new_tokens=decoding.max_new_tokens,
                                temperature=decoding.temperature, top_k=decoding.top_k,
                                stop=list(decoding.stop) or None, seed=seed,
-                               stop_when=answer_is_complete if decoding.stop_at_answer else None)
+                               stop_when=answer_is_complete if decoding.stop_at_answer else None,
+                               watch=reward_mix.watch_tokens([p.answer for p in problems]))
     columns = {"question": [p.question for p in problems], "answer": [p.answer for p in problems],
                "problem_id": [p.id for p in problems]}
     for key in sorted({k for p in problems for k in p.extra}):

@@ -18,8 +18,8 @@ Built-ins (name -> function):
               probability of the gold answer under teacher forcing (needs the oracle)
   answer_likelihood
               p(gold answer | prompt + the completion up to where it states its final number), in
-              (0, 1]: the gold answer forced in the model's own format ("36 + 32 = " -> "68"); a
-              dense signal that, unlike `likelihood`, ranks prompts by accuracy (bench/learning_signal.py)
+              (0, 1]: the gold answer scored in the model's own format ("36 + 32 = " -> "68"), read
+              from the decode's own logits (see AnswerLikelihood; bench/learning_signal.py)
 
 Specs, from the CLI (`--reward SPEC`, repeatable) or Python (`load_reward(SPEC)`):
   correct | correct:0.5 | correct_strict:0.5 | my_rewards.py:brevity | my_rewards.py:brevity:0.1 | pkg.module:fn:2
@@ -101,19 +101,58 @@ class Likelihood:
 
 
 class AnswerLikelihood(Likelihood):
-    """p(gold answer | rendered prompt + the completion's lead-in to its final number), in (0, 1].
+    """p(gold answer | the model's own lead-in to its final number), in (0, 1]: a dense reward.
 
-    One teacher-forced pass over the completion the oracle already generated, cut where it states
-    its answer (`grading.answer_position`): how close the model came to writing the gold answer
-    where it actually wrote its own.
+    The lead-in is the completion up to where it states its final number (`grading.answer_position`:
+    "36 + 32 = " for "36 + 32 = 68"). The gold answer's tokens are scored there up to and including
+    the first one where the model's own answer departs from it (after that the model's path and the
+    gold's differ, and the decode never saw the gold's context): exactly p(gold) when the answer is
+    right, the probability of the first wrong step otherwise. The numbers come from the greedy
+    decode's own logits (`FrozenLLM.trace`: the oracle asks `generate` to record them, see
+    `watch_tokens`), so the reward costs no forward pass; a pair without a usable trace (no token
+    boundary at the answer, a sampled decode) is teacher-forced to the same quantity.
     """
 
     __name__ = "answer_likelihood"
 
+    def watch_tokens(self, answers: Sequence[str]) -> list[int]:
+        """The token ids the decode should record: those of the gold answers."""
+        return sorted({t for a in answers for t in self._ids(a)})
+
+    def _ids(self, text: str) -> list[int]:
+        return self.llm.tokenizer(str(text), add_special_tokens=False)["input_ids"]
+
     def __call__(self, prompts, completions, answer, **kwargs) -> list[float]:
-        lead_ins = [p + c[:answer_position(c)] for p, c in zip(prompts, completions)]
-        sums = self.llm.answer_logprobs(lead_ins, [str(a) for a in answer], reduction="sum")
-        return [math.exp(s) for s in sums]
+        tokenizer = self.llm.tokenizer
+        logprobs: list[float | None] = []
+        forced: list[int] = []  # pairs to teacher-force
+        scored_ids: list[list[int]] = []
+        for i, (prompt, completion, gold) in enumerate(zip(prompts, completions, answer)):
+            position = answer_position(completion)
+            gold_ids = self._ids(gold)
+            trace = self.llm.trace(prompt)
+            start = trace.token_index(tokenizer, position) if trace is not None else None
+            own = list(trace.token_ids[start:]) if start is not None else self._ids(completion[position:])
+            ids = gold_ids[:_departure(gold_ids, own)]
+            scored_ids.append(ids)
+            value = trace.logprob(start, ids) if start is not None and trace.covers(ids) else None
+            logprobs.append(value)
+            if value is None:
+                forced.append(i)
+        if forced:
+            lead_ins = [prompts[i] + completions[i][:answer_position(completions[i])] for i in forced]
+            texts = [tokenizer.decode(scored_ids[i]) for i in forced]
+            for i, value in zip(forced, self.llm.answer_logprobs(lead_ins, texts, reduction="sum")):
+                logprobs[i] = value
+        return [math.exp(v) for v in logprobs]
+
+
+def _departure(gold_ids: Sequence[int], own_ids: Sequence[int]) -> int:
+    """How many gold tokens to score: those the model's own answer shares, and the first that differs."""
+    shared = 0
+    while shared < min(len(gold_ids), len(own_ids)) and gold_ids[shared] == own_ids[shared]:
+        shared += 1
+    return min(shared + 1, len(gold_ids))
 
 
 BUILTINS: dict[str, Callable] = {"correct": correct, "correct_strict": correct_strict, "partial": partial,
@@ -228,6 +267,11 @@ class RewardMix:
     @property
     def names(self) -> list[str]:
         return [r.name for r in self.rewards]
+
+    def watch_tokens(self, answers: Sequence[str]) -> list[int] | None:
+        """Token ids whose decode-time log-probabilities some reward reads (None: no reward does)."""
+        ids = {t for r in self.rewards if hasattr(r.fn, "watch_tokens") for t in r.fn.watch_tokens(answers)}
+        return sorted(ids) if ids else None
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str], *, batch_label: str = "",
                  **columns) -> tuple[list[float], dict[str, list[float | None]]]:
