@@ -35,9 +35,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rlprompt_math.config import NO_PROMPT, REFERENCE_PROMPTS, field_default  # noqa: E402
 
-# The reference prompts every comparison includes, and two more hand-written ones.
-HAND_WRITTEN = (*REFERENCE_PROMPTS, "Take a deep breath and work on this problem step-by-step.",
-                "Give the answer as a single number.")
+# The reference prompts every comparison includes, and one more hand-written one.
+HAND_WRITTEN = (*REFERENCE_PROMPTS, "Take a deep breath and work on this problem step-by-step.")
 HARD_KINDS = ("word_two_step", "fractions", "percentages")
 
 # Comparison grid: overrides of the headline setting, each trained once (seed 0) on the grid budget.

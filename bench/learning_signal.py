@@ -13,7 +13,11 @@ computes for every (prompt, question) pair:
                header (the `likelihood` reward; the seed's own signal)
   at_answer    log p(gold | rendered prompt + the greedy completion up to where it states its final
                number): the gold forced in the model's own format ("36 + 32 = " -> "68")
+  p_at_answer  exp(at_answer)
   margin       at_answer minus log p(the model's own number | the same prefix)
+  answer_likelihood
+               the reward of that name, as training computes it: p_at_answer read from the greedy
+               decode's own logits, the gold scored up to the first token where the model departs
 
 Then, over many random halvings of the questions, the Spearman correlation between each signal's
 per-prompt mean on one half and the prompts' greedy accuracy on the *other* half. That is what a
@@ -96,7 +100,7 @@ def main(n_prompts, questions, prompt_length, max_new_tokens, halvings, seed, th
     prompts = hand + [vocab.decode(rng.integers(0, len(vocab), prompt_length).tolist())
                       for _ in range(n_prompts - len(hand))]
     decoding = Decoding(max_new_tokens)
-    mix = RewardMix(["correct"], llm=llm)
+    mix = RewardMix(["correct", "answer_likelihood"], llm=llm)
     pairs_q = [q for _ in prompts for q in problems]
     pairs_p = [p for p in prompts for _ in problems]
 
@@ -130,6 +134,7 @@ def main(n_prompts, questions, prompt_length, max_new_tokens, halvings, seed, th
                "bare": np.array(bare).reshape(shape),
                "at_answer": np.array(at_answer).reshape(shape),
                "p_at_answer": np.exp(np.array(at_answer)).reshape(shape),
+               "answer_likelihood": np.array([i["rewards"]["answer_likelihood"] for i in infos]).reshape(shape),
                "margin": np.array(margin).reshape(shape)}
     correct = signals["correct"]
     halves = np.random.default_rng(seed + 1)

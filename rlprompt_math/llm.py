@@ -225,14 +225,13 @@ class Trace:
     def covers(self, ids: Sequence[int]) -> bool:
         return set(ids) <= set(self.watch)
 
-    def token_index(self, tokenizer, char_position: int) -> int | None:
-        """The generated token at which the decoded text reaches `char_position`, if it is a boundary."""
+    def token_index(self, tokenizer, completion: str, char_position: int) -> int | None:
+        """The generated token at which this decode reaches `completion[:char_position]`, or None when
+        that is no token boundary or the decode did not write that text (another decode of the prompt)."""
         for k in range(len(self.token_ids) + 1):
-            n = len(tokenizer.decode(self.token_ids[:k], skip_special_tokens=True))
-            if n == char_position:
-                return k
-            if n > char_position:
-                return None
+            decoded = tokenizer.decode(self.token_ids[:k], skip_special_tokens=True)
+            if len(decoded) >= char_position:
+                return k if decoded == completion[:char_position] else None
         return None
 
     def logprob(self, start: int, ids: Sequence[int]) -> float | None:

@@ -131,7 +131,7 @@ class AnswerLikelihood(Likelihood):
             position = answer_position(completion)
             gold_ids = self._ids(gold)
             trace = self.llm.trace(prompt)
-            start = trace.token_index(tokenizer, position) if trace is not None else None
+            start = trace.token_index(tokenizer, completion, position) if trace is not None else None
             own = list(trace.token_ids[start:]) if start is not None else self._ids(completion[position:])
             ids = gold_ids[:_departure(gold_ids, own)]
             scored_ids.append(ids)

@@ -111,6 +111,12 @@ def test_decode_trace_equals_a_plain_forward_pass(tiny_llm):
         logits = tiny_llm.model(input_ids=torch.tensor([ids])).logits[0].float()
     expected = torch.log_softmax(logits, -1)[len(ids) - len(trace.token_ids) - 1: len(ids) - 1]
     assert torch.allclose(trace.logprobs[: len(trace.token_ids)], expected, atol=1e-4)
+    # The trace finds where it wrote a given lead-in, and refuses text another decode wrote.
+    completion = tok.decode(trace.token_ids, skip_special_tokens=True)
+    position = len(tok.decode(trace.token_ids[:3], skip_special_tokens=True))
+    k = trace.token_index(tok, completion, position)
+    assert k is not None and tok.decode(trace.token_ids[:k], skip_special_tokens=True) == completion[:position]
+    assert trace.token_index(tok, "#" + completion, position) is None
     # Scoring the model's own next tokens from step 2 on: the sum of the recorded steps.
     own = list(trace.token_ids)
     assert trace.logprob(2, own[2:5]) == pytest.approx(float(sum(expected[2 + j, t] for j, t in enumerate(own[2:5]))),
