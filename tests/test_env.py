@@ -53,7 +53,8 @@ def test_step_info_and_termination(env):
     counted_info = counted.step(counted.action_space.sample())[4]
     for key in ("oracle_calls", "cache_hits"):
         assert key in counted_info
-    assert reward == pytest.approx(info["rewards"]["correct"] + 0.5 * info["rewards"]["partial"])  # the defaults
+    assert list(info["rewards"]) == ["answer_likelihood"]  # the default reward
+    assert reward == pytest.approx(info["rewards"]["answer_likelihood"]) and 0 < reward <= 1
 
 
 def _rollout(env, seed, n=8):

@@ -60,7 +60,7 @@ def test_flat_round_trip_and_no_drifting_defaults():
     assert env_defaults["max_new_tokens"].default == config.oracle.max_new_tokens == Decoding().max_new_tokens
     assert env_defaults["prompt_length"].default == config.policy.prompt_length
     assert tuple(env_defaults["rewards"].default) == config.oracle.rewards
-    assert config.algorithm.finalists == 4 and config.data.difficulty == "1,2" and config.data.kinds == "arithmetic"
+    assert config.algorithm.finalists == 0 and config.data.difficulty == "1,2" and config.data.kinds == "arithmetic"
 
 
 # flag -> (CLI value, what it must configure in the built run). `None` for settings that only shape the
