@@ -148,7 +148,8 @@ class ReinforceConfig:
     moving_average_decay: float = 0.9
     """Decay of the moving-average baseline."""
     normalize_rewards: bool = False
-    """Z-score rewards per question across its K prompts."""
+    """Z-score rewards per question across its K prompts (shared prompts: before each prompt's mean over
+    the questions, then the K means again, RLPrompt-style)."""
     entropy_coef: float = 0.01
     """Entropy bonus coefficient (at step 0)."""
     entropy_schedule: str = opt("linear", choices=ENTROPY_SCHEDULES)
