@@ -516,8 +516,9 @@ class _Parser:
     """expr := term (('+'|'-') term)* ; term := unary (('*'|'/'|implicit) unary)* ;
     unary := ('-'|'+') unary | power ; power := atom ('^' unary)? ; atom := number | name | call | (expr)."""
 
-    def __init__(self, tokens):
+    def __init__(self, tokens, names=None):
         self.tokens, self.i, self.depth = tokens, 0, 0
+        self.names = names or {}  # name -> sympy object it stands for (matrix placeholders)
 
     def peek(self):
         return self.tokens[self.i] if self.i < len(self.tokens) else (None, None)
@@ -625,6 +626,8 @@ class _Parser:
                 return Num(sympy.pi)
             if text == "oo":
                 return Num(sympy.oo)
+            if text in self.names:
+                return Num(self.names[text])
             if text in ("sqrt", "root"):
                 self.take("(")
                 arg = self.expr().value
@@ -665,11 +668,11 @@ class Answer:
     ends: tuple = ()                    # (Num, Num) ends of a plain interval, as written
 
 
-def _parse_expression(s: str) -> Num:
+def _parse_expression(s: str, names: dict | None = None) -> Num:
     tokens = _tokenize(s)
     if not tokens:
         raise ParseError("empty expression")
-    parser = _Parser(tokens)
+    parser = _Parser(tokens, names)
     value = parser.expr()
     if parser.i != len(tokens):
         raise ParseError(f"unexpected {parser.peek()[1]!r}")
@@ -773,19 +776,95 @@ def _text_answer(raw: str) -> Answer | None:
 
 
 _MATRIX = re.compile(r"\\begin\{([pbBvV]?matrix|array)\}(?:\{[lcr| ]*\})?(.*?)\\end\{\1\}", re.S)
+MAX_MATRICES = 10            # matrices in one answer's arithmetic
+MAX_MATRIX_POWER = 8         # M^n: larger n is refused
 
 
-def _matrix_answer(raw: str) -> Answer | None:
-    """The last matrix in the answer (`A + B = \\begin{pmatrix}...` compares as its result)."""
-    matches = list(_MATRIX.finditer(raw))
-    if not matches:
-        return None
-    body = matches[-1].group(2)
+def _matrix_cells(body: str) -> tuple:
     rows = [r for r in re.split(r"\\\\", body) if r.strip()]
     cells = tuple(tuple(_parse_text(normalize(c)) for c in r.split("&")) for r in rows)
     if not cells or len({len(r) for r in cells}) != 1:
         raise ParseError("ragged matrix")
-    return Answer("matrix", cells)
+    return cells
+
+
+def _matrix_answer(raw: str) -> Answer | None:
+    """A matrix, or arithmetic on matrices, as its resulting matrix. Of an equation
+    (`A + B = \\begin{pmatrix}...`) the last side is the answer. That side is read by the same
+    whitelisted parser with each matrix as a placeholder name, and the result is computed by sympy's
+    matrix arithmetic: sums, differences, scalar multiples, products in the order written and small
+    powers (`M + N`, `2M`, `\\frac{1}{2}M`, `MN`, `M^2`). Anything else around a matrix (a word, an
+    unknown command, a scalar added to a matrix, a shape mismatch) is refused, never ignored: `2M` is
+    not `M`."""
+    if not _MATRIX.search(raw):
+        return None
+    cut = 0
+    for piece in re.finditer(r"(?<![<>!\\])=", _MATRIX.sub(lambda m: "#" * len(m.group(0)), raw)):
+        cut = piece.end()
+    side = raw[cut:]
+    matches = list(_MATRIX.finditer(side))
+    if not matches:
+        raise ParseError("an equation whose last side is not a matrix")
+    if len(matches) > MAX_MATRICES:
+        raise TooLarge("too many matrices")
+    outside = _MATRIX.sub(" ", side)
+    letter = next((c for c in "QWZJKVU" if c not in outside), None)
+    if letter is None:
+        raise ParseError("no free placeholder name")
+    names, pieces, last = {}, [], 0
+    for k, match in enumerate(matches):
+        name = f"{letter}_{k}"
+        names[name] = sympy.Symbol(name, commutative=False)
+        pieces += [side[last:match.start()], f" {name} "]
+        last = match.end()
+    pieces.append(side[last:])
+    rest = _WORD_WRAPPER.sub(" ", "".join(pieces))  # \\text{...} labels
+    if re.search(r"[A-Za-z]{2,}", re.sub(r"\\[A-Za-z]+", " ", rest)):
+        raise ParseError("words around a matrix")
+    rest = normalize(rest)
+    if re.fullmatch(r"\[.*\]", rest) and _encloses(rest):
+        rest = "(" + rest[1:-1] + ")"  # \\left[ M \\right]
+    if rest.strip() == f"{letter}_0" or rest.strip() == f"({letter}_0)":
+        return Answer("matrix", _matrix_cells(matches[0].group(2)))
+    values = {}
+    for match, (name, symbol) in zip(matches, names.items()):
+        cells = _matrix_cells(match.group(2))
+        if any(c.kind not in ("number", "expr") or c.items[0].percent for row in cells for c in row):
+            raise ParseError("matrix arithmetic on entries that are not values")
+        values[symbol] = sympy.ImmutableMatrix([[c.items[0].value for c in row] for row in cells])
+    result = _matrix_value(_parse_expression(rest, names).value, values)
+    if not isinstance(result, sympy.MatrixBase):
+        raise ParseError("matrix arithmetic that gives no matrix")
+    return Answer("matrix", tuple(tuple(Answer(_kind(Num(v)), (Num(v),)) for v in result.row(i))
+                                  for i in range(result.rows)))
+
+
+def _matrix_value(expr, values: dict):
+    """Evaluate a parsed expression over matrix placeholders with sympy matrices (in written order)."""
+    if expr in values:
+        return values[expr]
+    if not expr.has(*values):
+        return expr  # a scalar
+    try:
+        if isinstance(expr, sympy.Add):
+            terms = [_matrix_value(a, values) for a in expr.args]
+            if not all(isinstance(t, sympy.MatrixBase) for t in terms):
+                raise ParseError("a scalar added to a matrix")
+            total = terms[0]
+            for t in terms[1:]:
+                total = total + t
+            return total
+        if isinstance(expr, sympy.Mul):
+            product = sympy.Integer(1)
+            for factor in expr.args:  # non-commutative placeholders keep the written order
+                product = product * _matrix_value(factor, values)
+            return product
+        if isinstance(expr, sympy.Pow) and expr.base in values and expr.exp.is_Integer \
+                and 0 < expr.exp <= MAX_MATRIX_POWER:
+            return values[expr.base] ** int(expr.exp)
+    except (sympy.ShapeError, sympy.NonSquareMatrixError) as error:
+        raise ParseError(f"matrix shapes: {error}") from error
+    raise ParseError("unsupported matrix arithmetic")
 
 
 def _relation(text: str) -> Answer:

@@ -446,3 +446,43 @@ def test_labelled_boxes_side_by_side(text, expected):
 ])
 def test_bare_dfrac_and_left_right_lines(text, gold, correct):
     assert grade(text, gold).correct is correct
+
+
+# Issue 15, fourth pass: classes from Math-Verify's suite where it was right ---------------------------
+# Matrix arithmetic: a sum, multiple or product of matrices is the matrix it computes; before, only the
+# last matrix was read, so "2M" and "M + M" were graded equal to M (a wrong answer graded right).
+_M = "\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix}"
+_N = "\\begin{pmatrix}5 & 6 \\\\ 7 & 8\\end{pmatrix}"
+
+
+def _mat(*rows):
+    return "\\begin{pmatrix}" + " \\\\ ".join(" & ".join(map(str, r)) for r in rows) + "\\end{pmatrix}"
+
+
+@pytest.mark.parametrize("pred,gold,equal", [
+    (f"{_M} + {_N}", _mat((6, 8), (10, 12)), True), (f"{_M} - {_N}", _mat((-4, -4), (-4, -4)), True),
+    (f"2{_M}", _mat((2, 4), (6, 8)), True), (f"\\frac{{1}}{{2}} {_mat((2, 4), (6, 8))}", _M, True),
+    (f"{_M}{_N}", _mat((19, 22), (43, 50)), True), (f"{_M} \\cdot {_N}", _mat((19, 22), (43, 50)), True),
+    (f"{_M}^2", _mat((7, 10), (15, 22)), True), (f"A + B = {_mat((6, 8), (10, 12))}", _mat((6, 8), (10, 12)), True),
+    (f"\\left({_M}\\right)", _M, True),
+    # not equal: the operation is computed, never dropped; order of a product matters
+    (f"2{_M}", _M, False), (f"{_M} + {_M}", _M, False), (f"{_M} + {_N}", _N, False), (f"{_M} - {_N}", _mat((6, 8), (10, 12)), False),
+    (f"{_N}{_M}", _mat((19, 22), (43, 50)), False), (f"{_M}^2", _M, False), (f"x{_M}", _M, False),
+    # refused (unparseable): a scalar added to a matrix, shapes that do not fit, an inverse
+    (f"{_M} + 1", _M, False), (f"{_M} + \\begin{{pmatrix}}1 \\\\ 2\\end{{pmatrix}}", _M, False), (f"{_M}^{{-1}}", _M, False),
+])
+def test_matrix_arithmetic(pred, gold, equal):
+    assert answers_equal(pred, gold) is equal, compare(pred, gold)
+    assert answers_equal(gold, pred) is equal, compare(gold, pred)
+
+
+@given(st.lists(st.integers(-5, 5), min_size=4, max_size=4), st.lists(st.integers(-5, 5), min_size=4, max_size=4),
+       st.integers(-3, 3))
+@settings(max_examples=60, deadline=None)
+def test_matrix_sums_equal_iff_entries_equal(a, b, k):
+    """k A + B is graded equal to a literal matrix exactly when every entry matches."""
+    A, B = _mat(a[:2], a[2:]), _mat(b[:2], b[2:])
+    right = [k * x + y for x, y in zip(a, b)]
+    assert answers_equal(f"{k}{A} + {B}", _mat(right[:2], right[2:]))
+    wrong = right[:3] + [right[3] + 1]
+    assert not answers_equal(f"{k}{A} + {B}", _mat(wrong[:2], wrong[2:]))
