@@ -109,12 +109,16 @@ _BOX_SEPARATOR_NOISE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}
 
 
 def _side_by_side(between: str) -> bool:
-    """Whether two boxes belong to one answer: between them only punctuation, spacing, `$`, and at
-    most "or"/"and" after up to three short words ("\\boxed{1} papers and \\boxed{2}",
-    "\\boxed{(3, 3)} \\text{ for part (a) and } \\boxed{(1, 1)}"). A sentence, a line break between
+    """Whether two boxes belong to one answer: between them only punctuation, spacing, `$`, a rule
+    of one repeated symbol ("++++++"), and at most "or"/"and" after up to three short words
+    ("\\boxed{1} papers and \\boxed{2}", "\\boxed{(3, 3)} \\text{ for part (a) and } \\boxed{(1, 1)}").
+    A single operator ("\\boxed{2} + \\boxed{3}") is not a separator. A sentence, a line break between
     words, or words without "and"/"or" ("\\boxed{5} no, wait: \\boxed{6}") keep them apart."""
     if len(between) > 80:
         return False
+    between = re.sub(r"(?<!\\)\\$", "", between)  # the first backslash of a doubly escaped \\boxed
+    # a rule of three or more of one symbol ("++++++", "---", "***") is a visual separator, not an operator
+    between = re.sub(r"([+\-=*~_#])\1{2,}", " ", between)
     plain = _BOX_SEPARATOR_NOISE.sub(lambda m: f" {m.group(1)} " if m.group(1) else " ", between)
     return bool(re.fullmatch(r"[\s,;]*(?:(?:[A-Za-z()]{1,12}\s+){0,3}(?:or|and)\b)?[\s,;]*"
                              rf"(?:{_NAME}\s*=\s*)?", plain))  # "... and \( y_2 = \boxed{...}": a labelled part

@@ -486,3 +486,23 @@ def test_matrix_sums_equal_iff_entries_equal(a, b, k):
     assert answers_equal(f"{k}{A} + {B}", _mat(right[:2], right[2:]))
     wrong = right[:3] + [right[3] + 1]
     assert not answers_equal(f"{k}{A} + {B}", _mat(wrong[:2], wrong[2:]))
+
+
+# Boxes separated by a rule of one repeated symbol ("++++++", "---") are side by side, as are doubly
+# escaped boxes (`\\boxed{1}, \\boxed{2}`, whose first backslash used to count as text between them).
+@pytest.mark.parametrize("text,expected", [
+    ("$\\\\boxed{35 cm} ++++++ \\\\boxed{4}$", "35 cm, 4"), ("\\boxed{1} ---- \\boxed{2}", "1, 2"),
+    ("\\\\boxed{1}, \\\\boxed{2}", "1, 2"), ("\\boxed{1} *** \\boxed{2}", "1, 2"),
+    # not separators: a single operator, an equals sign, words in between
+    ("\\boxed{2} + \\boxed{3}", "3"), ("\\boxed{2} ++ \\boxed{3}", "3"), ("\\boxed{2} = \\boxed{3}", "3"),
+    ("\\boxed{5} ---- no wait ---- \\boxed{6}", "6"),
+])
+def test_boxes_separated_by_a_rule(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_boxes_separated_by_a_rule_grade_as_a_list():
+    gold = extract_answer("$\\\\boxed{35 cm} ++++++ \\\\boxed{4}$")
+    assert grade("${35 cm,4}$", gold).correct and grade("\\boxed{4, 35}", gold).correct
+    for wrong in ("\\boxed{4}", "\\boxed{35}", "\\boxed{39}", "\\boxed{35, 5}", "\\boxed{35, 4, 1}"):
+        assert not grade(wrong, gold).correct, wrong
