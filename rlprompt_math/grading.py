@@ -982,7 +982,46 @@ def parse_answer(s: str | None) -> Answer:
         if len(raw) > MAX_ANSWER_CHARS:
             raise ParseError(f"answer longer than {MAX_ANSWER_CHARS} characters")
         raw = _undouble_backslashes(raw)
-        return _text_answer(raw) or _matrix_answer(raw) or _parse_text(_assignment_groups(normalize(raw)).replace(";", ","))
+        try:
+            return _text_answer(raw) or _matrix_answer(raw) or _parse_text(_assignment_groups(normalize(raw)).replace(";", ","))
+        except TooLarge:
+            raise
+        except ParseError:
+            ends = _chain_ends(raw)
+            if ends is None:
+                raise
+            return _parse_text(normalize(ends))
+
+
+# What may not stand between two "=" of a chain whose middle we skip: separators, words, relations,
+# arrows and logical connectives (any of them makes it more than one chain of equal quantities).
+_CHAIN_BREAK = re.compile(r"[,;:&<>|≤≥≠≈∈→⇒⇔]|\\\\|\b(?:or|and|if|then|for|where|when|so|but)\b|\\(?:implies|impliedby|iff|to|"
+                          r"mapsto|gets|mbox|operatorname|q?quad|in|notin|ni|cong|land|lor|wedge|vee|lnot|neg|forall|"
+                          r"exists|begin|end|pm|mp|cup|cap|setminus|text[a-z]*|math[a-z]*)(?![a-zA-Z])"
+                          r"|\\[a-zA-Z]*(?:arrow|eq|sim|equiv|parallel|perp|mid|prec|succ|subset|supset|lt|gt)[a-zA-Z]*")
+
+
+def _chain_ends(raw: str) -> str | None:
+    """`a = b = ... = z` -> `a = z` when a middle side is what failed to parse (`1 = \\zzz = x = 0`).
+    A chain of equalities states its last side (the parser already reads only the first and last
+    sides), so an unknown command in a middle side does not change the answer, provided nothing
+    there breaks the chain: no separator, word, relation, arrow or connective (`x = 1 \\implies y = 2`
+    and `x = 3 \\text{ or } \\zzz = 5` are not chains), and braces balance in every side."""
+    text = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", raw.strip().strip("$").strip()).strip()
+    sides = re.split(r"(?<![<>!\\])=", text)
+    if len(sides) < 3 or not sides[0].strip() or not sides[-1].strip():
+        return None
+    for side in sides:
+        depth = 0
+        for ch in side:
+            depth += {"{": 1, "}": -1}.get(ch, 0)
+            if depth < 0:
+                return None
+        if depth:
+            return None
+    if any(_CHAIN_BREAK.search(side) for side in sides[1:-1]):
+        return None
+    return f"{sides[0]}={sides[-1]}"
 
 
 def _assignment_groups(text: str) -> str:

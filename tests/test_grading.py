@@ -506,3 +506,25 @@ def test_boxes_separated_by_a_rule_grade_as_a_list():
     assert grade("${35 cm,4}$", gold).correct and grade("\\boxed{4, 35}", gold).correct
     for wrong in ("\\boxed{4}", "\\boxed{35}", "\\boxed{39}", "\\boxed{35, 5}", "\\boxed{35, 4, 1}"):
         assert not grade(wrong, gold).correct, wrong
+
+
+# A chain of equalities states its last side; an unknown command in a middle side no longer makes the
+# whole answer unparseable, unless something there breaks the chain (a word, relation, arrow, separator).
+@pytest.mark.parametrize("pred,gold,equal", [
+    ("$1 = \\zzz = x = 0$", "0", True), ("x = \\zzz = 3", "3", True), ("x = \\zzz = 3", "x = 3", True),
+    ("x=\\zzz=y=\\frac{3}{4}", "0.75", True),
+    ("$1 = \\zzz = x = 0$", "1", False), ("$1 = \\zzz = x = 0$", "5", False), ("x = \\zzz = 3", "4", False),
+    ("x = \\zzz = 3", "y = 3", False), ("x = 1 \\implies y = 2", "2", False), ("x = 3 \\text{ or } \\zzz = 5", "5", False),
+    ("a = 2 \\preceq b = 5", "5", False), ("x = 3 \\zzz{or} y = 5", "5", False), ("x = \\zzz", "3", False),
+    ("\\zzz = 3 = 3", "3", False), ("x = \\zzz = \\yyy", "3", False), ("x = \\zzz{1 = 2} = 3", "3", False),
+])
+def test_equality_chain_with_an_unknown_middle(pred, gold, equal):
+    assert answers_equal(pred, gold) is equal, compare(pred, gold)
+    assert answers_equal(gold, pred) is equal, compare(gold, pred)
+
+
+def test_equality_chain_keeps_the_size_guards():
+    started = time.perf_counter()
+    assert not answers_equal("x = \\zzz = 9^{9^{9^{9}}}", "1")
+    assert compare("x = \\zzz = 9^{9^{9^{9}}}", "1").reason.startswith("too large")
+    assert time.perf_counter() - started < 1.0
