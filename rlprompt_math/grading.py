@@ -782,6 +782,7 @@ def _text_answer(raw: str) -> Answer | None:
 _MATRIX = re.compile(r"\\begin\{([pbBvV]?matrix|array)\}(?:\{[lcr| ]*\})?(.*?)\\end\{\1\}", re.S)
 MAX_MATRICES = 10            # matrices in one answer's arithmetic
 MAX_MATRIX_POWER = 8         # M^n: larger n is refused
+MAX_MATRIX_PRODUCTS = 8      # matrix-by-matrix multiplications in one answer
 
 
 def _matrix_cells(body: str) -> tuple:
@@ -797,7 +798,8 @@ def _matrix_answer(raw: str) -> Answer | None:
     (`A + B = \\begin{pmatrix}...`) the last side is the answer. That side is read by the same
     whitelisted parser with each matrix as a placeholder name, and the result is computed by sympy's
     matrix arithmetic: sums, differences, scalar multiples, products in the order written and small
-    powers (`M + N`, `2M`, `\\frac{1}{2}M`, `MN`, `M^2`). Anything else around a matrix (a word, an
+    powers (`M + N`, `2M`, `\\frac{1}{2}M`, `MN`, `M^2`; products of rational matrices only, size-checked
+    before they are computed, at most MAX_MATRIX_PRODUCTS of them). Anything else around a matrix (a word, an
     unknown command, a scalar added to a matrix, a shape mismatch) is refused, never ignored: `2M` is
     not `M`."""
     if not _MATRIX.search(raw):
@@ -843,15 +845,37 @@ def _matrix_answer(raw: str) -> Answer | None:
                                   for i in range(result.rows)))
 
 
-def _matrix_value(expr, values: dict):
+def _matrix_bits(m) -> int:
+    """Bits of the largest numerator or denominator among a matrix's rational entries."""
+    return max((max(int(v.p).bit_length(), int(v.q).bit_length()) for v in m if v.is_Rational), default=1)
+
+
+def _matrix_product(a, b, budget: list):
+    """a * b for a scalar or matrix on each side. A product of two matrices needs rational entries
+    (with variables or irrationals each product doubles the size of the entries' expressions), one
+    unit of `budget` (MAX_MATRIX_PRODUCTS in all) and an estimated result within MAX_RESULT_BITS,
+    checked before it is computed."""
+    if isinstance(a, sympy.MatrixBase) and isinstance(b, sympy.MatrixBase):
+        if not all(v.is_Rational for v in (*a, *b)):
+            raise ParseError("a product of matrices whose entries are not all rational")
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise TooLarge("too many matrix products")
+        if _matrix_bits(a) + _matrix_bits(b) + a.cols.bit_length() > MAX_RESULT_BITS:
+            raise TooLarge("matrix product too large")
+    return a * b
+
+
+def _matrix_value(expr, values: dict, budget: list | None = None):
     """Evaluate a parsed expression over matrix placeholders with sympy matrices (in written order)."""
+    budget = [MAX_MATRIX_PRODUCTS] if budget is None else budget
     if expr in values:
         return values[expr]
     if not expr.has(*values):
         return expr  # a scalar
     try:
         if isinstance(expr, sympy.Add):
-            terms = [_matrix_value(a, values) for a in expr.args]
+            terms = [_matrix_value(a, values, budget) for a in expr.args]
             if not all(isinstance(t, sympy.MatrixBase) for t in terms):
                 raise ParseError("a scalar added to a matrix")
             total = terms[0]
@@ -861,11 +885,14 @@ def _matrix_value(expr, values: dict):
         if isinstance(expr, sympy.Mul):
             product = sympy.Integer(1)
             for factor in expr.args:  # non-commutative placeholders keep the written order
-                product = product * _matrix_value(factor, values)
+                product = _matrix_product(product, _matrix_value(factor, values, budget), budget)
             return product
         if isinstance(expr, sympy.Pow) and expr.base in values and expr.exp.is_Integer \
                 and 0 < expr.exp <= MAX_MATRIX_POWER:
-            return values[expr.base] ** int(expr.exp)
+            power = values[expr.base]
+            for _ in range(int(expr.exp) - 1):
+                power = _matrix_product(power, values[expr.base], budget)
+            return power
     except (sympy.ShapeError, sympy.NonSquareMatrixError) as error:
         raise ParseError(f"matrix shapes: {error}") from error
     raise ParseError("unsupported matrix arithmetic")

@@ -476,6 +476,24 @@ def test_matrix_arithmetic(pred, gold, equal):
     assert answers_equal(gold, pred) is equal, compare(gold, pred)
 
 
+def test_matrix_arithmetic_is_bounded():
+    """Products only of rational matrices, size-checked first, at most 8 in an answer: all refused fast."""
+    big = "\\begin{pmatrix}3^{4000} & 7^{1400} \\\\ 3 & 5^{1000}\\end{pmatrix}"
+    symbolic = "\\begin{pmatrix}(x+1)^{32} & x \\\\ 1 & x^{31}\\end{pmatrix}"
+    irrational = "\\begin{pmatrix}\\sqrt{2}+\\pi & \\sqrt{3} \\\\ \\pi^2 & \\sqrt{5}+1\\end{pmatrix}"
+    for text, reason in [(f"{big}^8", "too large"), (f"{_M}^8{_M}^8", "too large"), (f"{_M}^{{9}}", "unparseable"),
+                         (f"{symbolic}^8", "unparseable"), (f"{irrational}^8", "unparseable"),
+                         (f"{symbolic}{symbolic}", "unparseable")]:
+        started = time.perf_counter()
+        result = compare(text, _M)
+        assert not result.correct and result.reason.startswith(reason), (text, result)
+        assert time.perf_counter() - started < 1.0
+    # sums and scalar multiples of symbolic or irrational matrices are still computed
+    assert answers_equal(f"2{symbolic} - {symbolic}", symbolic)
+    assert answers_equal(f"\\sqrt{{2}}{irrational} - \\sqrt{{2}}{irrational}", _mat((0, 0), (0, 0)))
+    assert not answers_equal(f"2{symbolic}", symbolic)
+
+
 @given(st.lists(st.integers(-5, 5), min_size=4, max_size=4), st.lists(st.integers(-5, 5), min_size=4, max_size=4),
        st.integers(-3, 3))
 @settings(max_examples=60, deadline=None)
