@@ -832,6 +832,8 @@ def _matrix_answer(raw: str) -> Answer | None:
         rest = "(" + rest[1:-1] + ")"  # \\left[ M \\right]
     if rest.strip() == f"{letter}_0" or rest.strip() == f"({letter}_0)":
         return Answer("matrix", _matrix_cells(matches[0].group(2)))
+    if any(m.group(1) in ("vmatrix", "Vmatrix") for m in matches):
+        raise ParseError("arithmetic on a determinant or norm (vmatrix) is not matrix arithmetic")
     values = {}
     for match, (name, symbol) in zip(matches, names.items()):
         cells = _matrix_cells(match.group(2))

@@ -469,6 +469,7 @@ def _mat(*rows):
     (f"2{_M}", _M, False), (f"{_M} + {_M}", _M, False), (f"{_M} + {_N}", _N, False), (f"{_M} - {_N}", _mat((6, 8), (10, 12)), False),
     (f"{_N}{_M}", _mat((19, 22), (43, 50)), False), (f"{_M}^2", _M, False), (f"x{_M}", _M, False),
     # refused (unparseable): a scalar added to a matrix, shapes that do not fit, an inverse
+    (f"2\\begin{{vmatrix}}1 & 2 \\\\ 3 & 4\\end{{vmatrix}}", _mat((2, 4), (6, 8)), False),  # a determinant, not a matrix
     (f"{_M} + 1", _M, False), (f"{_M} + \\begin{{pmatrix}}1 \\\\ 2\\end{{pmatrix}}", _M, False), (f"{_M}^{{-1}}", _M, False),
 ])
 def test_matrix_arithmetic(pred, gold, equal):
