@@ -211,6 +211,11 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", problems: Seq
     train_llm = llm if llm is not None else FrozenLLM.load(**vars(config.engine))
     policy, vocab, _ = load_policy(run_dir / f"policy_{checkpoint}.safetensors", train_llm)
     target = train_llm
+    if model and policy.kind == "soft":
+        from .checkpoint import CheckpointError
+
+        raise CheckpointError(f"{run_dir} holds a soft prompt: embeddings in {train_llm.name}'s input space, which "
+                              "do not transfer to another model (PEZ and the other agents write text prompts)")
     if model:
         target = FrozenLLM.load(**{**vars(config.engine), "model": model})
         if policy.uses_observation:
