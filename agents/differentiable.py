@@ -8,7 +8,7 @@ Each step:
   3. backward: only the route's own tensors get gradients (the LLM's weights have
      `requires_grad=False` and no optimizer holds them); a missing or non-finite gradient stops the
      run with a message (a prompt the gradient never reached is the seed project's bug);
-  4. clip the gradient norm (`max_grad_norm`) and take an Adam step (`grad_lr`).
+  4. clip the gradient norm (`max_grad_norm`) and take an Adam step (`grad_lr`; gumbel: `gumbel_lr`).
 Every `eval_every` steps the route's prompt is scored by greedy generation on the validation
 questions through the oracle (`env.score`, the path every agent and the evaluation use); the best is
 kept as `policy_best.safetensors`. Every `checkpoint_every` steps the trained tensors, the optimizer
@@ -106,6 +106,9 @@ class DifferentiableAgent:
         losses, extra = self.losses(batch)
         loss = losses.mean()
         _check_finite("loss", loss, where)
+        if not loss.requires_grad:
+            raise RuntimeError(f"no gradient reached the prompt at {where}: the loss does not depend on any trained "
+                               "tensor (the graph from the prompt to the loss is cut)")
         self.optimizer.zero_grad()
         loss.backward()
         self.forward_passes += len(batch)

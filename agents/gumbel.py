@@ -45,7 +45,7 @@ class GumbelAgent(DifferentiableAgent):
         with torch.no_grad():
             bias[:, self.empty] = NEVER
         self.parameters = list(policy.parameters())
-        self.optimizer = torch.optim.Adam(self.parameters, lr=gradient.grad_lr)
+        self.optimizer = torch.optim.Adam(self.parameters, lr=gradient.gumbel_lr)
         self._last_actions: torch.Tensor | None = None
 
     def losses(self, problems):

@@ -194,8 +194,10 @@ class GradientConfig:
     --batch-size (questions per step), --max-grad-norm, --eval-every and --checkpoint-every."""
 
     grad_lr: float = 0.01
-    """Adam learning rate of the differentiable routes (soft-prompt and pez: the prompt embeddings;
-    gumbel: the policy's parameters)."""
+    """Adam learning rate of the prompt embeddings (--agent soft-prompt and pez)."""
+    gumbel_lr: float = 1e-3
+    """Adam learning rate of the policy's parameters (--agent gumbel). Larger steps saturate the Refiner's
+    softmax within a step or two (its logits sum over the hidden layer), after which no gradient flows."""
     soft_init: str = opt("text", choices=SOFT_INITS)
     """How soft-prompt and pez prompts start: text (the embeddings of --init-text, one slot per token)
     or random (--prompt-length random rows of the action vocabulary)."""
@@ -207,8 +209,8 @@ class GradientConfig:
     """Gumbel-softmax temperature at the last step (annealed geometrically from --gumbel-temperature)."""
 
     def validate(self):
-        if self.grad_lr <= 0:
-            raise ConfigError("--grad-lr must be > 0")
+        if self.grad_lr <= 0 or self.gumbel_lr <= 0:
+            raise ConfigError("--grad-lr and --gumbel-lr must be > 0")
         if self.soft_init not in SOFT_INITS:
             raise ConfigError(f"soft init must be one of {SOFT_INITS}")
         if self.soft_init == "text" and not self.init_text.strip():

@@ -90,11 +90,11 @@ POLICY_FLAGS = {  # reinforce only: the policy it trains
 }
 FIXED_FLAGS = {"fixed_prompt": ("Be exact.", lambda b: b.agent.policy.text == "Be exact.")}
 # The differentiable routes (soft-prompt, pez, gumbel): `--soft-init random` starts from --prompt-length rows.
-GRADIENT_VALUES = {"grad_lr": 0.05, "soft_init": "random", "init_text": "Be exact.", "gumbel_temperature": 2.0,
+GRADIENT_VALUES = {"grad_lr": 0.05, "gumbel_lr": 0.002, "soft_init": "random", "init_text": "Be exact.", "gumbel_temperature": 2.0,
                    "gumbel_temperature_end": 0.5}
 GRADIENT_CHECKS = {"soft-prompt": lambda b: tuple(b.agent.policy.embeddings.shape) == (3, b.llm.hidden_size),
                    "pez": lambda b: len(b.agent.actions()) == 3 and b.agent.optimizer.param_groups[0]["lr"] == 0.05,
-                   "gumbel": lambda b: b.agent.optimizer.param_groups[0]["lr"] == 0.05}
+                   "gumbel": lambda b: b.agent.optimizer.param_groups[0]["lr"] == 0.002}
 ALGORITHM_VALUES = {"steps": 3, "batch_size": 2, "prompts_per_question": 3, "lr": 0.05, "baseline": "batch_mean",
                     "moving_average_decay": 0.5, "normalize_rewards": True, "entropy_coef": 0.02,
                     "entropy_schedule": "cosine", "max_grad_norm": 0.5, "temperature": 0.7, "top_k": 5,
