@@ -225,6 +225,9 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", problems: Seq
     decoding = decoding_from(config.oracle, max_new_tokens)
     report = compare_systems(target, RewardMix(list(config.oracle.rewards), llm=target), problems, systems, decoding,
                              progress=progress)
+    if policy.kind == "soft":  # its prompt "text" is a marker; say what it is closest to
+        report["systems"]["learned policy"]["soft_prompt_reading"] = policy.reading()
+        log(f"soft prompt {systems['learned policy'][0]}: nearest tokens {policy.reading()!r}")
     out = Path(output) if output else run_dir / (f"eval-{split}" + (f"-{Path(model).name}" if model else ""))
     report["_paths"] = write_report(report, problems, out)
     return report

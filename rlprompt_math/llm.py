@@ -1,9 +1,12 @@
 """The frozen LLM: the reward oracle's engine.
 
 `FrozenLLM` wraps a Hugging Face causal LM and its tokenizer. It never trains: the weights are in
-eval mode with `requires_grad=False`, every call runs under `torch.inference_mode()`, and nothing
-here hands parameters to an optimizer. Policies read the token-embedding matrix and the
-hidden-state features; environments call `render`, `generate` and `answer_logprobs`.
+eval mode with `requires_grad=False`, the oracle's calls run under `torch.inference_mode()`, and
+nothing here hands parameters to an optimizer. Policies read the token-embedding matrix and the
+hidden-state features; environments call `render`, `generate` and `answer_logprobs`. The
+differentiable routes call `prompt_loss`, the one call with a graph: its gradient reaches the
+prompt embeddings it is given, never the weights. Soft prompts (embeddings instead of tokens) are
+registered with `soft_prompt_text` and then used as any prompt text (see SOFT_PROMPT_MARK).
 
 Loading (`FrozenLLM.load`):
   * `None`                 -> the embedded default, SmolLM2-135M-Instruct, from the GGUF file that

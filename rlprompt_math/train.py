@@ -132,7 +132,8 @@ def build(config: RunConfig, *, llm: FrozenLLM | None = None, splits: dict[str, 
             raise TrainError(f"{run_path} has no checkpoint (state_last.safetensors) to resume from")
         resume_step = load_state(state_path)[1]["step"]
     else:
-        name = config.name or f"{config.agent}-{config.policy.policy}-s{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        policy = "" if config.agent in ("soft-prompt", "pez") else f"-{config.policy.policy}"  # they have none
+        name = config.name or f"{config.agent}{policy}-s{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_path = Path(config.output_dir) / name
         if (run_path / "state_last.safetensors").exists():
             raise TrainError(f"{run_path} already holds a run; use --resume {run_path} or another --name")
