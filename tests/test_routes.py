@@ -244,3 +244,35 @@ def test_resume_is_exact(tiny_model_dir, tiny_llm, tmp_path, agent_name):
 def _metrics(run):
     with open(run / "metrics.csv", newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def test_gumbel_forward_is_the_hard_choice_and_pez_stays_in_the_action_vocabulary(tiny_llm, batch, monkeypatch):
+    seen = []
+    real = type(tiny_llm).prompt_loss
+    monkeypatch.setattr(type(tiny_llm), "prompt_loss",
+                        lambda self, prompt, *args, **kw: seen.append(prompt) or real(self, prompt, *args, **kw))
+    gumbel = _agent(tiny_llm, batch, "gumbel", action_vocab="words")
+    gumbel.update()
+    assert not gumbel.empty[gumbel._last_actions].any()  # the "no token" action is never chosen
+    assert torch.allclose(seen[-1], gumbel.rows[gumbel._last_actions], atol=1e-6)  # real token rows forward
+    assert seen[-1].requires_grad
+    pez = _agent(tiny_llm, batch, "pez", action_vocab="words")
+    projected = pez.actions()
+    pez.update()
+    vocab = pez.env.vocab
+    assert all(vocab.token_ids[a] != -1 for a in projected)  # projected onto real action-vocabulary tokens
+    table = tiny_llm.token_embeddings()
+    assert torch.equal(seen[-1].detach(), table[[vocab.token_ids[a] for a in projected]])  # loss at the projection
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"agent": "gumbel", "policy": "autoregressive"}, "unconditioned or refiner"),
+    ({"agent": "soft-prompt", "grad_lr": 0.0}, "--grad-lr"),
+    ({"agent": "pez", "init_text": " "}, "--init-text is empty"),
+    ({"agent": "gumbel", "gumbel_temperature_end": 0.0}, "temperatures must be > 0"),
+])
+def test_settings_the_routes_refuse(settings, message):
+    from rlprompt_math.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        RunConfig.from_flat(settings).validate()
