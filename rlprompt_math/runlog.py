@@ -11,7 +11,8 @@ import numpy as np
 import yaml
 
 METRIC_FIELDS = ["step", "reward", "accuracy", "val_accuracy", "entropy", "entropy_coef", "loss", "grad_norm",
-                 "oracle_pairs", "wall_s", "sample_prompt"]
+                 "oracle_pairs", "wall_s", "sample_prompt", "temperature", "forward_passes", "backward_passes",
+                 "step_s"]
 
 
 class RunDir:
@@ -95,6 +96,8 @@ class RunDir:
         window = max(1, min(10, len(rows) // 4))
         for key, label, color in (("reward", "train reward", "tab:blue"),
                                   ("accuracy", "train accuracy (sampled prompts)", "tab:orange")):
+            if not all(r.get(key) for r in rows):
+                continue  # not logged by this agent (the differentiable routes do not decode in training)
             values = np.array([float(r[key]) for r in rows])
             ax.plot(steps, values, color=color, alpha=0.25, linewidth=1)
             # A moving average: single steps are too noisy (a few questions each) to read a trend.

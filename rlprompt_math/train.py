@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from .checkpoint import CheckpointError, load_state
-from .config import ConfigError, RunConfig, saved_config
+from .config import GRADIENT_AGENTS, ConfigError, RunConfig, saved_config
 from .data import DataError, Problem, problems_from_config, write_split_manifest
 from .llm import FrozenLLM, ModelLoadError
 from .oracle import decoding_from
@@ -91,7 +91,7 @@ def make_env(config: RunConfig, llm: FrozenLLM, problems: list[Problem]):
 def make_agent(config: RunConfig, env, *, llm: FrozenLLM, run: RunDir | None = None,
                val_problems=(), probe_problems=()) -> tuple[object, str | None]:
     """(agent, the untrained policy's greedy prompt on `probe_problems[0]` or None)."""
-    from .agents import FixedPromptAgent, RandomSearchAgent, ReinforceAgent
+    from .agents import FixedPromptAgent, GumbelAgent, PezAgent, RandomSearchAgent, ReinforceAgent, SoftPromptAgent
     from .evaluation import policy_prompts
     from .policies import build_policy
 
@@ -99,11 +99,21 @@ def make_agent(config: RunConfig, env, *, llm: FrozenLLM, run: RunDir | None = N
         return RandomSearchAgent(env, config.algorithm, run=run, val_problems=val_problems, llm=llm), None
     if config.agent == "fixed":
         return FixedPromptAgent(env, config.policy.fixed_prompt, run=run, val_problems=val_problems, llm=llm), None
+    routes = {"soft-prompt": SoftPromptAgent, "pez": PezAgent}
+    if config.agent in routes:
+        agent = routes[config.agent](env, config.algorithm, config.gradient, run=run, val_problems=val_problems,
+                                     llm=llm)
+        return agent, agent.describe()
     # The policy's prompt length and vocabulary are the env's: one route (the agent checks they agree).
     policy = build_policy(config.policy.policy, llm=llm, vocab=env.vocab, prompt_length=env.prompt_length,
                           hidden_size=config.policy.hidden_size)
+    if config.agent == "gumbel":
+        agent = GumbelAgent(env, policy, config.algorithm, config.gradient, run=run, val_problems=val_problems,
+                            llm=llm)
+    else:
+        agent = ReinforceAgent(env, policy, config.algorithm, run=run, val_problems=val_problems, llm=llm)
     initial = policy_prompts(policy, env.vocab, list(probe_problems)[:1], llm)[0] if probe_problems else None
-    return ReinforceAgent(env, policy, config.algorithm, run=run, val_problems=val_problems, llm=llm), initial
+    return agent, initial
 
 
 def build(config: RunConfig, *, llm: FrozenLLM | None = None, splits: dict[str, list[Problem]] | None = None,
@@ -122,7 +132,8 @@ def build(config: RunConfig, *, llm: FrozenLLM | None = None, splits: dict[str, 
             raise TrainError(f"{run_path} has no checkpoint (state_last.safetensors) to resume from")
         resume_step = load_state(state_path)[1]["step"]
     else:
-        name = config.name or f"{config.agent}-{config.policy.policy}-s{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        policy = "" if config.agent in ("soft-prompt", "pez") else f"-{config.policy.policy}"  # they have none
+        name = config.name or f"{config.agent}{policy}-s{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_path = Path(config.output_dir) / name
         if (run_path / "state_last.safetensors").exists():
             raise TrainError(f"{run_path} already holds a run; use --resume {run_path} or another --name")
@@ -172,7 +183,12 @@ def train(config: RunConfig, *, llm: FrozenLLM | None = None, splits: dict[str, 
     built.run.plot_learning_curve()
     built.run.close()
     log(f"trained: {summary['steps']} steps, {summary['oracle_pairs']} oracle pairs, "
-        f"{summary['wall_s']:.0f} s; best validation accuracy {summary['best_val_accuracy']:.1%}")
+        + (f"{summary['forward_passes']} forward and {summary['backward_passes']} backward LLM rows, "
+           if config.agent in GRADIENT_AGENTS else "")
+        + f"{summary['wall_s']:.0f} s; best validation accuracy {summary['best_val_accuracy']:.1%}")
+    if "last_prompt" in summary:
+        log(f"the last prompt{' (nearest tokens)' if config.agent == 'soft-prompt' else ''}: "
+            f"{summary['last_prompt']!r}")
     if built.initial_prompt is not None:
         summary["initial_prompt"] = built.initial_prompt
         log(f"the untrained policy's greedy prompt: {built.initial_prompt!r}")

@@ -20,7 +20,8 @@ CORPUS = [
 ]
 
 
-def build_tiny_model(path, *, seed: int = 0, vocab_size: int = 400, hidden_size: int = 32):
+def build_tiny_model(path, *, seed: int = 0, vocab_size: int = 400, hidden_size: int = 32,
+                     initializer_range: float = 0.3):
     """Save a tiny random Llama and a byte-level BPE tokenizer (no download) under `path`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -40,7 +41,7 @@ def build_tiny_model(path, *, seed: int = 0, vocab_size: int = 400, hidden_size:
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=64,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, initializer_range=0.3,
+                         max_position_embeddings=512, initializer_range=initializer_range,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
     LlamaForCausalLM(config).save_pretrained(path)

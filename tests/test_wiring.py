@@ -17,6 +17,7 @@ from rlprompt_math.cli import train as train_command
 from rlprompt_math.config import (
     AGENTS,
     BASELINES,
+    GRADIENT_AGENTS,
     ENTROPY_SCHEDULES,
     POLICY_KINDS,
     RunConfig,
@@ -88,6 +89,12 @@ POLICY_FLAGS = {  # reinforce only: the policy it trains
     "hidden_size": ("16", lambda b: b.agent.policy.hidden_size == 16),
 }
 FIXED_FLAGS = {"fixed_prompt": ("Be exact.", lambda b: b.agent.policy.text == "Be exact.")}
+# The differentiable routes (soft-prompt, pez, gumbel): `--soft-init random` starts from --prompt-length rows.
+GRADIENT_VALUES = {"grad_lr": 0.05, "gumbel_lr": 0.002, "soft_init": "random", "init_text": "Be exact.", "gumbel_temperature": 2.0,
+                   "gumbel_temperature_end": 0.5}
+GRADIENT_CHECKS = {"soft-prompt": lambda b: tuple(b.agent.policy.embeddings.shape) == (3, b.llm.hidden_size),
+                   "pez": lambda b: len(b.agent.actions()) == 3 and b.agent.optimizer.param_groups[0]["lr"] == 0.05,
+                   "gumbel": lambda b: b.agent.optimizer.param_groups[0]["lr"] == 0.002}
 ALGORITHM_VALUES = {"steps": 3, "batch_size": 2, "prompts_per_question": 3, "lr": 0.05, "baseline": "batch_mean",
                     "moving_average_decay": 0.5, "normalize_rewards": True, "entropy_coef": 0.02,
                     "entropy_schedule": "cosine", "max_grad_norm": 0.5, "temperature": 0.7, "top_k": 5,
@@ -108,7 +115,8 @@ def _flag(name, value):
 @pytest.mark.parametrize("agent", AGENTS)
 def test_every_flag_reaches_the_object_it_configures(agent, tiny_model_dir, tmp_path, monkeypatch):
     algorithm = {f.name for f in dataclasses.fields(RunConfig().algorithm) if f.metadata.get("cli", True)}
-    covered = set(NON_DEFAULT) | set(POLICY_FLAGS) | set(FIXED_FLAGS) | set(ALGORITHM_VALUES) | ELSEWHERE
+    covered = (set(NON_DEFAULT) | set(POLICY_FLAGS) | set(FIXED_FLAGS) | set(ALGORITHM_VALUES) | set(GRADIENT_VALUES)
+               | ELSEWHERE)
     assert covered == set(flat_field_names()) and set(ALGORITHM_VALUES) == algorithm  # a new flag needs a check
 
     captured, real_build = {}, training.build
@@ -121,12 +129,12 @@ def test_every_flag_reaches_the_object_it_configures(agent, tiny_model_dir, tmp_
         raise Built
 
     monkeypatch.setattr(training, "build", build_and_stop)
-    flags = {**NON_DEFAULT, **(POLICY_FLAGS if agent == "reinforce" else {}),
+    flags = {**NON_DEFAULT, **(POLICY_FLAGS if agent in ("reinforce", "gumbel") else {}),
              **(FIXED_FLAGS if agent == "fixed" else {})}
     args = ["--agent", agent, "--model", str(tiny_model_dir), "--output-dir", str(tmp_path), "--quiet"]
     for name, (value, _) in flags.items():
         args += _flag(name, value)
-    for name, value in ALGORITHM_VALUES.items():
+    for name, value in {**ALGORITHM_VALUES, **GRADIENT_VALUES}.items():
         args += _flag(name, None if value is True else str(value))
     result = CliRunner().invoke(main, args)
     assert isinstance(result.exception, Built), result.output
@@ -137,6 +145,10 @@ def test_every_flag_reaches_the_object_it_configures(agent, tiny_model_dir, tmp_
     if agent != "fixed":  # random search spends the same budget and picks finalists the same way
         for name, value in ALGORITHM_VALUES.items():
             assert getattr(built.agent.config, name) == value, name
+    if agent in GRADIENT_AGENTS:
+        for name, value in GRADIENT_VALUES.items():
+            assert getattr(built.agent.gradient, name) == value, name
+        assert GRADIENT_CHECKS[agent](built)
     saved = built.run.read_config()
     assert set(saved) == set(flat_field_names()) - {"quiet"}
     assert RunConfig.from_flat(saved).to_flat() == {**built.config.to_flat(), "quiet": False}
