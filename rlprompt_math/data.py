@@ -322,12 +322,26 @@ def problem_stream(seed: int = 0, *, kinds: Sequence[str] | None = None,
                       {"kind": kind, "difficulty": level})
 
 
+MAX_DUPLICATES_IN_A_ROW = 10_000
+
+
 def generate_problems(n: int, seed: int = 0, *, kinds=None, difficulty=1, unique: bool = True) -> list[Problem]:
-    """`n` generated problems (distinct questions when `unique`), reproducible from `seed`."""
-    out, seen = [], set()
+    """`n` generated problems (distinct questions when `unique`), reproducible from `seed`.
+
+    A small problem space (one kind at difficulty 1 has a few hundred distinct questions) cannot give
+    `n` distinct ones: after MAX_DUPLICATES_IN_A_ROW repeats in a row this stops with a DataError
+    that says how many it found, rather than drawing for ever.
+    """
+    out, seen, repeats = [], set(), 0
     for problem in problem_stream(seed, kinds=kinds, difficulty=difficulty):
         if unique and problem.id in seen:
+            repeats += 1
+            if repeats >= MAX_DUPLICATES_IN_A_ROW:
+                raise DataError(f"the generator found only {len(out)} distinct problems for kinds {kinds or 'all'} "
+                                f"at difficulty {difficulty} ({n} asked); ask for fewer (--num-problems) "
+                                "or add kinds or difficulty levels")
             continue
+        repeats = 0
         seen.add(problem.id)
         out.append(problem)
         if len(out) >= n:

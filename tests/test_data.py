@@ -126,3 +126,12 @@ def test_splits_disjoint_deterministic_and_order_free():
     again = split_problems(list(reversed(problems)), seed=7)
     assert {k: {p.id for p in v} for k, v in again.items()} == dict(zip(splits, ids))
     assert split_problems(problems, seed=8)["test"] != splits["test"]
+
+
+def test_generator_stops_with_a_clear_error_when_the_problem_space_is_too_small():
+    # Difficulty-1 arithmetic has about a thousand distinct questions; asking for more used to hang.
+    from rlprompt_math.data import DataError, generate_problems
+
+    with pytest.raises(DataError, match="distinct problems"):
+        generate_problems(5000, seed=0, kinds=["arithmetic"], difficulty=1)
+    assert len(generate_problems(500, seed=0, kinds=["arithmetic"], difficulty=1)) == 500
