@@ -135,7 +135,8 @@ class ReinforceAgent:
         self.env, self.policy, self.config, self.run = env, policy, config, run
         self.val_problems = list(val_problems or [])
         self.llm = llm if llm is not None else getattr(env, "llm", None)
-        self.optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
+        optimizer = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[config.optimizer]
+        self.optimizer = optimizer(policy.parameters(), lr=config.lr)
         self.value_head = None
         if config.baseline == "learned":
             dim = env.observe(env.problems[:1]).shape[1]

@@ -26,6 +26,7 @@ SOFT_INITS = ("text", "random")
 POLICY_KINDS = ("unconditioned", "refiner", "autoregressive")
 BASELINES = ("none", "moving_average", "batch_mean", "rloo", "learned")
 ENTROPY_SCHEDULES = ("constant", "linear", "cosine")
+OPTIMIZERS = ("adam", "sgd")
 DATA_FORMATS = ("auto", "gsm8k", "openmath", "math", "fields")
 
 # The hand-written reference prompts that every comparison includes (training's final comparison,
@@ -144,7 +145,11 @@ class ReinforceConfig:
     prompts_per_question: int = 8
     """K prompts sampled per question (RLOO needs K >= 2)."""
     lr: float = 1.0
-    """Policy learning rate (Adam)."""
+    """Policy learning rate (of --optimizer)."""
+    optimizer: str = opt("adam", choices=OPTIMIZERS)
+    """Policy optimizer. sgd: each logit moves by lr x its summed advantage, so evidence adds up and
+    noise averages out (a gradient bandit); adam rescales every logit's step to about lr, however
+    little evidence it has seen."""
     baseline: str = opt("rloo", choices=BASELINES)
     """REINFORCE baseline."""
     moving_average_decay: float = 0.9
@@ -185,6 +190,8 @@ class ReinforceConfig:
             raise ConfigError("per-question normalisation needs --prompts-per-question >= 2")
         if self.finalists < 0:
             raise ConfigError("--finalists must be >= 0 (0: off)")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}")
 
 
 @dataclass

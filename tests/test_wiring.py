@@ -98,7 +98,8 @@ GRADIENT_CHECKS = {"soft-prompt": lambda b: tuple(b.agent.policy.embeddings.shap
 ALGORITHM_VALUES = {"steps": 3, "batch_size": 2, "prompts_per_question": 3, "lr": 0.05, "baseline": "batch_mean",
                     "moving_average_decay": 0.5, "normalize_rewards": True, "entropy_coef": 0.02,
                     "entropy_schedule": "cosine", "max_grad_norm": 0.5, "temperature": 0.7, "top_k": 5,
-                    "value_lr": 0.01, "eval_every": 2, "checkpoint_every": 2, "finalists": 2}
+                    "value_lr": 0.01, "eval_every": 2, "checkpoint_every": 2, "finalists": 2,
+                    "optimizer": "sgd"}
 # Checked elsewhere: the engine fields need other models or CUDA, the data-file fields a dataset file
 # (test_data, test_cli); resume in test_cli; output_dir is the parent of `name` (checked below).
 ELSEWHERE = {"model", "load_in_8bit", "dataset", "fmt", "question_field", "answer_field", "hub_split",
@@ -145,6 +146,8 @@ def test_every_flag_reaches_the_object_it_configures(agent, tiny_model_dir, tmp_
     if agent != "fixed":  # random search spends the same budget and picks finalists the same way
         for name, value in ALGORITHM_VALUES.items():
             assert getattr(built.agent.config, name) == value, name
+    if agent == "reinforce":
+        assert type(built.agent.optimizer).__name__ == "SGD" and built.agent.optimizer.param_groups[0]["lr"] == 0.05
     if agent in GRADIENT_AGENTS:
         for name, value in GRADIENT_VALUES.items():
             assert getattr(built.agent.gradient, name) == value, name

@@ -1,0 +1,166 @@
+"""Can the learner find a better prompt when there is one? REINFORCE on a simulated oracle.
+
+    python bench/synthetic_learning.py                       # both landscapes, every learner, 5 seeds
+    python bench/synthetic_learning.py --seeds 10 --steps 60
+
+A real oracle call costs a quarter of a second on the development machine, so a learner's settings
+cannot be compared on it with many seeds. Here the oracle is simulated with the shape measured by
+`bench/headroom.py` on the real one: 8 slots over 107 actions; each question has its own difficulty
+(most questions always or never solved, whatever the prompt); a prompt shifts every question's
+log-odds by an additive part (a value per slot and token) plus a prompt-specific part that no
+per-slot policy can represent. The reward of a pair is its 0/1 answer. A learner's result is the
+*exact* accuracy of its greedy prompt on 400 held-out simulated questions (no evaluation noise).
+
+Landscapes (`--landscape`):
+  flat      between-prompt spread of the default task (true sd of random prompts' accuracy ~2 points)
+  headroom  the same questions, with prompt effects large enough that the best prompt is far ahead
+
+Learners: the default REINFORCE settings (Adam, lr 1.0), REINFORCE with plain SGD (a gradient bandit:
+evidence adds up, noise averages out), and random search at the same budget (the best sampled
+prompt by mean training reward).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rlprompt_math.config import ReinforceConfig  # noqa: E402
+from rlprompt_math.data import Problem  # noqa: E402
+
+SLOTS, ACTIONS = 8, 107
+
+
+class Vocab:
+    def __len__(self):
+        return ACTIONS
+
+    def decode(self, actions):
+        return " ".join(map(str, actions))
+
+
+class SimulatedOracle:
+    """The env interface the agents use (problems, vocab, prompt_length, observe, score)."""
+
+    def __init__(self, landscape: str, seed: int):
+        rng = np.random.default_rng(seed)
+        self.vocab, self.prompt_length = Vocab(), SLOTS
+        # Question log-odds: bimodal like the real questions (most always or never solved).
+        self.train_logit = rng.normal(-2.5, 3.0, 1600)
+        self.test_logit = rng.normal(-2.5, 3.0, 400)
+        scale = {"flat": 0.05, "headroom": 0.25}[landscape]
+        self.slot_effect = rng.normal(0, scale, (SLOTS, ACTIONS))
+        self.prompt_sd = {"flat": 0.15, "headroom": 0.15}[landscape]
+        self.problems = [Problem(str(i), f"q{i}", "0") for i in range(len(self.train_logit))]
+        self.rng = np.random.default_rng(seed + 1)
+        self.noise_seed = seed
+
+    def _effect(self, actions) -> float:
+        actions = tuple(int(a) for a in actions)
+        specific = np.random.default_rng([self.noise_seed, *actions]).normal(0, self.prompt_sd)
+        return float(self.slot_effect[np.arange(SLOTS), list(actions)].sum() + specific)
+
+    def accuracy(self, actions) -> float:
+        """Exact held-out accuracy of one prompt."""
+        return float(np.mean(1 / (1 + np.exp(-(self.test_logit + self._effect(actions))))))
+
+    def observe(self, problems):
+        return np.ones((len(problems), 4), np.float32)
+
+    def score(self, problems, actions, prompts=None, batch_label=""):
+        if actions is None:
+            actions = [[int(x) for x in p.split()] for p in prompts]
+        p = [1 / (1 + math.exp(-(self.train_logit[int(q.id)] + self._effect(a)))) for q, a in zip(problems, actions)]
+        correct = self.rng.random(len(p)) < np.array(p)
+        infos = [{"correct": bool(c), "prompt": self.vocab.decode(a)} for c, a in zip(correct, actions)]
+        return correct.astype(float), infos
+
+
+def run_reinforce(oracle, config: ReinforceConfig) -> dict:
+    from rlprompt_math.agents import ReinforceAgent
+    from rlprompt_math.policies import Unconditioned
+
+    torch.manual_seed(config.seed)
+    policy = Unconditioned(SLOTS, ACTIONS)
+    agent = ReinforceAgent(oracle, policy, config)
+    for _ in range(config.steps):
+        metrics = agent.update()
+        agent.step += 1
+    greedy = policy.greedy(torch.zeros(1, 1))[0].tolist()
+    return {"accuracy": oracle.accuracy(greedy), "entropy": metrics["entropy"]}
+
+
+def run_random_search(oracle, steps: int, k: int, m: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    best, best_reward = None, -1.0
+    for _ in range(steps):
+        idx = rng.choice(len(oracle.problems), m, replace=False)
+        for _ in range(k):
+            actions = rng.integers(0, ACTIONS, SLOTS)
+            rewards, _ = oracle.score([oracle.problems[i] for i in idx], [actions] * m)
+            if rewards.mean() > best_reward:
+                best, best_reward = actions, rewards.mean()
+    return {"accuracy": oracle.accuracy(best)}
+
+
+@click.command()
+@click.option("--seeds", default=5, show_default=True)
+@click.option("--steps", default=30, show_default=True, help="Steps of K prompts x M questions (the default run's).")
+@click.option("--landscape", "landscapes", multiple=True, default=("flat", "headroom"), show_default=True)
+@click.option("--out", default=None, help="Write the per-seed results as JSON here.")
+def main(seeds, steps, landscapes, out):
+    torch.set_num_threads(1)
+    defaults = ReinforceConfig()
+    k, m = defaults.prompts_per_question, defaults.batch_size
+    learners = {
+        "REINFORCE, Adam lr 1.0 (default)": dict(optimizer="adam", lr=1.0),
+        "REINFORCE, Adam lr 0.1": dict(optimizer="adam", lr=0.1),
+        "REINFORCE, SGD lr 1": dict(optimizer="sgd", lr=1.0, max_grad_norm=1e9),
+        "REINFORCE, SGD lr 3": dict(optimizer="sgd", lr=3.0, max_grad_norm=1e9),
+        "REINFORCE, SGD lr 3, z-scored": dict(optimizer="sgd", lr=3.0, max_grad_norm=1e9, normalize_rewards=True),
+    }
+    results = {}
+    for landscape in landscapes:
+        rows = {}
+        for seed in range(seeds):
+            oracle = SimulatedOracle(landscape, seed)
+            rng = np.random.default_rng(seed + 99)
+            randoms = [oracle.accuracy(rng.integers(0, ACTIONS, SLOTS)) for _ in range(2000)]
+            rows.setdefault("random prompt (mean; sd)", []).append({"accuracy": float(np.mean(randoms)),
+                                                                    "sd": float(np.std(randoms))})
+            best_additive = oracle.slot_effect.argmax(1)  # the best per-slot choice (what a policy can reach)
+            rows.setdefault("best additive prompt", []).append({"accuracy": oracle.accuracy(best_additive)})
+            for name, change in learners.items():
+                config = ReinforceConfig(steps=steps, seed=seed, **change)
+                rows.setdefault(name, []).append(run_reinforce(SimulatedOracle(landscape, seed), config))
+            rows.setdefault("random search, same budget", []).append(
+                run_random_search(SimulatedOracle(landscape, seed), steps, k, m, seed))
+        results[landscape] = rows
+        print(f"\n## landscape {landscape}: {seeds} seeds, {steps} steps x {k} prompts x {m} questions "
+              f"= {steps * k * m} simulated oracle pairs")
+        print("| learner | held-out accuracy of the kept prompt, mean ± sd | per seed | entropy at the end |")
+        print("| --- | --- | --- | --- |")
+        for name, runs in rows.items():
+            acc = np.array([r["accuracy"] for r in runs]) * 100
+            ent = [r["entropy"] for r in runs if "entropy" in r]
+            extra = f" (random prompts' sd {np.mean([r['sd'] for r in runs]) * 100:.1f})" if "sd" in runs[0] else ""
+            print(f"| {name}{extra} | {acc.mean():.1f} ± {acc.std():.1f} | {' / '.join(f'{a:.1f}' for a in acc)} | "
+                  f"{np.mean(ent):.2f} |" if ent else f"| {name}{extra} | {acc.mean():.1f} ± {acc.std():.1f} | "
+                  f"{' / '.join(f'{a:.1f}' for a in acc)} | |")
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    if out:
+        Path(out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
