@@ -69,3 +69,21 @@ def default_llm():
     from rlprompt_math.llm import FrozenLLM
 
     return FrozenLLM.load(None, device="cpu", dtype="float32")
+
+
+def evaluate_repeats_final_comparison(run, limit: int) -> None:
+    """`run.py evaluate` on a finished run reports the same systems and numbers as training's final comparison."""
+    import json
+
+    from click.testing import CliRunner
+
+    from rlprompt_math.cli import main
+
+    result = CliRunner().invoke(main, ["evaluate", str(run), "--limit", str(limit), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    final = json.loads((run / "final_eval" / "report.json").read_text())
+    later = json.loads((run / "eval-test" / "report.json").read_text())
+    assert list(final["systems"]) == list(later["systems"])
+    for name in final["systems"]:
+        for key in ("accuracy", "mean_credit"):
+            assert final["systems"][name][key] == later["systems"][name][key], (name, key)

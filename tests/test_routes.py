@@ -181,15 +181,10 @@ def test_a_saved_run_evaluates_like_any_policy(tiny_model_dir, tmp_path, agent_n
         args += [flag] if value is True else [flag, str(value)]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
+    from conftest import evaluate_repeats_final_comparison
+
     run = tmp_path / "r"
-    result = CliRunner().invoke(main, ["evaluate", str(run), "--limit", "4", "--quiet"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    final = json.loads((run / "final_eval" / "report.json").read_text())
-    later = json.loads((run / "eval-test" / "report.json").read_text())
-    assert list(final["systems"]) == list(later["systems"])
-    for name in final["systems"]:
-        assert final["systems"][name]["accuracy"] == later["systems"][name]["accuracy"], name
-        assert final["systems"][name]["mean_credit"] == later["systems"][name]["mean_credit"], name
+    evaluate_repeats_final_comparison(run, limit=4)
     metrics = _metrics(run)
     assert len(metrics) == FAST["steps"] and all(float(r["step_s"]) > 0 and float(r["loss"]) > 0 for r in metrics)
     assert [int(r["forward_passes"]) for r in metrics] == [2, 4, 6, 8] and metrics[1]["val_accuracy"] != ""

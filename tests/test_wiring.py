@@ -6,7 +6,6 @@ comparing against different prompts.
 """
 
 import dataclasses
-import json
 
 import pytest
 from click.testing import CliRunner
@@ -189,14 +188,9 @@ def test_final_comparison_and_evaluate_report_the_same_systems(agent, tiny_model
     result = CliRunner().invoke(main, ["--agent", agent, "--model", str(tiny_model_dir), "--output-dir",
                                        str(tmp_path), "--name", "r", *FAST], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    run = tmp_path / "r"
-    result = CliRunner().invoke(main, ["evaluate", str(run), "--limit", "6", "--quiet"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    final = json.loads((run / "final_eval" / "report.json").read_text())
-    later = json.loads((run / "eval-test" / "report.json").read_text())
-    assert list(final["systems"]) == list(later["systems"])
-    for name in final["systems"]:
-        assert final["systems"][name]["accuracy"] == later["systems"][name]["accuracy"], name
+    from conftest import evaluate_repeats_final_comparison
+
+    evaluate_repeats_final_comparison(tmp_path / "r", limit=6)
 
 
 def _one_line_error(result, *needles):
