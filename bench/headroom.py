@@ -130,8 +130,8 @@ def main(n_prompts, questions, ceiling_questions, prompt_length, difficulty, num
         "seconds": t_landscape}
 
     val = [p for p in splits["validation"] if EQUATION.fullmatch(p.question.strip())][:ceiling_questions]
-    ceiling = {"questions": len(val)}
-    for prompt in REFERENCE_PROMPTS:
+    ceiling = {"questions": len(val)}  # none when the task has no `What is A op B?` questions
+    for prompt in REFERENCE_PROMPTS if val else ():
         for forced in (False, True):
             texts, heads = [], []
             for p in val:
