@@ -113,13 +113,78 @@ def run_random_search(oracle, steps: int, k: int, m: int, seed: int) -> dict:
     return {"accuracy": oracle.accuracy(best)}
 
 
+def budget_sweep(landscapes, budgets, seeds, out) -> None:
+    """Default REINFORCE and random search at each budget (steps), every seed: table and plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    defaults = ReinforceConfig()
+    k, m = defaults.prompts_per_question, defaults.batch_size
+    fig, axes = plt.subplots(1, len(landscapes), figsize=(5 * len(landscapes), 3.6), squeeze=False)
+    results = {}
+    for ax, landscape in zip(axes[0], landscapes):
+        print(f"\n## landscape {landscape}: kept prompt's held-out accuracy (%), mean and 95% t-interval over "
+              f"{seeds} seeds")
+        print("| oracle pairs | REINFORCE (defaults) | random search | REINFORCE - random search (paired by seed) |")
+        print("| --- | --- | --- | --- |")
+        curves = {"REINFORCE (defaults)": [], "random search": []}
+        for steps in budgets:
+            rl = np.array([run_reinforce(SimulatedOracle(landscape, s), ReinforceConfig(steps=steps, seed=s))["accuracy"]
+                           for s in range(seeds)]) * 100
+            rs = np.array([run_random_search(SimulatedOracle(landscape, s), steps, k, m, s)["accuracy"]
+                           for s in range(seeds)]) * 100
+            cells = [_mean_interval(rl), _mean_interval(rs), _mean_interval(rl - rs)]
+            print(f"| {steps * k * m} | " + " | ".join(f"{mu:.1f} [{lo:.1f}, {hi:.1f}]" for mu, lo, hi in cells) + " |")
+            curves["REINFORCE (defaults)"].append(cells[0])
+            curves["random search"].append(cells[1])
+            results.setdefault(landscape, []).append({"pairs": steps * k * m, "reinforce": rl.tolist(),
+                                                      "random_search": rs.tolist()})
+        pairs = [b * k * m for b in budgets]
+        for name, cells in curves.items():
+            mu, lo, hi = (np.array(c) for c in zip(*cells))
+            ax.plot(pairs, mu, marker="o", label=name)
+            ax.fill_between(pairs, lo, hi, alpha=0.2)
+        ax.set_xscale("log")
+        ax.set_xlabel("simulated oracle pairs")
+        ax.set_ylabel("held-out accuracy of the kept prompt (%)")
+        ax.set_title(f"landscape: {landscape}")
+        ax.legend()
+    fig.tight_layout()
+    if out:
+        Path(out).with_suffix(".png").parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(Path(out).with_suffix(".png"), dpi=120)
+        Path(out).write_text(json.dumps(results, indent=1))
+        print(f"\nplot: {Path(out).with_suffix('.png')}")
+
+
+# Student's t, 97.5% quantile, by degrees of freedom (scipy is not a dependency); 1.96 beyond 30.
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042]
+
+
+def _mean_interval(x: np.ndarray) -> tuple[float, float, float]:
+    """Mean and 95% t-interval over seeds."""
+    if len(x) < 2:
+        return float(x.mean()), float("nan"), float("nan")
+    half = (_T975[len(x) - 2] if len(x) - 1 <= len(_T975) else 1.96) * x.std(ddof=1) / np.sqrt(len(x))
+    return float(x.mean()), float(x.mean() - half), float(x.mean() + half)
+
+
 @click.command()
 @click.option("--seeds", default=5, show_default=True)
 @click.option("--steps", default=30, show_default=True, help="Steps of K prompts x M questions (the default run's).")
 @click.option("--landscape", "landscapes", multiple=True, default=("flat", "headroom"), show_default=True)
+@click.option("--budgets", default=None, help="Comma-separated step counts: instead of the learner table, "
+              "default REINFORCE against random search at each budget (a table and, with --out, a plot).")
 @click.option("--out", default=None, help="Write the per-seed results as JSON here.")
-def main(seeds, steps, landscapes, out):
+def main(seeds, steps, landscapes, budgets, out):
     torch.set_num_threads(1)
+    if budgets:
+        budget_sweep(landscapes, [int(b) for b in budgets.split(",")], seeds, out)
+        return
     defaults = ReinforceConfig()
     k, m = defaults.prompts_per_question, defaults.batch_size
     learners = {
