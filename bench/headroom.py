@@ -75,12 +75,13 @@ def additive_fit(actions: np.ndarray, y: np.ndarray, vocab_size: int, *, per_slo
 @click.option("--questions", default=16, show_default=True, help="Training questions every landscape prompt answers.")
 @click.option("--ceiling-questions", default=96, show_default=True, help="Validation questions for the format ceiling.")
 @click.option("--prompt-length", default=8, show_default=True)
+@click.option("--kinds", default="arithmetic", show_default=True, help="Generator problem kinds (as a run's --kinds).")
 @click.option("--difficulty", default="1,2", show_default=True, help="Generator difficulty levels.")
 @click.option("--num-problems", default=2000, show_default=True, help="Problems generated (as a run's --num-problems).")
 @click.option("--max-new-tokens", default=32, show_default=True)
 @click.option("--seed", default=0, show_default=True, help="Split seed (as a run's --seed) and prompt sampling.")
 @click.option("--out", default=None, help="Write the tables and the summary as JSON here.")
-def main(n_prompts, questions, ceiling_questions, prompt_length, difficulty, num_problems, max_new_tokens, seed, out):
+def main(n_prompts, questions, ceiling_questions, prompt_length, kinds, difficulty, num_problems, max_new_tokens, seed, out):
     import torch
     from tqdm.auto import tqdm
 
@@ -93,7 +94,7 @@ def main(n_prompts, questions, ceiling_questions, prompt_length, difficulty, num
     from rlprompt_math.vocab import ActionVocab
 
     torch.manual_seed(seed)
-    _, splits, _ = problems_from_config(DataConfig(difficulty=difficulty, num_problems=num_problems), seed)
+    _, splits, _ = problems_from_config(DataConfig(kinds=kinds, difficulty=difficulty, num_problems=num_problems), seed)
     rng = np.random.default_rng(seed + 123)
     train = [splits["train"][i] for i in rng.choice(len(splits["train"]), questions, replace=False)]
     llm = FrozenLLM.load()
@@ -143,7 +144,7 @@ def main(n_prompts, questions, ceiling_questions, prompt_length, difficulty, num
             acc = float(np.mean([grade(h + o, p.answer).correct for h, o, p in zip(heads, outs, val)]))
             ceiling[f"{prompt!r}{' + forced `A op B = `' if forced else ''}"] = acc
 
-    summary = {"model": llm.name, "difficulty": difficulty, "seed": seed,
+    summary = {"model": llm.name, "kinds": kinds, "difficulty": difficulty, "seed": seed,
                "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
                "landscape": landscape, "format_ceiling": ceiling}
     print(json.dumps(summary, indent=2))
