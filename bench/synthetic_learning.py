@@ -60,14 +60,14 @@ class SimulatedOracle:
         self.test_logit = rng.normal(-2.5, 3.0, 400)
         scale = {"flat": 0.05, "headroom": 0.25}[landscape]
         self.slot_effect = rng.normal(0, scale, (SLOTS, ACTIONS))
-        self.prompt_sd = {"flat": 0.15, "headroom": 0.15}[landscape]
+        self.prompt_sd = 0.15  # the prompt-specific part, the same on both landscapes
         self.problems = [Problem(str(i), f"q{i}", "0") for i in range(len(self.train_logit))]
         self.rng = np.random.default_rng(seed + 1)
-        self.noise_seed = seed
+        self.seed = seed
 
     def _effect(self, actions) -> float:
         actions = tuple(int(a) for a in actions)
-        specific = np.random.default_rng([self.noise_seed, *actions]).normal(0, self.prompt_sd)
+        specific = np.random.default_rng([self.seed, *actions]).normal(0, self.prompt_sd)
         return float(self.slot_effect[np.arange(SLOTS), list(actions)].sum() + specific)
 
     def accuracy(self, actions) -> float:
