@@ -21,7 +21,7 @@ from gymnasium import spaces
 
 from rlprompt_math.config import DataConfig, OracleConfig, PolicyConfig
 from rlprompt_math.data import Problem, load_problems, problems_from_config, split_problems
-from rlprompt_math.llm import FrozenLLM
+from rlprompt_math.engine import Engine
 from rlprompt_math.oracle import Decoding, score_pairs
 from rlprompt_math.rewards import RewardMix
 from rlprompt_math.vocab import ActionVocab
@@ -36,7 +36,7 @@ class PromptRefineEnv(gym.Env):
 
     metadata = {"render_modes": ["ansi"]}
 
-    def __init__(self, llm: FrozenLLM, problems: Sequence[Problem], vocab: ActionVocab, reward_mix: RewardMix,
+    def __init__(self, llm: Engine, problems: Sequence[Problem], vocab: ActionVocab, reward_mix: RewardMix,
                  decoding: Decoding = Decoding(), *, prompt_length: int = PolicyConfig.prompt_length,
                  observation: str = "features", max_question_tokens: int = 128, counters_in_info: bool = False,
                  render_mode: str | None = None):
@@ -198,7 +198,7 @@ def _problems(dataset, split: str | None, split_seed: int) -> list[Problem]:
     return chosen
 
 
-def make_env(llm: FrozenLLM | str | None = None, dataset: str | Sequence[Problem] | None = None, *,
+def make_env(llm: Engine | str | None = None, dataset: str | Sequence[Problem] | None = None, *,
              prompt_length: int = PolicyConfig.prompt_length, action_vocab: ActionVocab | str = PolicyConfig.action_vocab,
              empty_action: bool = PolicyConfig.empty_action, rewards: Sequence | RewardMix = OracleConfig.rewards,
              max_new_tokens: int = OracleConfig.max_new_tokens, stop_at_answer: bool = OracleConfig.stop_at_answer,
@@ -206,11 +206,14 @@ def make_env(llm: FrozenLLM | str | None = None, dataset: str | Sequence[Problem
              split: str | None = "train", split_seed: int = 0, **env_kwargs) -> PromptRefineEnv:
     """A PromptRefineEnv from names and settings: loads what is not loaded yet.
 
-    `llm`: a loaded FrozenLLM (shared) or a model name/path (None: the default model). `dataset`:
+    `llm`: a loaded engine (shared) or a model name/path (None: the default model, in process). `dataset`:
     problems, a file or hub id, or None for the built-in generator; `split` picks one of its hashed
     splits (None or "all": every problem). Other keyword arguments go to `PromptRefineEnv`.
     """
-    llm = llm if isinstance(llm, FrozenLLM) else FrozenLLM.load(llm)
+    if not isinstance(llm, Engine):
+        from rlprompt_math.llm import FrozenLLM
+
+        llm = FrozenLLM.load(llm)
     vocab = (action_vocab if isinstance(action_vocab, ActionVocab)
              else ActionVocab.from_spec(llm.tokenizer, action_vocab, empty=empty_action))
     reward_mix = rewards if isinstance(rewards, RewardMix) else RewardMix(list(rewards), llm=llm)

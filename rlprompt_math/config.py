@@ -28,6 +28,7 @@ BASELINES = ("none", "moving_average", "batch_mean", "rloo", "learned")
 ENTROPY_SCHEDULES = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adam", "sgd")
 DATA_FORMATS = ("auto", "gsm8k", "openmath", "math", "fields")
+ENGINES = ("transformers", "openai")
 
 # The hand-written reference prompts that every comparison includes (training's final comparison,
 # `run.py evaluate`), the empty prompt first. "" is shown as NO_PROMPT.
@@ -85,12 +86,16 @@ class DataConfig:
 
 @dataclass
 class EngineConfig:
-    """The frozen LLM (the field names are `FrozenLLM.load`'s keyword arguments)."""
+    """The frozen LLM and the engine that computes it (`engine.load_engine`)."""
 
+    engine: str = opt("transformers", choices=ENGINES)
+    """transformers: the model in this process (CPU or CUDA). openai: an OpenAI-compatible completions
+    server (vLLM, SGLang, TGI, llama.cpp's llama-server) at --base-url; --model is then the local copy
+    that supplies the tokenizer, the chat template and the question features (README: Scaling out)."""
     model: str | None = opt(None, metavar="NAME_OR_PATH")
     """Frozen LLM: hub id, local directory or .gguf file. Default: the embedded SmolLM2-135M-Instruct."""
     dtype: str = "auto"
-    """auto | float32 | bfloat16 | float16."""
+    """auto (float32 on a CPU, bf16 on a GPU that has it) | float32 | bfloat16 | float16."""
     device: str = "auto"
     """auto | cpu | cuda | cuda:N."""
     load_in_8bit: bool = False
@@ -98,6 +103,30 @@ class EngineConfig:
     template: str | None = None
     """Prompt template, e.g. '{prompt} {question}' (raw) or 'chat:{prompt} {question}'. Default: chat
     template, question then prompt."""
+    base_url: tuple[str, ...] = opt((), multiple=True, metavar="URL")
+    """--engine openai: the server's base URL, e.g. http://127.0.0.1:8000/v1; repeat it for replicas
+    (requests are spread over them), or give one router URL."""
+    served_model: str | None = None
+    """--engine openai: the model name the server knows (default: the only one its /models lists)."""
+    request_timeout: float = 120.0
+    """--engine openai: seconds to wait for one response."""
+    max_retries: int = 5
+    """--engine openai: retries of a request after a connection error or a 5xx, with backoff."""
+    concurrency: int = 8
+    """--engine openai: requests in flight per base URL."""
+    prompts_per_request: int = 16
+    """--engine openai: prompts sent in one request (the `prompt` list)."""
+
+    def validate(self):
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {ENGINES}")
+        if self.engine == "openai" and not self.base_url:
+            raise ConfigError("--engine openai needs --base-url (the server's URL, e.g. http://127.0.0.1:8000/v1)")
+        if self.engine != "openai" and self.base_url:
+            raise ConfigError("--base-url is for --engine openai")
+        if self.request_timeout <= 0 or self.max_retries < 0 or self.concurrency < 1 or self.prompts_per_request < 1:
+            raise ConfigError("--request-timeout must be > 0, --max-retries >= 0, --concurrency and "
+                              "--prompts-per-request >= 1")
 
 
 @dataclass
@@ -278,6 +307,10 @@ class RunConfig:
             self.gradient.validate()
             if self.algorithm.steps < 1 or self.algorithm.batch_size < 1:
                 raise ConfigError("--steps and --batch-size must be >= 1")
+        self.engine.validate()
+        if self.agent in GRADIENT_AGENTS and self.engine.engine != "transformers":
+            raise ConfigError(f"--agent {self.agent} trains by gradients through the frozen LLM, which needs its "
+                              "weights in this process: use --engine transformers (the default)")
         if self.agent == "gumbel" and self.policy.policy == "autoregressive":
             raise ConfigError("--agent gumbel trains --policy unconditioned or refiner (the autoregressive "
                               "policy samples slot by slot; use --agent reinforce for it)")

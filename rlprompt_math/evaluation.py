@@ -12,6 +12,7 @@ Every system (the policy's greedy prompts, each baseline prompt) is scored by th
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import time
@@ -198,7 +199,7 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", problems: Seq
     from .checkpoint import load_policy
     from .config import saved_config
     from .data import problems_from_config
-    from .llm import FrozenLLM
+    from .engine import load_engine
     from .runlog import RunDir
 
     run_dir = Path(run_dir)
@@ -208,7 +209,7 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", problems: Seq
         _, splits, _ = problems_from_config(config.data, config.seed)
         problems = splits[split]
     problems = list(problems)[:limit]
-    train_llm = llm if llm is not None else FrozenLLM.load(**vars(config.engine))
+    train_llm = llm if llm is not None else load_engine(config.engine)
     policy, vocab, _ = load_policy(run_dir / f"policy_{checkpoint}.safetensors", train_llm)
     target = train_llm
     if model and policy.kind == "soft":
@@ -217,7 +218,8 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", problems: Seq
         raise CheckpointError(f"{run_dir} holds a soft prompt: embeddings in {train_llm.name}'s input space, which "
                               "do not transfer to another model (PEZ and the other agents write text prompts)")
     if model:
-        target = FrozenLLM.load(**{**vars(config.engine), "model": model})
+        # Another model is loaded in this process (a served model is another server: another run config).
+        target = load_engine(dataclasses.replace(config.engine, engine="transformers", base_url=(), model=model))
         if policy.uses_observation:
             log(f"note: the {policy.kind} policy writes its prompts from {train_llm.name}'s features; "
                 f"they are scored on {target.name}.")

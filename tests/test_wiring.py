@@ -100,9 +100,11 @@ ALGORITHM_VALUES = {"steps": 3, "batch_size": 2, "prompts_per_question": 3, "lr"
                     "value_lr": 0.01, "eval_every": 2, "checkpoint_every": 2, "finalists": 2,
                     "optimizer": "sgd"}
 # Checked elsewhere: the engine fields need other models or CUDA, the data-file fields a dataset file
-# (test_data, test_cli); resume in test_cli; output_dir is the parent of `name` (checked below).
+# (test_data, test_cli), the served engine's a server (test_served); resume in test_cli; output_dir is
+# the parent of `name` (checked below).
 ELSEWHERE = {"model", "load_in_8bit", "dataset", "fmt", "question_field", "answer_field", "hub_split",
-             "skip_bad_rows", "resume", "output_dir", "no_final_eval", "quiet", "agent"}
+             "skip_bad_rows", "resume", "output_dir", "no_final_eval", "quiet", "agent", "engine", "base_url",
+             "served_model", "request_timeout", "max_retries", "concurrency", "prompts_per_request"}
 
 
 def _flag(name, value):
