@@ -28,7 +28,7 @@ QUESTIONS = [f"What is {a}+{b}?" for a, b in [(2, 3), (36, 32), (7, 8), (120, 45
 @click.option("--max-new-tokens", default=48, show_default=True)
 @click.option("--compare-dtypes", is_flag=True, help="Also time fp32 vs bf16 forward passes.")
 def main(dtype, max_new_tokens, compare_dtypes):
-    from rlprompt_math.llm import FrozenLLM
+    from rlprompt_math.llm import FrozenLLM, cpu_has_fast_bf16
 
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, cpu capability {torch.backends.cpu.get_cpu_capability()}")
@@ -57,6 +57,7 @@ def main(dtype, max_new_tokens, compare_dtypes):
 
         print(f"matmul peak 1024x1024: fp32 {matmul_peak(torch.float32):.0f} GFLOP/s, "
               f"bf16 {matmul_peak(torch.bfloat16, repeats=2):.1f} GFLOP/s")
+        print(f"cpu_has_fast_bf16() = {cpu_has_fast_bf16()}")
 
 
 if __name__ == "__main__":

@@ -18,9 +18,11 @@ Loading (`FrozenLLM.load`):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -84,6 +86,15 @@ def _trim_left_padding(cache, mask: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+def _contiguous_input(module, args):
+    """The LM head's input made contiguous. With `logits_to_keep`, transformers hands it a strided slice
+    of the hidden states ([B, L, D][:, -k:]); torch's matmul then cannot fold the batch into one matrix
+    product and broadcasts the weight instead, which the oneDNN bf16 kernels (AVX512-BF16/AMX CPUs)
+    materialise: a [B, D, V] copy, 3.4 GB for a batch of 64 on the default model, and 77% of a bf16
+    prefill's time (profiled on a Xeon with AMX, issue 13). Copying the [B, k, D] slice costs nothing."""
+    return (args[0].contiguous(), *args[1:])
+
+
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says why and what to do."""
 
@@ -132,11 +143,33 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         raise ValueError(f"Unknown dtype {dtype!r}; choose auto, {', '.join(names)}")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    # float32 on every CPU. The oracle's path is batched incremental decoding, bound by reading the
-    # weights, and there bf16 did not pay even where a bf16 matrix multiply is fast: on an AVX512-BF16
-    # machine bf16 generation ran at 8.7 pairs/s against 9.3 for fp32 and a 3-step run peaked at
-    # 4.68 GB against 1.30 GB (issue 13); on AVX2-only CPUs bf16 is emulated and ~7x slower.
-    return torch.float32
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU runs the oracle's decode step faster in bf16 than in fp32, by measurement (once).
+
+    The probe is the shape a decode step multiplies: 64 rows (a batch, one token each) through a
+    1024 x 1024 weight. Measured with bench/dtype_memory.py: on a Xeon with AVX512-BF16 and AMX, bf16
+    generation ran 2.1x faster than fp32 (13.8 against 6.6 pairs/s, 2 threads) and peaked lower (1.35
+    against 1.74 GB), once the LM head's input is contiguous (see `_contiguous_input`); on the AVX2-only
+    development machines bf16 is emulated and ran ~7x slower, so fp32 is chosen there.
+    """
+    rows, width = 64, 1024
+
+    def best_time(dtype: torch.dtype) -> float:
+        a = torch.randn(rows, width).to(dtype)
+        b = torch.randn(width, width).to(dtype)
+        a @ b  # warm-up
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    return best_time(torch.bfloat16) < best_time(torch.float32)
 
 
 def _quantization_config(load_in_8bit: bool, device: torch.device):
@@ -193,6 +226,9 @@ class FrozenLLM(Engine):
         self.model = model.eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
+        head = model.get_output_embeddings()
+        if head is not None:
+            head.register_forward_pre_hook(_contiguous_input)
         self._line_breaks: frozenset[int] | None = None
         # Registered soft prompts: marker -> (first row, rows) of `_soft_table` [N, D] (model dtype).
         self._soft_spans: dict[str, tuple[int, int]] = {}

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rlprompt_math.llm import FrozenLLM, ModelLoadError, resolve_dtype
+from rlprompt_math.llm import FrozenLLM, ModelLoadError, cpu_has_fast_bf16, resolve_dtype
 
 QUESTIONS = ["What is 36+32?", "Solve for x: 2x + 3 = 11.", "Hi",
              "Tom has 3 apples and buys 5 more. How many apples?", "What is 15% of 80?"]
@@ -155,7 +155,7 @@ def test_missing_default_package_names_pip_command(monkeypatch):
 def test_dtype_resolution():
     cpu = torch.device("cpu")
     assert resolve_dtype("float32", cpu) is torch.float32
-    assert resolve_dtype("auto", cpu) is torch.float32  # bf16 costs memory and buys no speed on the oracle's path
+    assert resolve_dtype("auto", cpu) is (torch.bfloat16 if cpu_has_fast_bf16() else torch.float32)
     with pytest.raises(ValueError):
         resolve_dtype("int3", cpu)
 
@@ -200,3 +200,18 @@ def test_stop_when_is_asked_at_line_breaks(tiny_llm, monkeypatch):
 def test_real_line_break_ids_are_found(tiny_llm):
     breaks = tiny_llm._line_break_ids()
     assert breaks and all("\n" in tiny_llm.tokenizer.decode([i]) for i in list(breaks)[:50])
+
+
+def test_the_lm_head_gets_a_contiguous_input(tiny_llm):
+    """A strided slice into the LM head made oneDNN's bf16 kernels copy the weight once per row (a
+    [B, D, V] tensor, 3.4 GB on the default model); the engine hands the head a contiguous input."""
+    seen = []
+    handle = tiny_llm.model.get_output_embeddings().register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].is_contiguous()))
+    try:
+        texts = [tiny_llm.render("p", f"What is {i}+1?") for i in range(4)]
+        tiny_llm.generate(texts, max_new_tokens=3, use_cache=False)
+        tiny_llm.answer_logprobs(texts, ["12"] * 4)
+    finally:
+        handle.remove()
+    assert seen and all(seen)

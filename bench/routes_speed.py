@@ -1,0 +1,78 @@
+"""Seconds per training step of each agent on a device, through the same wiring as `run.py train`.
+
+    python bench/routes_speed.py --device cuda [--steps 5] [--random-weights DIR]
+
+Runs `--steps` steps of REINFORCE, soft-prompt, PEZ and the Gumbel-softmax Refiner (default settings
+otherwise, no final comparison) and prints each one's seconds per step, its LLM forward and backward
+rows, and the peak GPU memory. `--random-weights DIR` saves DIR's architecture with random weights and
+trains against that (for a machine without the GGUF file): the timings hold for the architecture,
+the accuracies mean nothing. This is the CUDA check of issue 14 (the routes run on CUDA, and how fast).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+
+import click
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+RUNS = {"reinforce": {"agent": "reinforce"}, "soft-prompt": {"agent": "soft-prompt"}, "pez": {"agent": "pez"},
+        "gumbel refiner": {"agent": "gumbel", "policy": "refiner"}}
+
+
+@click.command()
+@click.option("--device", default="cuda", show_default=True)
+@click.option("--dtype", default="auto", show_default=True)
+@click.option("--steps", default=5, show_default=True)
+@click.option("--random-weights", default=None, metavar="DIR")
+def main(device, dtype, steps, random_weights):
+    from rlprompt_math.config import RunConfig
+    from rlprompt_math.train import train
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from engines import cpu_name, random_weights_llm
+
+    scratch = tempfile.mkdtemp(prefix="routes-speed-")
+    model = None
+    if random_weights:
+        llm = random_weights_llm(random_weights, "cpu", "float32")
+        model = os.path.join(scratch, "model")
+        llm.model.save_pretrained(model)
+        llm.tokenizer.save_pretrained(model)
+    where = torch.cuda.get_device_name() if device.startswith("cuda") else cpu_name()
+    print(f"device: {where}; torch {torch.__version__}; {steps} steps each; model "
+          f"{'random weights, ' + random_weights if random_weights else 'the embedded default'}")
+    for label, settings in RUNS.items():
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        config = RunConfig.from_flat({**settings, "model": model, "device": device, "dtype": dtype, "steps": steps,
+                                      "eval_every": steps, "val_size": 16, "no_final_eval": True, "quiet": True,
+                                      "num_problems": 400, "output_dir": scratch, "name": label.replace(" ", "-")})
+        start = time.perf_counter()
+        try:
+            result = train(config, log=lambda *_: None)
+        except Exception as error:  # report every route, even when one fails
+            print(f"  {label:15s}: FAILED {type(error).__name__}: {error}")
+            continue
+        summary = result.summary
+        lines = open(os.path.join(scratch, config.name, "metrics.csv")).read().splitlines()
+        header = lines[0].split(",")
+        rows = [dict(zip(header, line.split(","))) for line in lines[1:]]
+        per_step = [float(r["seconds_per_step"]) for r in rows if r.get("seconds_per_step")]
+        memory = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.startswith("cuda") else ""
+        print(f"  {label:15s}: {summary['wall_s'] / steps:.2f} s/step over the run"
+              + (f" (last step {per_step[-1]:.2f} s)" if per_step else "")
+              + f", {summary.get('oracle_pairs', 0)} oracle pairs, forward/backward rows "
+              f"{summary.get('forward_passes', '-')}/{summary.get('backward_passes', '-')}; whole call "
+              f"{time.perf_counter() - start:.1f} s{memory}")
+    print(json.dumps({"scratch": scratch}))
+
+
+if __name__ == "__main__":
+    main()
