@@ -95,7 +95,8 @@ class EngineConfig:
     model: str | None = opt(None, metavar="NAME_OR_PATH")
     """Frozen LLM: hub id, local directory or .gguf file. Default: the embedded SmolLM2-135M-Instruct."""
     dtype: str = "auto"
-    """auto (float32 on a CPU, bf16 on a GPU that has it) | float32 | bfloat16 | float16."""
+    """auto (bf16 on a GPU that has it; on a CPU bf16 only where a decode-shaped product measures faster
+    than fp32) | float32 | bfloat16 | float16."""
     device: str = "auto"
     """auto | cpu | cuda | cuda:N."""
     load_in_8bit: bool = False

@@ -623,6 +623,7 @@ class FrozenLLM(Engine):
             raise ValueError("reduction must be 'sum' or 'mean'")
         if len(texts) != len(answers):
             raise ValueError(f"{len(texts)} texts but {len(answers)} answers")
+        start = time.perf_counter()
         contexts = self.encode(texts)
         targets = [self.tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
         rows = [c + t for c, t in zip(contexts, targets)]
@@ -641,6 +642,7 @@ class FrozenLLM(Engine):
                 answer = torch.tensor(targets[i], device=logprobs.device).view(-1, 1)
                 picked = logprobs[k, keep - 1 - n:].gather(-1, answer).sum().item()
                 results[i] = picked / n if reduction == "mean" else picked
+        self.stats.engine_seconds += time.perf_counter() - start
         return results
 
     # ---- features -------------------------------------------------------------------------------
