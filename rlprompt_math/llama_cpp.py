@@ -68,7 +68,9 @@ def build(jobs: int | None = None, log=print) -> Path:
     jobs = jobs or os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="llama-cpp-build-") as scratch:
         scratch = Path(scratch)
-        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+        # Only this package as source: `--no-binary :all:` would also build its build dependencies
+        # (CMake itself) from source just to read the sdist's metadata.
+        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", "llama-cpp-python",
               f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "-d", str(scratch)], log)
         archive = next(scratch.glob("llama_cpp_python-*.tar.gz"))
         with tarfile.open(archive) as tar:
