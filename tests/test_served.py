@@ -215,6 +215,10 @@ def test_gradient_agents_and_missing_urls_are_config_errors(stub, tiny_llm):
 # ---- llama.cpp's llama-server -----------------------------------------------------------------
 
 
+# These serve the real default model (and build llama-server on first use): integration tests.
+llama = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     """llama-server serving the embedded default (F16 re-export) on 127.0.0.1, built on first use."""
@@ -226,6 +230,7 @@ def llama_server(tmp_path_factory):
         yield server
 
 
+@llama
 def test_llama_server_answers_as_the_local_engine(llama_server, default_llm):
     """Greedy answers through the server agree with the in-process engine on at least 95% of 64 pairs."""
     from rlprompt_math.config import REFERENCE_PROMPTS
@@ -249,6 +254,7 @@ def test_llama_server_answers_as_the_local_engine(llama_server, default_llm):
     assert engine.stats.requests >= 4 and engine.stats.new_tokens > 0
 
 
+@llama
 def test_training_through_llama_server(llama_server, tmp_path):
     """Two REINFORCE steps through the server from the command line; every engine flag reaches the engine."""
     from click.testing import CliRunner
@@ -284,6 +290,7 @@ def test_training_through_llama_server(llama_server, tmp_path):
     assert (tmp_path / "served" / "final_eval" / "report.json").is_file()
 
 
+@llama
 def test_a_likelihood_reward_against_llama_server_fails_before_training(llama_server, tmp_path):
     from click.testing import CliRunner
 
@@ -297,6 +304,7 @@ def test_a_likelihood_reward_against_llama_server_fails_before_training(llama_se
     assert "Traceback" not in result.output
 
 
+@llama
 def test_a_server_killed_mid_run_stops_with_a_clear_error_and_resume_continues(llama_server, tmp_path):
     from rlprompt_math.config import RunConfig
     from rlprompt_math.train import resume_config, train
