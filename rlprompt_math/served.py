@@ -45,12 +45,14 @@ def cut_at_answer(text: str, stop_when: Callable[[str], bool]) -> str:
     return text
 
 
-def _describe(path: str, body: dict) -> str:
-    prompts = body.get("prompt")
+def _describe(path: str, body: dict | None, method: str = "POST") -> str:
+    prompts = (body or {}).get("prompt")
+    if prompts is None:
+        return f"{method} {path}"
     first = prompts[0] if isinstance(prompts, list) and prompts else prompts
-    shown = repr(first)[:80] + ("..." if first is not None and len(repr(first)) > 80 else "")
+    shown = repr(first)[:80] + ("..." if len(repr(first)) > 80 else "")
     count = len(prompts) if isinstance(prompts, list) else 1
-    return f"POST {path} with {count} prompt(s), first {shown}"
+    return f"{method} {path} with {count} prompt(s), first {shown}"
 
 
 class ServedEngine(Engine):
@@ -130,18 +132,18 @@ class ServedEngine(Engine):
                 if response.status_code in RETRY_STATUS:
                     last_error = f"HTTP {response.status_code}: {response.text[:200]}"
                 elif response.status_code >= 400:
-                    raise EngineError(f"{url} refused {_describe(path, body or {})}: HTTP {response.status_code}: "
+                    raise EngineError(f"{url} refused {_describe(path, body, method)}: HTTP {response.status_code}: "
                                       f"{response.text[:300]}")
                 else:
                     try:
                         return response.json()
                     except ValueError:
-                        raise EngineError(f"{url} answered {_describe(path, body or {})} with something that is "
+                        raise EngineError(f"{url} answered {_describe(path, body, method)} with something that is "
                                           f"not JSON: {response.text[:200]!r}") from None
             if attempt < self.max_retries:
                 self._count(retries=1)
                 time.sleep(min(MAX_BACKOFF_S, self.backoff_s * 2 ** attempt))
-        raise EngineError(f"{url} did not answer {_describe(path, body or {})} after {self.max_retries + 1} "
+        raise EngineError(f"{url} did not answer {_describe(path, body, method)} after {self.max_retries + 1} "
                           f"attempts over {len(self.base_urls)} server(s) ({', '.join(self.base_urls)}); last "
                           f"error: {last_error}. A run's last checkpoint is kept: start the server and "
                           "continue with --resume RUN_DIR.")
