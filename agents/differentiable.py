@@ -1,10 +1,18 @@
 """The loop the differentiable routes share (soft prompt, PEZ, Gumbel-softmax): a training step is a
-gradient of the gold answer's teacher-forced likelihood through the frozen LLM.
+gradient of a target's teacher-forced likelihood through the frozen LLM.
+
+The target (`--loss-target`) is the gold answer alone, right after the assistant header, or the
+model's own completion that reached the gold answer. The first rewards answering at once, which
+SmolLM2-135M cannot do for most sums: it answers correctly mainly after writing its own working
+("27/9 is 3."). So `own` first asks the oracle for greedy completions of `--target-questions` training
+questions, under --init-text and then each reference prompt for the questions still unsolved, keeps
+the first correct one per question, and trains on those questions only (the pairs are counted in
+oracle_pairs; the targets are saved with the state, so resume asks for none).
 
 Each step:
   1. draw `batch_size` training questions (numpy generator seeded by the run's seed);
   2. `losses(problems)`: the route builds prompt embeddings and asks `FrozenLLM.prompt_loss` for the
-     negative log-likelihood per answer token of each gold answer after the assistant header (float32);
+     negative log-likelihood per target token of each question's target after the assistant header (float32);
   3. backward: only the route's own tensors get gradients (the LLM's weights have
      `requires_grad=False` and no optimizer holds them); a missing or non-finite gradient stops the
      run with a message (a prompt the gradient never reached is the seed project's bug);
@@ -14,7 +22,7 @@ questions through the oracle (`env.score`, the path every agent and the evaluati
 kept as `policy_best.safetensors`. Every `checkpoint_every` steps the trained tensors, the optimizer
 and the random-number states are saved, so `--resume` continues exactly.
 
-Metrics per step: loss (mean NLL per answer token), reward (the gold answer's mean per-token
+Metrics per step: loss (mean NLL per target token), reward (the target's mean per-token
 probability, exp(-NLL), averaged over the questions), grad_norm, forward_passes and backward_passes
 (LLM rows: one per question per step; validation decodes are counted in oracle_pairs), step_s.
 """
@@ -29,7 +37,7 @@ import numpy as np
 import torch
 
 from rlprompt_math.checkpoint import load_state, optimizer_tensors, restore_optimizer, save_policy, save_state
-from rlprompt_math.config import GradientConfig, ReinforceConfig
+from rlprompt_math.config import REFERENCE_PROMPTS, GradientConfig, ReinforceConfig
 from rlprompt_math.policies import PromptPolicy, prompts_for
 from rlprompt_math.vocab import EMPTY
 
@@ -77,6 +85,46 @@ class DifferentiableAgent:
         self.history: list[dict] = []
         self.parameters: list[torch.Tensor] = []
         self.optimizer: torch.optim.Optimizer | None = None
+        self.own_targets: dict[str, str] | None = None  # --loss-target own: problem id -> correct completion
+
+    # ---- what the loss teacher-forces ------------------------------------------------------------
+
+    def targets(self, problems) -> list[str]:
+        """The text each question's loss teacher-forces after the assistant header."""
+        if self.gradient.loss_target == "gold":
+            return [p.answer for p in problems]
+        return [self.own_targets[p.id] for p in problems]
+
+    def training_problems(self) -> list:
+        """The questions a step draws from: all of the training split, or (own) those with a target."""
+        if self.gradient.loss_target == "gold":
+            return self.env.problems
+        if self.own_targets is None:
+            self.own_targets = self.collect_own_targets()
+        return [p for p in self.env.problems if p.id in self.own_targets]
+
+    def collect_own_targets(self) -> dict[str, str]:
+        """Greedy completions that reached the gold answer, one per question (see the module docstring)."""
+        problems = self.env.problems
+        # Its own random stream, so the batches drawn later follow the run's seed as with gold targets.
+        rng = np.random.default_rng([self.config.seed, 1])
+        index = rng.choice(len(problems), size=min(self.gradient.target_questions, len(problems)), replace=False)
+        chosen = [problems[i] for i in index]
+        targets: dict[str, str] = {}
+        for prompt in dict.fromkeys([self.gradient.init_text, *REFERENCE_PROMPTS]):
+            todo = [p for p in chosen if p.id not in targets]
+            if not todo:
+                break
+            _, infos = self.env.score(todo, None, prompts=[prompt] * len(todo), batch_label="own targets")
+            self.oracle_pairs += len(todo)
+            for problem, info in zip(todo, infos):
+                if info["correct"] and info["completion"].strip():
+                    targets[problem.id] = info["completion"]
+        if not targets:
+            raise RuntimeError(f"--loss-target own: no greedy completion of {len(chosen)} training questions reached "
+                               "its gold answer under --init-text or the reference prompts, so there is nothing to "
+                               "train on; use --loss-target gold or more --target-questions")
+        return targets
 
     # ---- what a route defines -------------------------------------------------------------------
 
@@ -100,7 +148,7 @@ class DifferentiableAgent:
     def update(self) -> dict:
         cfg, where = self.config, f"step {self.step}"
         start = time.perf_counter()
-        problems = self.env.problems
+        problems = self.training_problems()
         index = self.rng.choice(len(problems), size=min(cfg.batch_size, len(problems)), replace=False)
         batch = [problems[i] for i in index]
         losses, extra = self.losses(batch)
@@ -159,7 +207,7 @@ class DifferentiableAgent:
         meta = {"step": self.step, "agent": self.name, "optimizer": opt_meta,
                 "numpy_rng": self.rng.bit_generator.state, "best_val": self.best_val,
                 "oracle_pairs": self.oracle_pairs, "forward_passes": self.forward_passes,
-                "backward_passes": self.backward_passes, "config": asdict(self.config),
+                "backward_passes": self.backward_passes, "own_targets": self.own_targets, "config": asdict(self.config),
                 "gradient": asdict(self.gradient)}
         return tensors, meta
 
@@ -176,6 +224,7 @@ class DifferentiableAgent:
         self.best_val = meta["best_val"] if meta["best_val"] is not None else -math.inf
         self.oracle_pairs, self.step = meta["oracle_pairs"], meta["step"]
         self.forward_passes, self.backward_passes = meta["forward_passes"], meta["backward_passes"]
+        self.own_targets = meta.get("own_targets")
 
     def save_checkpoint(self) -> None:
         if self.run is None:
@@ -214,4 +263,5 @@ class DifferentiableAgent:
             self.save_prompt("policy_best.safetensors")  # no validation questions: the last is the kept one
         return {"steps": self.step, "oracle_pairs": self.oracle_pairs, "best_val_accuracy": self.best_val,
                 "forward_passes": self.forward_passes, "backward_passes": self.backward_passes,
-                "wall_s": time.perf_counter() - start, "last_prompt": self.describe()}
+                "wall_s": time.perf_counter() - start, "last_prompt": self.describe(),
+                **({"own_targets": len(self.own_targets)} if self.own_targets is not None else {})}

@@ -4,7 +4,7 @@ The policy gives logits over the action vocabulary for every slot (the Refiner f
 features). Each step adds Gumbel noise, takes the hard one-hot of the argmax in the forward pass
 (a real token's embedding row per slot) and the gradient of the soft relaxation
 softmax((logits + g) / tau) in the backward pass; the loss is the same teacher-forced NLL of the
-gold answer. The temperature tau falls geometrically from `--gumbel-temperature` to
+target (`--loss-target`). The temperature tau falls geometrically from `--gumbel-temperature` to
 `--gumbel-temperature-end` over the run. The "no token" action is masked out (its embedding would
 not be "nothing"), and its logit bias is set far below the others so the greedy prompt never picks
 it either. At evaluation the policy is an ordinary discrete policy: its greedy prompts are scored.
@@ -59,7 +59,7 @@ class GumbelAgent(DifferentiableAgent):
         onehot = hard - soft.detach() + soft  # forward: the hard choice; backward: the soft gradient
         self._last_actions = index.detach()
         prompt = onehot @ self.rows  # [B, T, D]: the chosen tokens' embedding rows
-        losses = self.llm.prompt_loss(prompt, [p.question for p in problems], [p.answer for p in problems])
+        losses = self.llm.prompt_loss(prompt, [p.question for p in problems], self.targets(problems))
         return losses, {"temperature": tau}
 
     def prompt_policy(self):

@@ -44,7 +44,7 @@ class PezAgent(DifferentiableAgent):
         index = torch.tensor(nearest_tokens(self.prompt, self.rows))
         self._projected = self.rows[index].clone().requires_grad_(True)
         return self.llm.prompt_loss(self._projected, [p.question for p in problems],
-                                    [p.answer for p in problems]), {}
+                                    self.targets(problems)), {}
 
     def transfer_gradient(self) -> None:
         # The straight-through step of PEZ: d loss / d projection, applied to the continuous copy.

@@ -3,7 +3,7 @@
 The prompt starts as the token embeddings of a text prompt (`--init-text`, default "Let's think step
 by step.") or as random rows of the action vocabulary (`--soft-init random`). The rows take the
 place the template gives the prompt (after the question in the user message, by default), and the
-loss is the teacher-forced NLL of the gold answer after the assistant header; its gradient reaches
+loss is the teacher-forced NLL of the target (`--loss-target`) after the assistant header; its gradient reaches
 the prompt embeddings only. The result is a `SoftPrompt` policy: greedy generation with the
 embeddings spliced in, scored by the same oracle and evaluation as any prompt. Its nearest-token
 reading (cosine, over the whole vocabulary) is logged as sample_prompt and saved with the policy.
@@ -30,7 +30,7 @@ class SoftPromptAgent(DifferentiableAgent):
 
     def losses(self, problems):
         return self.llm.prompt_loss(self.policy.embeddings, [p.question for p in problems],
-                                    [p.answer for p in problems]), {}
+                                    self.targets(problems)), {}
 
     def prompt_policy(self):
         return self.policy

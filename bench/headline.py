@@ -3,6 +3,7 @@
     python bench/headline.py                      # 3 seeds of the headline setting + hard sets
     python bench/headline.py --grid all           # ... then every comparison variant (seed 0)
     python bench/headline.py --grid random,refiner --grid-steps 12
+    python bench/headline.py --routes all         # ... and every route beside REINFORCE, each seed
 
 One process, one model load. Problems come from the built-in generator: two-operand integer
 arithmetic (difficulty 1-2) split by hash into train / validation / test; the test problems are
@@ -11,6 +12,14 @@ used for nothing but the final comparison. Each seed trains an unconditioned pol
 its kept prompt and the hand-written prompts are scored on the same test problems (greedy, same
 decoding), with exact McNemar tests against the best hand-written prompt. The learned prompts are
 then scored on harder held-out kinds (two-step word problems, fractions, percentages).
+
+`--routes` trains other routes on every seed, on the same splits and test problems: random search on
+REINFORCE's oracle budget (the same steps, M and K, so the same oracle pairs) and the differentiable
+routes (soft prompt, PEZ, Gumbel-softmax Refiner; `--route-steps` x `--route-batch-size` questions,
+forward and backward passes through the LLM counted), each with the gold-answer loss or (`-own`)
+the loss on the model's own correct completions. Every row gives its accuracy with a 95% bootstrap
+interval, McNemar p against the best hand-written prompt and against the same seed's REINFORCE, and
+its budget: oracle pairs, LLM forward/backward rows and wall time.
 
 Every number of the README's Results section comes from this script. It writes, under --out:
 results.md (the tables), results.json, and one run directory per training run (metrics.csv,
@@ -68,6 +77,19 @@ GRID_KEYS = {"random": "random search", "refiner": "refiner (question-conditione
              "headline": next(iter(VARIANTS))}
 GRID_DIRS = {name: key for key, name in GRID_KEYS.items()}
 
+# Routes trained beside REINFORCE on every seed (--routes): overrides of the headline setting. The
+# differentiable ones also get --route-steps and --route-batch-size.
+ROUTES = {
+    "random": ("random search (same oracle pairs)", {"agent": "random"}),
+    "soft-prompt": ("soft prompt, gold-answer loss", {"agent": "soft-prompt"}),
+    "soft-prompt-own": ("soft prompt, own-completion loss", {"agent": "soft-prompt", "loss_target": "own"}),
+    "pez": ("PEZ, gold-answer loss", {"agent": "pez"}),
+    "pez-own": ("PEZ, own-completion loss", {"agent": "pez", "loss_target": "own"}),
+    "gumbel": ("Gumbel-softmax Refiner, gold-answer loss", {"agent": "gumbel", "policy": "refiner", "finalists": 0}),
+    "gumbel-own": ("Gumbel-softmax Refiner, own-completion loss",
+                   {"agent": "gumbel", "policy": "refiner", "finalists": 0, "loss_target": "own"}),
+}
+
 
 def _label(prompt: str) -> str:
     return NO_PROMPT if prompt == "" else repr(prompt)
@@ -89,8 +111,9 @@ def _train_one(llm, splits, settings: dict, seed: int, run_dir: Path) -> dict:
                                   "output_dir": str(run_dir.parent), "name": run_dir.name, "no_final_eval": True})
     start = time.perf_counter()
     summary = train(config, llm=llm, splits=splits, log=click.echo).summary
-    policy, vocab, _ = load_policy(run_dir / "policy_best.safetensors", llm)
+    policy, vocab, meta = load_policy(run_dir / "policy_best.safetensors", llm)
     return {"policy": policy, "vocab": vocab, "summary": summary, "wall_s": time.perf_counter() - start,
+            "reading": meta.get("reading"),
             "prompts_of": lambda problems: policy_prompts(policy, vocab, problems, llm)}
 
 
@@ -110,10 +133,16 @@ def _train_one(llm, splits, settings: dict, seed: int, run_dir: Path) -> dict:
 @click.option("--grid", default="", help="Comma-separated variants to compare (or 'all'): "
               + ", ".join(GRID_KEYS))
 @click.option("--grid-steps", default=12, show_default=True, help="Steps per grid variant (same M, K).")
+@click.option("--routes", default="", help="Comma-separated routes trained on every seed beside REINFORCE (or "
+              "'all'): " + ", ".join(ROUTES))
+@click.option("--route-steps", default=field_default("steps"), show_default=True,
+              help="Steps of the differentiable routes.")
+@click.option("--route-batch-size", default=field_default("batch_size"), show_default=True,
+              help="Questions per step of the differentiable routes.")
 @click.option("--out", default="runs/headline", show_default=True, type=click.Path(file_okay=False))
 @click.option("--render-only", is_flag=True, help="Rewrite results.md from --out's results.json and exit.")
 def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, finalists, val_size, test_size, hard_size,
-         max_new_tokens, grid, grid_steps, out, render_only):
+         max_new_tokens, grid, grid_steps, routes, route_steps, route_batch_size, out, render_only):
     from rlprompt_math.config import DataConfig, RunConfig
     from rlprompt_math.data import generate_problems, problems_from_config
     from rlprompt_math.evaluation import mcnemar_p, score_system
@@ -143,7 +172,12 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
     grader = RewardMix(["correct"])
     results = {"machine": machine, "model": llm.name, "settings": base, "n_test": len(test),
                "n_train": len(splits["train"]), "hand_written": {}, "seeds": [], "hard": {}, "grid": [],
-               "grid_steps": grid_steps}
+               "grid_steps": grid_steps, "routes": [], "route_settings": {"steps": route_steps,
+                                                                             "batch_size": route_batch_size}}
+    route_keys = list(ROUTES) if routes == "all" else [r.strip() for r in routes.split(",") if r.strip()]
+    unknown = set(route_keys) - set(ROUTES)
+    if unknown:
+        raise click.BadParameter(f"unknown routes {sorted(unknown)}; choose from {', '.join(ROUTES)}")
 
     solved = np.zeros(len(test), bool)  # test questions that some system's prompt solved
 
@@ -184,7 +218,21 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
             "train_wall_s": item["wall_s"], "chosen_from": "finalist" if finals and finals["chosen"].get("kept")
             else "greedy policy"})
         click.echo(f"seed {seed}: {prompts[0]!r} {_pct(correct.mean())}")
+        results["routes"].append(_route_row("REINFORCE", seed, item, prompts, correct, hand_correct[best_hand],
+                                            correct))
         write()
+        for key in route_keys:
+            name, overrides = ROUTES[key]
+            settings = {**base, **overrides}
+            if overrides["agent"] != "random":
+                settings.update(steps=route_steps, batch_size=route_batch_size)
+            route = _train_one(llm, splits, settings, seed, out / f"{key}-s{seed}")
+            route_prompts = route["prompts_of"](test)
+            route_correct = score(test, route_prompts, f"{name}, seed {seed}")
+            results["routes"].append(_route_row(name, seed, route, route_prompts, route_correct,
+                                                hand_correct[best_hand], correct))
+            click.echo(f"{name}, seed {seed}: {_pct(route_correct.mean())}")
+            write()
 
     for kind, kind_problems in hard.items():
         row = {}
@@ -210,6 +258,59 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
         write()
     write()
     click.echo((out / "results.md").read_text())
+
+
+def _route_row(system, seed, item, prompts, correct, best_hand_correct, reinforce_correct) -> dict:
+    """One trained system on one seed: accuracy with its interval, paired tests, and what it cost."""
+    from rlprompt_math.evaluation import bootstrap_ci, mcnemar_p
+
+    summary = item["summary"]
+    shown = item["reading"] if prompts[0].startswith("\u27e6soft-prompt") else prompts[0]
+    if len(set(prompts)) > 1:
+        shown = f"{len(set(prompts))} distinct prompts, e.g. {prompts[0]!r}"
+    return {"system": system, "seed": seed, "prompt": shown, "accuracy": float(correct.mean()),
+            "ci95": bootstrap_ci(correct.astype(float)),
+            "p_vs_best_hand_written": mcnemar_p(correct, best_hand_correct),
+            "p_vs_reinforce": mcnemar_p(correct, reinforce_correct) if correct is not reinforce_correct else None,
+            "oracle_pairs": summary["oracle_pairs"], "forward_passes": summary.get("forward_passes", 0),
+            "backward_passes": summary.get("backward_passes", 0), "own_targets": summary.get("own_targets"),
+            "val_accuracy": summary.get("best_val_accuracy"), "train_wall_s": item["wall_s"]}
+
+
+def render_routes(r: dict) -> list[str]:
+    """The routes table (every seed) and the mean over seeds per system."""
+    rs = r["route_settings"]
+    s = r["settings"]
+    best = r.get("best_hand_written")
+    lines = ["", f"Routes, every seed on the same test problems. REINFORCE and random search: {s['steps']} steps x "
+             f"{s['prompts_per_question']} prompts x {s['batch_size']} questions; differentiable routes: "
+             f"{rs['steps']} steps x {rs['batch_size']} questions, validated 3 times. p: exact McNemar against "
+             f"{_label(best)} and against REINFORCE on the same seed. Oracle pairs are greedy decodes (training, "
+             "validation, and for -own the target collection); LLM rows are teacher-forced forward / backward "
+             "passes, one per question per step.", "",
+             "| system | seed | kept prompt | held-out accuracy [95% CI] | p vs best hand-written | p vs REINFORCE "
+             "| oracle pairs | LLM rows fwd / bwd | train time |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in r["routes"]:
+        lo, hi = row["ci95"]
+        p_rf = "" if row["p_vs_reinforce"] is None else f"{row['p_vs_reinforce']:.2g}"
+        lines.append(f"| {row['system']} | {row['seed']} | {row['prompt']!r} | {_pct(row['accuracy'])} "
+                     f"[{100 * lo:.1f}, {100 * hi:.1f}] | {row['p_vs_best_hand_written']:.2g} | {p_rf} "
+                     f"| {row['oracle_pairs']} | {row['forward_passes']} / {row['backward_passes']} "
+                     f"| {row['train_wall_s']:.0f} s |")
+    lines += ["", "| system | seeds | held-out accuracy, mean ± sd | vs best hand-written, mean points "
+              "| seeds ahead / behind at p < 0.05 | train time, mean |", "| --- | --- | --- | --- | --- | --- |"]
+    best_acc = r["hand_written"].get(best, float("nan"))
+    for system in dict.fromkeys(row["system"] for row in r["routes"]):
+        rows = [row for row in r["routes"] if row["system"] == system]
+        accs = np.array([row["accuracy"] for row in rows])
+        ahead = sum(row["p_vs_best_hand_written"] < 0.05 and row["accuracy"] > best_acc for row in rows)
+        behind = sum(row["p_vs_best_hand_written"] < 0.05 and row["accuracy"] < best_acc for row in rows)
+        sd = 100 * accs.std(ddof=1) if len(accs) > 1 else 0.0
+        lines.append(f"| {system} | {len(rows)} | {_pct(accs.mean())} ± {sd:.1f} | "
+                     f"{100 * (accs.mean() - best_acc):+.1f} | {ahead} / {behind} "
+                     f"| {np.mean([row['train_wall_s'] for row in rows]):.0f} s |")
+    return lines
 
 
 def render(r: dict) -> str:
@@ -256,6 +357,8 @@ def render(r: dict) -> str:
         for row in r["grid"]:
             lines.append(f"| {row['variant']} | {row['prompt']!r} | {_pct(row['accuracy'])} | {versus(row)} "
                          f"| {row['oracle_pairs']} | {row['train_wall_s']:.0f} s |")
+    if r.get("routes"):
+        lines += render_routes(r)
     if "solved_by_any_system" in r:
         lines += ["", f"Headroom: {_pct(r['solved_by_any_system'])} of the test problems are solved by at least "
                   "one of the prompts above (each system is one prompt per question, greedy), an upper bound "

@@ -23,6 +23,7 @@ from typing import Any, Iterator
 AGENTS = ("reinforce", "random", "fixed", "soft-prompt", "pez", "gumbel")
 GRADIENT_AGENTS = ("soft-prompt", "pez", "gumbel")  # trained by gradients through the frozen LLM
 SOFT_INITS = ("text", "random")
+LOSS_TARGETS = ("gold", "own")
 POLICY_KINDS = ("unconditioned", "refiner", "autoregressive")
 BASELINES = ("none", "moving_average", "batch_mean", "rloo", "learned")
 ENTROPY_SCHEDULES = ("constant", "linear", "cosine")
@@ -226,7 +227,7 @@ class ReinforceConfig:
 
 @dataclass
 class GradientConfig:
-    """The differentiable routes (--agent soft-prompt, pez, gumbel): gradients of the gold answer's
+    """The differentiable routes (--agent soft-prompt, pez, gumbel): gradients of a target's
     teacher-forced likelihood through the frozen LLM into the prompt. They also use --steps,
     --batch-size (questions per step), --max-grad-norm, --eval-every and --checkpoint-every."""
 
@@ -240,6 +241,13 @@ class GradientConfig:
     or random (--prompt-length random rows of the action vocabulary)."""
     init_text: str = "Let's think step by step."
     """The prompt whose token embeddings start soft-prompt and pez (--soft-init text)."""
+    loss_target: str = opt("gold", choices=LOSS_TARGETS)
+    """What the loss teacher-forces after the assistant header. gold: the gold answer alone. own: the
+    model's own completion that reached the gold answer (greedy, under --init-text or a reference prompt),
+    so the loss is taken where the model states its answer after its own working; collecting them costs
+    oracle pairs (counted), and only questions with such a completion are trained on."""
+    target_questions: int = 256
+    """--loss-target own: training questions whose completions are collected before step 1."""
     gumbel_temperature: float = 1.0
     """Gumbel-softmax temperature at step 0 (--agent gumbel)."""
     gumbel_temperature_end: float = 0.1
@@ -250,6 +258,10 @@ class GradientConfig:
             raise ConfigError("--grad-lr and --gumbel-lr must be > 0")
         if self.soft_init not in SOFT_INITS:
             raise ConfigError(f"soft init must be one of {SOFT_INITS}")
+        if self.loss_target not in LOSS_TARGETS:
+            raise ConfigError(f"--loss-target must be one of {LOSS_TARGETS}")
+        if self.target_questions < 1:
+            raise ConfigError("--target-questions must be >= 1")
         if self.soft_init == "text" and not self.init_text.strip():
             raise ConfigError("--init-text is empty; give a prompt or use --soft-init random")
         if self.gumbel_temperature <= 0 or self.gumbel_temperature_end <= 0:

@@ -7,6 +7,7 @@ runs evaluate through `run.py evaluate`; resume is exact; fp16/bf16 models give 
 """
 
 import csv
+import dataclasses
 import itertools
 import json
 
@@ -234,6 +235,73 @@ def test_resume_is_exact(tiny_model_dir, tiny_llm, tmp_path, agent_name):
     assert resumed.agent.forward_passes == whole.agent.forward_passes
     timeless = [{k: v for k, v in r.items() if k not in ("wall_s", "step_s")} for r in _metrics(tmp_path / "whole")]
     assert timeless == [{k: v for k, v in r.items() if k not in ("wall_s", "step_s")} for r in _metrics(tmp_path / "part")]
+
+
+# ---- --loss-target own: the loss at the model's own answer ---------------------------------------------
+
+OWN = {"loss_target": "own", "target_questions": 40, "max_new_tokens": 16}
+
+
+@pytest.fixture(scope="module")
+def answerable(tiny_llm):
+    """40 training problems. The first 10 the tiny model answers with a number under the init text get
+    that number as their gold answer (so its completion is correct); the rest get one it never writes."""
+    problems = generate_problems(40, seed=0, kinds=["arithmetic"])
+    config = RunConfig.from_flat({"agent": "soft-prompt", **OWN})
+    env = training.make_env(config, tiny_llm, problems)
+    _, infos = env.score(problems, None, prompts=[config.gradient.init_text] * len(problems))
+    out, solved = [], {}
+    for problem, info in zip(problems, infos):
+        if str(info["extracted"]).isdigit() and len(solved) < 10:
+            out.append(dataclasses.replace(problem, answer=info["extracted"]))
+            solved[problem.id] = info["completion"]
+        else:
+            out.append(dataclasses.replace(problem, answer="-987654321"))
+    assert len(solved) == 10
+    return out, solved
+
+
+def test_own_targets_are_the_models_correct_completions(tiny_llm, answerable, monkeypatch):
+    problems, solved = answerable
+    agent = _agent(tiny_llm, problems, "soft-prompt", **OWN)
+    agent.config.batch_size = 4
+    seen = []
+    real = type(tiny_llm).prompt_loss
+    monkeypatch.setattr(type(tiny_llm), "prompt_loss",
+                        lambda self, prompt, q, a, **kw: seen.append((q, a)) or real(self, prompt, q, a, **kw))
+    for _ in range(3):
+        agent.update()
+    assert agent.own_targets == solved  # no other prompt writes -987654321
+    # The init text on all 40, then each other reference prompt on the 30 still unsolved.
+    assert agent.oracle_pairs == 40 + 3 * 30
+    by_question = {p.question: solved[p.id] for p in problems if p.id in solved}
+    for questions, answers in seen:
+        assert len(questions) == 4 and [by_question[q] for q in questions] == list(answers)
+    with pytest.raises(RuntimeError, match="no greedy completion of 3 training questions"):
+        _agent(tiny_llm, [p for p in problems if p.id not in solved][:3], "soft-prompt", **OWN).update()
+
+
+def test_resume_with_own_targets_is_exact_and_asks_for_none(tiny_model_dir, tiny_llm, answerable, tmp_path):
+    problems, _ = answerable
+    splits = {"train": problems, "validation": problems[:3], "test": problems[:4]}
+    settings = {**FAST, **ROUTES["soft-prompt"], **OWN, "agent": "soft-prompt", "model": str(tiny_model_dir),
+                "output_dir": str(tmp_path), "no_final_eval": True}
+    whole = training.build(RunConfig.from_flat({**settings, "name": "whole"}), llm=tiny_llm, splits=splits,
+                           log=lambda _: None)
+    whole.agent.train(progress=False)
+    part = training.build(RunConfig.from_flat({**settings, "name": "part"}), llm=tiny_llm, splits=splits,
+                          log=lambda _: None)
+    real_update = part.agent.update
+    part.agent.update = lambda: (_ for _ in ()).throw(KeyboardInterrupt) if part.agent.step == 3 else real_update()
+    with pytest.raises(KeyboardInterrupt):
+        part.agent.train(progress=False)
+    resumed = training.build(training.resume_config(tmp_path / "part", quiet=True), llm=tiny_llm, splits=splits,
+                             log=lambda _: None)
+    resumed.agent.collect_own_targets = lambda: pytest.fail("resume asked the oracle for targets again")
+    summary = resumed.agent.train(progress=False)
+    assert summary["own_targets"] == len(whole.agent.own_targets) == 10
+    assert torch.equal(whole.agent.parameters[0], resumed.agent.parameters[0])
+    assert resumed.agent.oracle_pairs == whole.agent.oracle_pairs
 
 
 def _metrics(run):

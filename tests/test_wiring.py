@@ -90,6 +90,7 @@ POLICY_FLAGS = {  # reinforce only: the policy it trains
 FIXED_FLAGS = {"fixed_prompt": ("Be exact.", lambda b: b.agent.policy.text == "Be exact.")}
 # The differentiable routes (soft-prompt, pez, gumbel): `--soft-init random` starts from --prompt-length rows.
 GRADIENT_VALUES = {"grad_lr": 0.05, "gumbel_lr": 0.002, "soft_init": "random", "init_text": "Be exact.", "gumbel_temperature": 2.0,
+                   "loss_target": "own", "target_questions": 7,
                    "gumbel_temperature_end": 0.5}
 GRADIENT_CHECKS = {"soft-prompt": lambda b: tuple(b.agent.policy.embeddings.shape) == (3, b.llm.hidden_size),
                    "pez": lambda b: len(b.agent.actions()) == 3 and b.agent.optimizer.param_groups[0]["lr"] == 0.05,
