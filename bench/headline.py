@@ -80,7 +80,8 @@ GRID_DIRS = {name: key for key, name in GRID_KEYS.items()}
 # Routes trained beside REINFORCE on every seed (--routes): overrides of the headline setting. The
 # differentiable ones also get --route-steps and --route-batch-size.
 ROUTES = {
-    "random": ("random search (same oracle pairs)", {"agent": "random"}),
+    # Three finalists on the validation questions: the pairs REINFORCE spends validating 3 times.
+    "random": ("random search (same oracle pairs)", {"agent": "random", "finalists": 3}),
     "soft-prompt": ("soft prompt, gold-answer loss", {"agent": "soft-prompt"}),
     "soft-prompt-own": ("soft prompt, own-completion loss", {"agent": "soft-prompt", "loss_target": "own"}),
     "pez": ("PEZ, gold-answer loss", {"agent": "pez"}),
