@@ -22,7 +22,8 @@ interval, McNemar p against the best hand-written prompt and against the same se
 its budget: oracle pairs, LLM forward/backward rows and wall time.
 
 Every number of the README's Results section comes from this script. It writes, under --out:
-results.md (the tables), results.json, and one run directory per training run (metrics.csv,
+results.md (the tables), results.json, routes_curves.png (with --routes: validation accuracy, loss
+and entropy against step), and one run directory per training run (metrics.csv,
 learning_curve.png, samples.jsonl, policies). Tables are rewritten after every finished item, so an
 interrupted run still leaves what it measured.
 """
@@ -153,7 +154,9 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
 
     out = Path(out)
     if render_only:
-        (out / "results.md").write_text(render(json.loads((out / "results.json").read_text())))
+        results = json.loads((out / "results.json").read_text())
+        (out / "results.md").write_text(render(results))
+        plot_routes(results, out)
         click.echo((out / "results.md").read_text())
         return
     out.mkdir(parents=True, exist_ok=True)
@@ -193,6 +196,7 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
         results["total_wall_s"] = time.perf_counter() - started
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
         (out / "results.md").write_text(render(results))
+        plot_routes(results, out)
 
     click.echo(f"machine: {machine}; train {len(splits['train'])}, test {len(test)} problems")
     hand_correct = {}
@@ -276,6 +280,58 @@ def _route_row(system, seed, item, prompts, correct, best_hand_correct, reinforc
             "oracle_pairs": summary["oracle_pairs"], "forward_passes": summary.get("forward_passes", 0),
             "backward_passes": summary.get("backward_passes", 0), "own_targets": summary.get("own_targets"),
             "val_accuracy": summary.get("best_val_accuracy"), "train_wall_s": item["wall_s"]}
+
+
+def _run_dir(out: Path, system: str, seed: int) -> Path:
+    if system == "REINFORCE":
+        return out / f"seed{seed}"
+    return out / f"{next(key for key, (name, _) in ROUTES.items() if name == system)}-s{seed}"
+
+
+def plot_routes(r: dict, out: Path) -> Path | None:
+    """routes_curves.png: validation accuracy against step for every system and seed (the kept prompt is the
+    best of these), the differentiable routes' training loss, and REINFORCE's policy entropy."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not r.get("routes"):
+        return None
+    fig, (val_ax, loss_ax, ent_ax) = plt.subplots(1, 3, figsize=(16, 4.6))
+    colours = {}
+    for row in r["routes"]:
+        path = _run_dir(out, row["system"], row["seed"]) / "metrics.csv"
+        if not path.exists():
+            continue
+        with open(path, newline="") as handle:
+            metrics = list(csv.DictReader(handle))
+        colour = colours.setdefault(row["system"], f"C{len(colours)}")
+        label = row["system"] if row["seed"] == r["routes"][0]["seed"] else None
+        val = [(int(m["step"]) + 1, 100 * float(m["val_accuracy"])) for m in metrics if m.get("val_accuracy")]
+        if val:
+            val_ax.plot(*zip(*val), marker="o", color=colour, alpha=0.8, label=label)
+        loss = [(int(m["step"]) + 1, float(m["loss"])) for m in metrics if m.get("loss") and m.get("forward_passes")]
+        if loss:
+            loss_ax.plot(*zip(*loss), color=colour, alpha=0.8, label=label)
+        entropy = [(int(m["step"]) + 1, float(m["entropy"])) for m in metrics if m.get("entropy")]
+        if entropy:
+            ent_ax.plot(*zip(*entropy), color=colour, alpha=0.8, label=f"seed {row['seed']}")
+    best = r.get("best_hand_written")
+    val_ax.axhline(100 * r["hand_written"][best], color="k", ls="--", lw=1, label="best hand-written (test)")
+    val_ax.set(title=f"validation accuracy ({r['settings']['val_size']} questions)", xlabel="step", ylabel="%")
+    loss_ax.set(title="differentiable routes: training loss (nats per target token)", xlabel="step")
+    ent_ax.set(title="REINFORCE: policy entropy (nats per slot)", xlabel="step")
+    val_ax.legend(fontsize=7)
+    loss_ax.legend(fontsize=7)
+    ent_ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "routes_curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def render_routes(r: dict) -> list[str]:
