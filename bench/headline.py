@@ -101,20 +101,34 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def _train_one(llm, splits, settings: dict, seed: int, run_dir: Path) -> dict:
-    """Train one prompt policy through the one wiring (`rlprompt_math.train`); its kept prompt and facts."""
+def _train_one(llm, splits, settings: dict, seed: int, run_dir: Path, reuse: bool = False) -> dict:
+    """Train one prompt policy through the one wiring (`rlprompt_math.train`); its kept prompt and facts.
+    With `reuse`, a finished run already in `run_dir` with the same settings is loaded instead."""
     from rlprompt_math.checkpoint import load_policy
     from rlprompt_math.config import RunConfig
     from rlprompt_math.evaluation import policy_prompts
+    from rlprompt_math.runlog import RunDir
     from rlprompt_math.train import train
 
-    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run each time this script runs
     config = RunConfig.from_flat({**settings, "seed": seed, "eval_every": max(1, settings["steps"] // 3),
                                   "output_dir": str(run_dir.parent), "name": run_dir.name, "no_final_eval": True})
-    start = time.perf_counter()
-    summary = train(config, llm=llm, splits=splits, log=click.echo).summary
+    done = run_dir / "summary.json"
+    where = ("quiet", "output_dir", "name")  # not settings of the run itself
+
+    def settings_of(flat: dict) -> dict:
+        return json.loads(json.dumps({k: v for k, v in flat.items() if k not in where}))
+
+    if reuse and done.exists() and settings_of(RunDir(run_dir).read_config()) == settings_of(config.to_flat()):
+        summary = json.loads(done.read_text())
+        wall_s = summary["wall_s"]
+        click.echo(f"reused {run_dir} (trained earlier in {wall_s:.0f} s)")
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run each time this script runs
+        start = time.perf_counter()
+        summary = train(config, llm=llm, splits=splits, log=click.echo).summary
+        wall_s = time.perf_counter() - start
     policy, vocab, meta = load_policy(run_dir / "policy_best.safetensors", llm)
-    return {"policy": policy, "vocab": vocab, "summary": summary, "wall_s": time.perf_counter() - start,
+    return {"policy": policy, "vocab": vocab, "summary": summary, "wall_s": wall_s,
             "reading": meta.get("reading"),
             "prompts_of": lambda problems: policy_prompts(policy, vocab, problems, llm)}
 
@@ -141,10 +155,12 @@ def _train_one(llm, splits, settings: dict, seed: int, run_dir: Path) -> dict:
               help="Steps of the differentiable routes.")
 @click.option("--route-batch-size", default=field_default("batch_size"), show_default=True,
               help="Questions per step of the differentiable routes.")
+@click.option("--reuse", is_flag=True, help="Load, instead of training again, each run already finished under --out "
+              "with the same settings (its train time is the one recorded then); the scoring is redone.")
 @click.option("--out", default="runs/headline", show_default=True, type=click.Path(file_okay=False))
 @click.option("--render-only", is_flag=True, help="Rewrite results.md from --out's results.json and exit.")
 def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, finalists, val_size, test_size, hard_size,
-         max_new_tokens, grid, grid_steps, routes, route_steps, route_batch_size, out, render_only):
+         max_new_tokens, grid, grid_steps, routes, route_steps, route_batch_size, reuse, out, render_only):
     from rlprompt_math.config import DataConfig, RunConfig
     from rlprompt_math.data import generate_problems, problems_from_config
     from rlprompt_math.evaluation import mcnemar_p, score_system
@@ -210,7 +226,7 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
 
     trained = {}
     for seed in [int(s) for s in seeds.split(",") if s.strip()]:
-        item = _train_one(llm, splits, base, seed, out / f"seed{seed}")
+        item = _train_one(llm, splits, base, seed, out / f"seed{seed}", reuse)
         prompts = item["prompts_of"](test)
         correct = score(test, prompts, f"seed {seed}")
         trained[seed] = item
@@ -231,7 +247,7 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
             settings = {**base, **overrides}
             if overrides["agent"] != "random":
                 settings.update(steps=route_steps, batch_size=route_batch_size)
-            route = _train_one(llm, splits, settings, seed, out / f"{key}-s{seed}")
+            route = _train_one(llm, splits, settings, seed, out / f"{key}-s{seed}", reuse)
             route_prompts = route["prompts_of"](test)
             route_correct = score(test, route_prompts, f"{name}, seed {seed}")
             results["routes"].append(_route_row(name, seed, route, route_prompts, route_correct,
