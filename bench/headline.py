@@ -81,8 +81,8 @@ GRID_DIRS = {name: key for key, name in GRID_KEYS.items()}
 # Routes trained beside REINFORCE on every seed (--routes): overrides of the headline setting. The
 # differentiable ones also get --route-steps and --route-batch-size.
 ROUTES = {
-    # Three finalists on the validation questions: the pairs REINFORCE spends validating 3 times.
-    "random": ("random search (same oracle pairs)", {"agent": "random", "finalists": 3}),
+    # Its finalists are set to the number of REINFORCE's validations (see main): the same validation pairs.
+    "random": ("random search (same oracle pairs)", {"agent": "random"}),
     "soft-prompt": ("soft prompt, gold-answer loss", {"agent": "soft-prompt"}),
     "soft-prompt-own": ("soft prompt, own-completion loss", {"agent": "soft-prompt", "loss_target": "own"}),
     "pez": ("PEZ, gold-answer loss", {"agent": "pez"}),
@@ -239,13 +239,14 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
             "train_wall_s": item["wall_s"], "chosen_from": "finalist" if finals and finals["chosen"].get("kept")
             else "greedy policy"})
         click.echo(f"seed {seed}: {prompts[0]!r} {_pct(correct.mean())}")
-        results["routes"].append(_route_row("REINFORCE", seed, item, prompts, correct, hand_correct[best_hand],
-                                            correct))
+        results["routes"].append(_route_row("REINFORCE", seed, item, prompts, correct, hand_correct[best_hand], None))
         write()
         for key in route_keys:
             name, overrides = ROUTES[key]
             settings = {**base, **overrides}
-            if overrides["agent"] != "random":
+            if overrides["agent"] == "random":  # REINFORCE validates at every eval_every (_train_one) steps
+                settings["finalists"] = steps // max(1, steps // 3)
+            else:
                 settings.update(steps=route_steps, batch_size=route_batch_size)
             route = _train_one(llm, splits, settings, seed, out / f"{key}-s{seed}", reuse)
             route_prompts = route["prompts_of"](test)
@@ -282,7 +283,8 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
 
 
 def _route_row(system, seed, item, prompts, correct, best_hand_correct, reinforce_correct) -> dict:
-    """One trained system on one seed: accuracy with its interval, paired tests, and what it cost."""
+    """One trained system on one seed: accuracy with its interval, paired tests (against REINFORCE unless
+    `reinforce_correct` is None: the REINFORCE row itself), and what it cost."""
     from rlprompt_math.evaluation import bootstrap_ci, mcnemar_p
 
     summary = item["summary"]
@@ -292,7 +294,7 @@ def _route_row(system, seed, item, prompts, correct, best_hand_correct, reinforc
     return {"system": system, "seed": seed, "prompt": shown, "accuracy": float(correct.mean()),
             "ci95": bootstrap_ci(correct.astype(float)),
             "p_vs_best_hand_written": mcnemar_p(correct, best_hand_correct),
-            "p_vs_reinforce": mcnemar_p(correct, reinforce_correct) if correct is not reinforce_correct else None,
+            "p_vs_reinforce": None if reinforce_correct is None else mcnemar_p(correct, reinforce_correct),
             "oracle_pairs": summary["oracle_pairs"], "forward_passes": summary.get("forward_passes", 0),
             "backward_passes": summary.get("backward_passes", 0), "own_targets": summary.get("own_targets"),
             "val_accuracy": summary.get("best_val_accuracy"), "train_wall_s": item["wall_s"]}
