@@ -1,7 +1,13 @@
-"""Learning agents: one file each, readable top to bottom (`import rlprompt_math.agents`)."""
+"""Learning agents: the loop they share (base.py) and one file per agent, readable top to bottom
+(`import rlprompt_math.agents`).
 
-from rlprompt_math.config import AGENTS, BASELINES, ReinforceConfig
+`AGENTS` maps every --agent name to its class; `AGENTS[name].from_config(config, env, engine=...)` builds one.
+"""
 
+from rlprompt_math.config import AGENTS as AGENT_NAMES
+from rlprompt_math.config import BASELINES, AlgorithmConfig
+
+from .base import Agent, Callback, NonFiniteError, check_finite
 from .fixed import FixedPromptAgent
 from .gumbel import GumbelAgent
 from .pez import PezAgent
@@ -9,5 +15,10 @@ from .random_search import RandomSearchAgent
 from .reinforce import ReinforceAgent
 from .soft_prompt import SoftPromptAgent
 
-__all__ = ["AGENTS", "BASELINES", "FixedPromptAgent", "GumbelAgent", "PezAgent", "RandomSearchAgent",
-           "ReinforceAgent", "ReinforceConfig", "SoftPromptAgent"]
+AGENTS: dict[str, type[Agent]] = {agent.name: agent for agent in (
+    ReinforceAgent, RandomSearchAgent, FixedPromptAgent, SoftPromptAgent, PezAgent, GumbelAgent)}
+if tuple(AGENTS) != AGENT_NAMES:
+    raise ImportError(f"the agent registry {tuple(AGENTS)} does not match config.AGENTS {AGENT_NAMES}")
+
+__all__ = ["AGENTS", "BASELINES", "Agent", "AlgorithmConfig", "Callback", "FixedPromptAgent", "GumbelAgent",
+           "NonFiniteError", "PezAgent", "RandomSearchAgent", "ReinforceAgent", "SoftPromptAgent", "check_finite"]

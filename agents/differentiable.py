@@ -11,16 +11,17 @@ oracle_pairs; the targets are saved with the state, so resume asks for none).
 
 Each step:
   1. draw `batch_size` training questions (numpy generator seeded by the run's seed);
-  2. `losses(problems)`: the route builds prompt embeddings and asks `FrozenLLM.prompt_loss` for the
+  2. `losses(problems)`: the route builds prompt embeddings and asks `TransformersEngine.prompt_loss` for the
      negative log-likelihood per target token of each question's target after the assistant header (float32);
   3. backward: only the route's own tensors get gradients (the LLM's weights have
      `requires_grad=False` and no optimizer holds them); a missing or non-finite gradient stops the
      run with a message (a prompt the gradient never reached is the seed project's bug);
   4. clip the gradient norm (`max_grad_norm`) and take an Adam step (`grad_lr`; gumbel: `gumbel_lr`).
-Every `eval_every` steps the route's prompt is scored by greedy generation on the validation
-questions through the oracle (`env.score`, the path every agent and the evaluation use); the best is
-kept as `policy_best.safetensors`. Every `checkpoint_every` steps the trained tensors, the optimizer
-and the random-number states are saved, so `--resume` continues exactly.
+The loop around the steps is every agent's (base.py): every `eval_every` steps the route's prompt is
+scored by greedy generation on the validation questions through the oracle (`env.score`, the path
+every agent and the evaluation use); the best is kept as the run's policy_best. Every
+`checkpoint_every` steps the trained tensors, the optimizer and the random-number states are saved,
+so `--resume` continues exactly.
 
 Metrics per step: loss (mean NLL per target token), reward (the target's mean per-token
 probability, exp(-NLL), averaged over the questions), grad_norm, forward_passes and backward_passes
@@ -29,33 +30,27 @@ probability, exp(-NLL), averaged over the questions), grad_norm, forward_passes 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict
 
 import numpy as np
 import torch
 
-from rlprompt_math.checkpoint import load_state, optimizer_tensors, restore_optimizer, save_policy, save_state
-from rlprompt_math.config import REFERENCE_PROMPTS, GradientConfig, ReinforceConfig
-from rlprompt_math.policies import PromptPolicy, prompts_for
+from rlprompt_math.checkpoint import POLICY_BEST
+from rlprompt_math.config import REFERENCE_PROMPTS, AlgorithmConfig, GradientConfig
+from rlprompt_math.policies import PromptPolicy
 from rlprompt_math.vocab import EMPTY
 
-from .reinforce import NonFiniteError
+from .base import Agent, check_finite
 
 
-def _check_finite(name: str, value: torch.Tensor, where: str) -> None:
-    if not torch.isfinite(value).all():
-        raise NonFiniteError(f"non-finite {name} at {where}: {value.detach().flatten()[:8].tolist()}")
-
-
-def initial_prompt_embeddings(llm, vocab, gradient: GradientConfig, prompt_length: int,
+def initial_prompt_embeddings(engine, vocab, gradient: GradientConfig, prompt_length: int,
                               generator: torch.Generator) -> torch.Tensor:
     """[L, D] float32: the token embeddings of `init_text` (one row per token), or `prompt_length`
     random rows of the action vocabulary (never the "no token" action)."""
-    table = llm.token_embeddings().float().cpu()
+    table = engine.token_embeddings().float().cpu()
     if gradient.soft_init == "text":
-        ids = llm.tokenizer(gradient.init_text, add_special_tokens=False)["input_ids"]
+        ids = engine.tokenizer(gradient.init_text, add_special_tokens=False)["input_ids"]
     else:
         tokens = [t for t in vocab.token_ids if t != EMPTY]
         picks = torch.randint(0, len(tokens), (prompt_length,), generator=generator)
@@ -63,29 +58,28 @@ def initial_prompt_embeddings(llm, vocab, gradient: GradientConfig, prompt_lengt
     return table[torch.tensor(ids, dtype=torch.long)].clone()
 
 
-class DifferentiableAgent:
+class DifferentiableAgent(Agent):
     """Base class: subclasses set `self.parameters` (the tensors trained) and `self.optimizer`, and
     define `losses`, `prompt_policy` and `describe`."""
 
     name = "differentiable"
 
-    def __init__(self, env, config: ReinforceConfig, gradient: GradientConfig, *, run=None, val_problems=None,
-                 llm=None):
+    def __init__(self, env, config: AlgorithmConfig, gradient: GradientConfig, *, run=None, val_problems=None,
+                 engine=None):
         gradient.validate()
-        self.env, self.config, self.gradient, self.run = env, config, gradient, run
-        self.llm = llm if llm is not None else env.llm
-        self.val_problems = list(val_problems or [])
-        self.rng = np.random.default_rng(config.seed)
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.step = 0
-        self.best_val = -math.inf
-        self.oracle_pairs = 0
+        super().__init__(env, config, run=run, val_problems=val_problems, engine=engine)
+        self.gradient = gradient
         self.forward_passes = 0
         self.backward_passes = 0
-        self.history: list[dict] = []
         self.parameters: list[torch.Tensor] = []
-        self.optimizer: torch.optim.Optimizer | None = None
         self.own_targets: dict[str, str] | None = None  # --loss-target own: problem id -> correct completion
+
+    @classmethod
+    def from_config(cls, config, env, *, engine, run=None, val_problems=()):
+        return cls(env, config.algorithm, config.gradient, run=run, val_problems=val_problems, engine=engine)
+
+    def initial_prompt(self, probe_problems) -> str:
+        return self.describe()
 
     # ---- what the loss teacher-forces ------------------------------------------------------------
 
@@ -153,7 +147,7 @@ class DifferentiableAgent:
         batch = [problems[i] for i in index]
         losses, extra = self.losses(batch)
         loss = losses.mean()
-        _check_finite("loss", loss, where)
+        check_finite("loss", loss, where)
         if not loss.requires_grad:
             raise RuntimeError(f"no gradient reached the prompt at {where}: the loss does not depend on any trained "
                                "tensor (the graph from the prompt to the loss is cut)")
@@ -166,7 +160,7 @@ class DifferentiableAgent:
             if parameter.grad is None:
                 raise RuntimeError(f"no gradient reached the trained tensor {k} at {where}: the graph from the "
                                    "prompt to the loss is cut")
-            _check_finite(f"gradient of tensor {k}", parameter.grad, where)
+            check_finite(f"gradient of tensor {k}", parameter.grad, where)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, cfg.max_grad_norm))
         self.optimizer.step()
         return {"step": self.step, "loss": float(loss.detach()),
@@ -174,94 +168,34 @@ class DifferentiableAgent:
                 "forward_passes": self.forward_passes, "backward_passes": self.backward_passes,
                 "oracle_pairs": self.oracle_pairs, "step_s": time.perf_counter() - start, **extra}
 
-    # ---- validation, checkpoints, the loop -----------------------------------------------------
+    # ---- around the loop: metrics, policy files, the end, state -----------------------------------
 
-    def _observe(self, policy: PromptPolicy, problems) -> torch.Tensor:
-        if not policy.uses_observation:
-            return torch.zeros(len(problems), 1)
-        return torch.as_tensor(self.env.observe(problems), dtype=torch.float32)
+    def complete_metrics(self, metrics: dict) -> None:
+        metrics["sample_prompt"] = self.describe()
+        metrics["oracle_pairs"] = self.oracle_pairs  # with this step's validation decodes
 
-    def validate(self) -> float:
-        """Greedy accuracy of the current prompt on the validation questions (the oracle's path)."""
-        if not self.val_problems:
-            return float("nan")
-        policy = self.prompt_policy().eval()
-        prompts = prompts_for(policy, self.env.vocab, self._observe(policy, self.val_problems))
-        _, infos = self.env.score(self.val_problems, None, prompts=prompts, batch_label="validation")
-        self.oracle_pairs += len(prompts)
-        return float(np.mean([i["correct"] for i in infos]))
+    def progress_postfix(self, metrics: dict) -> dict:
+        return {"loss": f"{metrics['loss']:.3f}", "s": f"{metrics['step_s']:.1f}", "oracle": self.oracle_pairs}
 
-    def save_prompt(self, name: str, **extra) -> None:
-        if self.run is not None:
-            save_policy(self.run.path / name, self.prompt_policy(), self.env.vocab, self.llm, step=self.step,
-                        agent=self.name, reading=self.describe(), **extra)
+    def policy_metadata(self) -> dict:
+        return {"agent": self.name, "reading": self.describe()}
 
-    def trained_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"trained.{k}": p.detach() for k, p in enumerate(self.parameters)}
+    def finish(self) -> dict:
+        if self.run is not None and not (self.run.path / POLICY_BEST).exists():
+            self.save_prompt(POLICY_BEST)  # no validation questions: the last is the kept one
+        return {"forward_passes": self.forward_passes, "backward_passes": self.backward_passes,
+                "last_prompt": self.describe(),
+                **({"own_targets": len(self.own_targets)} if self.own_targets is not None else {})}
 
-    def state_tensors(self) -> tuple[dict, dict]:
-        tensors = self.trained_tensors()
-        opt_t, opt_meta = optimizer_tensors(self.optimizer)
-        tensors.update(opt_t)
-        tensors["torch_generator"] = self.generator.get_state()
-        meta = {"step": self.step, "agent": self.name, "optimizer": opt_meta,
-                "numpy_rng": self.rng.bit_generator.state, "best_val": self.best_val,
-                "oracle_pairs": self.oracle_pairs, "forward_passes": self.forward_passes,
-                "backward_passes": self.backward_passes, "own_targets": self.own_targets, "config": asdict(self.config),
-                "gradient": asdict(self.gradient)}
+    def extra_state(self) -> tuple[dict, dict]:
+        tensors = {f"trained.{k}": p.detach() for k, p in enumerate(self.parameters)}
+        meta = {"forward_passes": self.forward_passes, "backward_passes": self.backward_passes,
+                "own_targets": self.own_targets, "gradient": asdict(self.gradient)}
         return tensors, meta
 
-    def load_state(self, path) -> None:
-        tensors, meta = load_state(path)
-        if meta.get("agent") != self.name:
-            raise ValueError(f"{path} holds a {meta.get('agent')} run, not {self.name}")
+    def load_extra_state(self, tensors: dict, meta: dict) -> None:
         with torch.no_grad():
             for k, parameter in enumerate(self.parameters):
                 parameter.copy_(tensors[f"trained.{k}"])
-        restore_optimizer(self.optimizer, tensors, meta["optimizer"])
-        self.generator.set_state(tensors["torch_generator"])
-        self.rng.bit_generator.state = meta["numpy_rng"]
-        self.best_val = meta["best_val"] if meta["best_val"] is not None else -math.inf
-        self.oracle_pairs, self.step = meta["oracle_pairs"], meta["step"]
         self.forward_passes, self.backward_passes = meta["forward_passes"], meta["backward_passes"]
         self.own_targets = meta.get("own_targets")
-
-    def save_checkpoint(self) -> None:
-        if self.run is None:
-            return
-        self.save_prompt("policy_last.safetensors")
-        tensors, meta = self.state_tensors()
-        save_state(self.run.path / "state_last.safetensors", tensors, meta)
-
-    def train(self, progress: bool = True) -> dict:
-        from tqdm.auto import tqdm
-
-        cfg = self.config
-        start = time.perf_counter()
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.name, disable=not progress, unit="step")
-        while self.step < cfg.steps:
-            metrics = self.update()
-            last = self.step == cfg.steps - 1
-            if self.val_problems and ((cfg.eval_every and (self.step + 1) % cfg.eval_every == 0) or last):
-                metrics["val_accuracy"] = self.validate()
-                if metrics["val_accuracy"] > self.best_val:
-                    self.best_val = metrics["val_accuracy"]
-                    self.save_prompt("policy_best.safetensors", val_accuracy=self.best_val)
-            metrics["sample_prompt"] = self.describe()
-            metrics["oracle_pairs"] = self.oracle_pairs
-            metrics["wall_s"] = time.perf_counter() - start
-            self.history.append(metrics)
-            if self.run is not None:
-                self.run.log_metrics(metrics)
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}", s=f"{metrics['step_s']:.1f}", oracle=self.oracle_pairs)
-            bar.update(1)
-            self.step += 1
-            if self.run is not None and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
-                self.save_checkpoint()
-        bar.close()
-        if self.run is not None and not (self.run.path / "policy_best.safetensors").exists():
-            self.save_prompt("policy_best.safetensors")  # no validation questions: the last is the kept one
-        return {"steps": self.step, "oracle_pairs": self.oracle_pairs, "best_val_accuracy": self.best_val,
-                "forward_passes": self.forward_passes, "backward_passes": self.backward_passes,
-                "wall_s": time.perf_counter() - start, "last_prompt": self.describe(),
-                **({"own_targets": len(self.own_targets)} if self.own_targets is not None else {})}

@@ -4,8 +4,8 @@ The policy gives logits over the action vocabulary for every slot (the Refiner f
 features). Each step adds Gumbel noise, takes the hard one-hot of the argmax in the forward pass
 (a real token's embedding row per slot) and the gradient of the soft relaxation
 softmax((logits + g) / tau) in the backward pass; the loss is the same teacher-forced NLL of the
-target (`--loss-target`). The temperature tau falls geometrically from `--gumbel-temperature` to
-`--gumbel-temperature-end` over the run. The "no token" action is masked out (its embedding would
+target (`--loss-target`). The temperature tau falls geometrically from `--gumbel-tau` to
+`--gumbel-tau-end` over the run. The "no token" action is masked out (its embedding would
 not be "nothing"), and its logit bias is set far below the others so the greedy prompt never picks
 it either. At evaluation the policy is an ordinary discrete policy: its greedy prompts are scored.
 """
@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import torch
 
+from rlprompt_math.evaluation import policy_prompts
 from rlprompt_math.vocab import EMPTY
 
+from .base import policy_for
 from .differentiable import DifferentiableAgent
 
 NEVER = -1e4  # the logit bias of the masked "no token" action
 
 
-def temperature_at(gradient, step: int, steps: int) -> float:
+def tau_at(gradient, step: int, steps: int) -> float:
     progress = step / max(steps - 1, 1)
-    return gradient.gumbel_temperature * (gradient.gumbel_temperature_end / gradient.gumbel_temperature) ** progress
+    return gradient.gumbel_tau * (gradient.gumbel_tau_end / gradient.gumbel_tau) ** progress
 
 
 class GumbelAgent(DifferentiableAgent):
@@ -39,7 +41,7 @@ class GumbelAgent(DifferentiableAgent):
         self.policy = policy
         ids = torch.tensor(env.vocab.token_ids)
         self.empty = ids == EMPTY
-        self.rows = self.llm.token_embeddings()[ids.clamp(min=0)].float().cpu()  # [V, D]
+        self.rows = self.engine.token_embeddings()[ids.clamp(min=0)].float().cpu()  # [V, D]
         self.rows[self.empty] = 0.0
         bias = policy.slot_logits if policy.kind == "unconditioned" else policy.slot_bias
         with torch.no_grad():
@@ -48,8 +50,17 @@ class GumbelAgent(DifferentiableAgent):
         self.optimizer = torch.optim.Adam(self.parameters, lr=gradient.gumbel_lr)
         self._last_actions: torch.Tensor | None = None
 
+    @classmethod
+    def from_config(cls, config, env, *, engine, run=None, val_problems=()):
+        return cls(env, policy_for(config, env, engine), config.algorithm, config.gradient, run=run,
+                   val_problems=val_problems, engine=engine)
+
+    def initial_prompt(self, probe_problems):
+        probe = list(probe_problems)[:1]
+        return policy_prompts(self.policy, self.env.vocab, probe, self.engine)[0] if probe else None
+
     def losses(self, problems):
-        tau = temperature_at(self.gradient, self.step, self.config.steps)
+        tau = tau_at(self.gradient, self.step, self.config.steps)
         self.policy.train()
         logits = self.policy.logits(self._observe(self.policy, problems)).masked_fill(self.empty, float("-inf"))
         uniform = torch.rand(logits.shape, generator=self.generator).clamp(1e-9, 1 - 1e-9)
@@ -59,8 +70,8 @@ class GumbelAgent(DifferentiableAgent):
         onehot = hard - soft.detach() + soft  # forward: the hard choice; backward: the soft gradient
         self._last_actions = index.detach()
         prompt = onehot @ self.rows  # [B, T, D]: the chosen tokens' embedding rows
-        losses = self.llm.prompt_loss(prompt, [p.question for p in problems], self.targets(problems))
-        return losses, {"temperature": tau}
+        losses = self.engine.prompt_loss(prompt, [p.question for p in problems], self.targets(problems))
+        return losses, {"temperature": tau}  # metrics.csv's column keeps its first name
 
     def prompt_policy(self):
         return self.policy

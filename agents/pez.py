@@ -28,9 +28,9 @@ class PezAgent(DifferentiableAgent):
         super().__init__(env, config, gradient, **kwargs)
         vocab = env.vocab
         self.candidates = [i for i, t in enumerate(vocab.token_ids) if t != EMPTY]  # action indices
-        table = self.llm.token_embeddings().float().cpu()
+        table = self.engine.token_embeddings().float().cpu()
         self.rows = table[torch.tensor([vocab.token_ids[i] for i in self.candidates])]  # [C, D]
-        init = initial_prompt_embeddings(self.llm, vocab, gradient, env.prompt_length, self.generator)
+        init = initial_prompt_embeddings(self.engine, vocab, gradient, env.prompt_length, self.generator)
         self.prompt = torch.nn.Parameter(init)
         self.parameters = [self.prompt]
         self.optimizer = torch.optim.Adam(self.parameters, lr=gradient.grad_lr)
@@ -43,7 +43,7 @@ class PezAgent(DifferentiableAgent):
     def losses(self, problems):
         index = torch.tensor(nearest_tokens(self.prompt, self.rows))
         self._projected = self.rows[index].clone().requires_grad_(True)
-        return self.llm.prompt_loss(self._projected, [p.question for p in problems],
+        return self.engine.prompt_loss(self._projected, [p.question for p in problems],
                                     self.targets(problems)), {}
 
     def transfer_gradient(self) -> None:

@@ -23,13 +23,13 @@ class SoftPromptAgent(DifferentiableAgent):
 
     def __init__(self, env, config, gradient, **kwargs):
         super().__init__(env, config, gradient, **kwargs)
-        init = initial_prompt_embeddings(self.llm, env.vocab, gradient, env.prompt_length, self.generator)
-        self.policy = SoftPrompt(self.llm, init, len(env.vocab))
+        init = initial_prompt_embeddings(self.engine, env.vocab, gradient, env.prompt_length, self.generator)
+        self.policy = SoftPrompt(self.engine, init, len(env.vocab))
         self.parameters = [self.policy.embeddings]
         self.optimizer = torch.optim.Adam(self.parameters, lr=gradient.grad_lr)
 
     def losses(self, problems):
-        return self.llm.prompt_loss(self.policy.embeddings, [p.question for p in problems],
+        return self.engine.prompt_loss(self.policy.embeddings, [p.question for p in problems],
                                     self.targets(problems)), {}
 
     def prompt_policy(self):

@@ -1,4 +1,4 @@
-"""Peak resident memory and speed of the oracle by dtype on this CPU, each dtype in a fresh process.
+"""Peak resident memory and speed of the transformers engine by dtype on this CPU, each dtype in a fresh process.
 
     python bench/dtype_memory.py [--pairs 64] [--max-new-tokens 32] [--threads 2] [--random-weights DIR]
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -31,27 +32,40 @@ VARIANTS = {
 }
 
 
+def cpu_description() -> str:
+    """The CPU's model name and the flags that decide bf16 speed, from /proc/cpuinfo where there is one."""
+    try:
+        info = open("/proc/cpuinfo").read().splitlines()
+    except OSError:
+        return f"{platform.processor() or platform.machine()} (?)"
+    name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.machine())
+    flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    return f"{name} ({','.join(f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f in flags)})"
+
+
 def child(dtype: str, pairs: int, max_new_tokens: int, random_weights: str | None) -> dict:
     import torch
 
     if os.environ.get("RLPROMPT_MKLDNN_OFF"):
         torch.backends.mkldnn.enabled = False
-    sys.path.insert(0, os.path.dirname(__file__))
-    from engines import random_weights_llm
-
-    from rlprompt_math.llm import FrozenLLM
+    from rlprompt_math.engines.transformers import TransformersEngine
+    from rlprompt_math.engines.transformers.loading import load_random_weights
 
     start = time.perf_counter()
-    llm = random_weights_llm(random_weights, "cpu", dtype) if random_weights else FrozenLLM.load(None, device="cpu", dtype=dtype)
+    if random_weights:
+        model, tokenizer, name = load_random_weights(random_weights, device="cpu", dtype=dtype)
+        engine = TransformersEngine(model, tokenizer, name=name)
+    else:
+        engine = TransformersEngine.load(None, device="cpu", dtype=dtype)
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     load_s = time.perf_counter() - start
-    texts = [llm.render("Answer with only the final number.", f"What is {17 * i % 97}+{31 * i % 89}?")
+    texts = [engine.render("Answer with only the final number.", f"What is {17 * i % 97}+{31 * i % 89}?")
              for i in range(pairs)]
     start = time.perf_counter()
-    llm.generate(texts, max_new_tokens=max_new_tokens, use_cache=False)
+    engine.generate(texts, max_new_tokens=max_new_tokens, use_cache=False)
     wall = time.perf_counter() - start
     return {"load_s": load_s, "peak_after_load_gb": loaded, "pairs_per_s": pairs / wall,
-            "tokens_per_s": llm.stats.new_tokens / wall,
+            "tokens_per_s": engine.stats.new_tokens / wall,
             "peak_after_generate_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
 
 
@@ -66,10 +80,7 @@ def main(pairs, max_new_tokens, threads, random_weights, variants, child_dtype):
     if child_dtype:
         print(json.dumps(child(child_dtype, pairs, max_new_tokens, random_weights)))
         return
-    sys.path.insert(0, os.path.dirname(__file__))
-    from engines import cpu_flags, cpu_name
-
-    print(f"machine: {cpu_name()} ({cpu_flags()}), {os.cpu_count()} cores; {threads} threads; {pairs} pairs, "
+    print(f"machine: {cpu_description()}, {os.cpu_count()} cores; {threads} threads; {pairs} pairs, "
           f"{max_new_tokens} new tokens" + (f"; random weights from {random_weights}" if random_weights else ""))
     for label in variants.split(";"):
         dtype, extra_env = VARIANTS[label]

@@ -1,4 +1,4 @@
-"""Oracle engines side by side, in one run, on the same (prompt, question) pairs.
+"""The engines side by side, in one run, on the same (prompt, question) pairs.
 
     python bench/engines.py                       # CPU: the transformers engine and llama-server
     python bench/engines.py --device cuda         # a GPU: the transformers engine in bf16
@@ -17,8 +17,9 @@ CPU rows, each timed twice (the same pairs; the greedy cache is off):
 "same completion" compares each engine's text with the transformers engine's.
 
 GPU rows: the transformers engine on CUDA in bf16 (the `auto` dtype there), pairs/s and generated
-tokens/s at each of `--batch-sizes` (on 4 x batch distinct pairs), and the fraction of the GPU's bf16 matrix-multiply peak measured in the
-same run (2 x parameters x generated tokens; prefill not counted). `--random-weights DIR` builds the
+tokens/s at each of `--batch-sizes` (on batch questions x the reference prompts, all distinct pairs),
+and the fraction of the GPU's bf16 matrix-multiply peak measured in the same run (2 x parameters x
+generated tokens; prefill not counted). `--random-weights DIR` builds the
 model from DIR's config.json and tokenizer with random weights, for a machine without the GGUF file
 (a random model writes to the token limit, so its tokens/s is the comparable figure). Where llama.cpp
 or the model file is missing, those rows say so.
@@ -34,30 +35,23 @@ import time
 import click
 import torch
 
+from rlprompt_math.config import REFERENCE_PROMPTS
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def cpu_name() -> str:
+def cpu_description() -> str:
+    """The CPU's model name and the flags that decide bf16 speed, from /proc/cpuinfo where there is one."""
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        info = open("/proc/cpuinfo").read().splitlines()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> str:
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "?"
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-    return ",".join(f for f in wanted if f in flags)
+        return f"{platform.processor() or platform.machine()} (?)"
+    name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.machine())
+    flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    return f"{name} ({','.join(f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f in flags)})"
 
 
 def pairs(num_questions: int, seed: int = 0):
-    from rlprompt_math.config import REFERENCE_PROMPTS
     from rlprompt_math.data import generate_problems
 
     problems = generate_problems(num_questions, seed=seed, kinds=["arithmetic"], difficulty=2)
@@ -75,86 +69,63 @@ def same(a: list[str], b: list[str]) -> float:
     return sum(x == y for x, y in zip(a, b)) / len(a)
 
 
-def random_weights_llm(directory: str, device: str, dtype: str):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def gpu_rows(engine, max_new_tokens: int, batch_sizes: tuple[int, ...]) -> None:
+    from rlprompt_math.engines.transformers.loading import matmul_peak
 
-    from rlprompt_math.llm import FrozenLLM, resolve_device, resolve_dtype
-
-    dev = resolve_device(device)
-    config = AutoConfig.from_pretrained(directory)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(dtype, dev)).to(dev)
-    return FrozenLLM(model, AutoTokenizer.from_pretrained(directory), name=f"{config.model_type} (random weights)")
-
-
-def bf16_matmul_peak_tflops(n: int = 8192, repeats: int = 10) -> float:
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    torch.cuda.synchronize()
-    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e12
-
-
-def gpu_rows(llm, max_new_tokens: int, batch_sizes: tuple[int, ...]) -> None:
-    params = sum(p.numel() for p in llm.model.parameters())
-    peak = bf16_matmul_peak_tflops()
+    params = sum(p.numel() for p in engine.model.parameters())
+    peak = matmul_peak(torch.bfloat16, rows=8192, width=8192, device="cuda", repeats=10, warmup=3) / 1e12  # TFLOP/s
     print(f"GPU: {torch.cuda.get_device_name()}, bf16 matmul peak measured here {peak:.0f} TFLOP/s; "
-          f"model {llm.name}, {params / 1e6:.0f}M parameters, {llm.dtype}")
+          f"model {engine.name}, {params / 1e6:.0f}M parameters, {engine.dtype}")
     for batch in batch_sizes:
-        # Distinct pairs (identical greedy rows are decoded once), 4 batches' worth.
-        texts = [llm.render(prompt, problem.question) for prompt, problem in pairs(batch)]
-        llm.generate(texts[:8], max_new_tokens=4, use_cache=False)  # warm-up
+        # Distinct pairs (identical greedy rows are decoded once), a batch per reference prompt.
+        texts = [engine.render(prompt, problem.question) for prompt, problem in pairs(batch)]
+        engine.generate(texts[:8], max_new_tokens=4, use_cache=False)  # warm-up
         for attempt in (1, 2):
             torch.cuda.synchronize()
-            _, wall, tokens = timed_generate(llm, texts, max_new_tokens, batch_size=batch)
+            _, wall, tokens = timed_generate(engine, texts, max_new_tokens, batch_size=batch)
             tflops = 2 * params * tokens / wall / 1e12
             print(f"  transformers cuda, batch {batch:4d}, run {attempt}: {len(texts)} pairs, {len(texts) / wall:7.1f} pairs/s, "
                   f"{tokens / wall:8.0f} tokens/s, {tflops:.2f} TFLOP/s = {tflops / peak:.2%} of the bf16 peak")
         for attempt in (1, 2):
             torch.cuda.synchronize()
             start = time.perf_counter()
-            llm.answer_logprobs(texts, ["42"] * len(texts), batch_size=batch)
+            engine.answer_logprobs(texts, ["42"] * len(texts), batch_size=batch)
             torch.cuda.synchronize()
             print(f"  teacher-forced answer log-probs, batch {batch}, run {attempt}: "
                   f"{len(texts) / (time.perf_counter() - start):.0f} pairs/s")
     print(f"  peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 
 
-def cpu_rows(llm, texts, max_new_tokens: int, slots: int, skip_llama: bool) -> None:
-    from rlprompt_math import llama_cpp
-    from rlprompt_math.llm import default_gguf_path
-    from rlprompt_math.served import ServedEngine
+def cpu_rows(engine, texts, max_new_tokens: int, slots: int, skip_llama: bool) -> None:
+    from rlprompt_math.servers import llama_cpp
+    from rlprompt_math.engines.transformers.loading import default_gguf_path
+    from rlprompt_math.engines.openai import OpenAIEngine
 
     ours = []
     for attempt in (1, 2):
-        out, wall, tokens = timed_generate(llm, texts, max_new_tokens, batch_size=64)
+        out, wall, tokens = timed_generate(engine, texts, max_new_tokens, batch_size=64)
         ours = ours or out
-        print(f"  transformers (in process, {llm.dtype}, batch 64), run {attempt}: {len(texts) / wall:5.1f} pairs/s, "
+        print(f"  transformers (in process, {engine.dtype}, batch 64), run {attempt}: {len(texts) / wall:5.1f} pairs/s, "
               f"{tokens / wall:5.0f} tokens/s")
     for attempt in (1, 2):
         start = time.perf_counter()
-        llm.answer_logprobs(texts, ["42"] * len(texts))
+        engine.answer_logprobs(texts, ["42"] * len(texts))
         print(f"  transformers teacher-forced answer log-probs, run {attempt}: "
               f"{len(texts) / (time.perf_counter() - start):5.1f} pairs/s")
     if skip_llama:
         return
     if not llama_cpp.is_built():
-        print("  llama-server: not built (python -m rlprompt_math.llama_cpp build); rows skipped")
+        print("  llama-server: not built (python -m rlprompt_math.servers.llama_cpp build); rows skipped")
         return
     shipped = default_gguf_path()
     f16 = llama_cpp.export_f16(shipped, log=lambda *_: None)
     threads = os.cpu_count() or 1
 
     def served_rows(label, urls):
-        engine = ServedEngine(urls, local=llm, served_model="smollm2", prompts_per_request=1,
+        served = OpenAIEngine(urls, local=engine, served_model="smollm2", prompts_per_request=1,
                               concurrency=max(1, slots // len(urls)))
         for attempt in (1, 2):
-            out, wall, tokens = timed_generate(engine, texts, max_new_tokens)
+            out, wall, tokens = timed_generate(served, texts, max_new_tokens)
             print(f"  {label}, run {attempt}: {len(texts) / wall:5.1f} pairs/s, {tokens / wall:5.0f} tokens/s, "
                   f"same completion as transformers {same(out, ours):.0%}")
 
@@ -168,7 +139,8 @@ def cpu_rows(llm, texts, max_new_tokens: int, slots: int, skip_llama: bool) -> N
 
 
 @click.command()
-@click.option("--questions", default=32, show_default=True, help="Problems; x 4 reference prompts = pairs.")
+@click.option("--questions", default=32, show_default=True,
+              help=f"Problems; x {len(REFERENCE_PROMPTS)} reference prompts = pairs.")
 @click.option("--max-new-tokens", default=32, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu (with llama-server rows) or cuda.")
 @click.option("--dtype", default="auto", show_default=True)
@@ -178,21 +150,25 @@ def cpu_rows(llm, texts, max_new_tokens: int, slots: int, skip_llama: bool) -> N
 @click.option("--batch-sizes", default="64,256", show_default=True, help="GPU batch sizes.")
 @click.option("--skip-llama", is_flag=True, help="Only the transformers engine.")
 def main(questions, max_new_tokens, device, dtype, random_weights, slots, batch_sizes, skip_llama):
-    from rlprompt_math.llm import FrozenLLM
+    from rlprompt_math.engines.transformers import TransformersEngine
+    from rlprompt_math.engines.transformers.loading import load_random_weights
 
-    print(f"machine: {cpu_name()} ({cpu_flags()}), {os.cpu_count()} cores, torch {torch.__version__}, "
+    print(f"machine: {cpu_description()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     if random_weights:
-        llm = random_weights_llm(random_weights, device, dtype)
+        model, tokenizer, name = load_random_weights(random_weights, device=device, dtype=dtype)
+        engine = TransformersEngine(model, tokenizer, name=name)
     else:
-        llm = FrozenLLM.load(None, device=device, dtype=dtype)
-    if llm.device.type == "cuda":
-        print(f"greedy, {max_new_tokens} new tokens; per batch size, that many questions x 4 reference prompts")
-        gpu_rows(llm, max_new_tokens, tuple(int(b) for b in batch_sizes.split(",")))
+        engine = TransformersEngine.load(None, device=device, dtype=dtype)
+    if engine.device.type == "cuda":
+        print(f"greedy, {max_new_tokens} new tokens; per batch size, that many questions x "
+              f"{len(REFERENCE_PROMPTS)} reference prompts")
+        gpu_rows(engine, max_new_tokens, tuple(int(b) for b in batch_sizes.split(",")))
     else:
-        texts = [llm.render(prompt, problem.question) for prompt, problem in pairs(questions)]
-        print(f"{len(texts)} pairs ({questions} questions x 4 reference prompts), greedy, {max_new_tokens} new tokens")
-        cpu_rows(llm, texts, max_new_tokens, slots, skip_llama)
+        texts = [engine.render(prompt, problem.question) for prompt, problem in pairs(questions)]
+        print(f"{len(texts)} pairs ({questions} questions x {len(REFERENCE_PROMPTS)} reference prompts), greedy, "
+              f"{max_new_tokens} new tokens")
+        cpu_rows(engine, texts, max_new_tokens, slots, skip_llama)
     print(f"peak resident memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
 
 

@@ -4,43 +4,41 @@
 
 Prints: agreement with peers' own test cases (Math-Verify's, the MATH dataset's `is_equiv` tests and
 NeMo-Skills' `math_equal` tests: bench/data/*_cases.jsonl, see bench/peer_suites.py) and every
-disagreement; how many random pairs of *different* numbers,
-expressions and equations we grade equal (must be 0); our labelled cases in tests/test_grading.py;
-cases/second and the slowest single call over all of them plus the adversarial inputs; and, when it
-is installed (`pip install math-verify`, not a dependency), Math-Verify on our labelled cases.
+disagreement; how many random pairs of *different* numbers, expressions and equations we grade equal
+(must be 0); our labelled cases (tests/data/grading_*.jsonl, the ones tests/test_grading.py runs), in
+all and per group; cases/second and the slowest single call over all of them plus the adversarial
+inputs; and, when it is installed (`pip install math-verify`, not a dependency), Math-Verify on our
+labelled cases.
 """
 
 import multiprocessing as mp
 import random
-import sys
 import time
+from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from peer_suites import SUITES, agreement, gold_answer, load_cases
 
-from test_grading import (ADVERSARIAL, EQUAL, EXTRACT_EQUAL, ISSUE15_EQUAL, ISSUE15_NOT_EQUAL,  # noqa: E402
-                          NOT_EQUAL, NOT_EXTRACTED)
+from rlprompt_math.grading import answers_equal, grade
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer_suites import SUITES, agreement, gold_answer  # noqa: E402
+TEST_DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 
-from rlprompt_math.grading import answers_equal, grade  # noqa: E402
+
+def _cases(name):
+    return load_cases(TEST_DATA / name)[1]
+
+
+ADVERSARIAL = [case["text"] for case in _cases("grading_adversarial.jsonl")]
 
 
 def labelled():
-    for text, gold in EXTRACT_EQUAL:
-        yield "extract", text, gold, True
-    for pred, gold in EQUAL:
-        yield "equal", pred, gold, True
-    for pred, gold in NOT_EQUAL:
-        yield "not-equal", pred, gold, False
-    for text in NOT_EXTRACTED:
-        if text:
-            yield "extract", text, "1", False
-    for pred, gold in ISSUE15_EQUAL:
-        yield "equal", pred, gold, True
-    for pred, gold in ISSUE15_NOT_EQUAL:
-        yield "not-equal", pred, gold, False
+    """(kind, prediction, gold, expected verdict, group) for every labelled case: a completion graded
+    against a gold ("extract"), or two answers compared ("equal")."""
+    for case in _cases("grading_completions.jsonl"):
+        if case["completion"]:
+            yield "extract", case["completion"], case["gold"], case["correct"], case["group"]
+    for case in _cases("grading_equality.jsonl"):
+        yield "equal", case["pred"], case["gold"], case["equal"], case["group"]
 
 
 def random_different_pairs(n=300, seed=0):
@@ -118,9 +116,8 @@ def main():
     print(f"random different pairs (numbers, polynomials, linear equations) graded equal: {len(wrong)}/{len(pairs)}"
           + "".join(f"\n  {a!r} vs {b!r}" for a, b in wrong))
     cases = list(labelled())
-    from peer_suites import load_cases
     peer = [("extract", c["pred"], gold_answer(c["gold"])) for path in SUITES.values() for c in load_cases(path)[1]]
-    inputs = [(k, p, g) for k, p, g, _ in cases] + [("extract", a, "1") for a in ADVERSARIAL] + peer
+    inputs = [(k, p, g) for k, p, g, _, _ in cases] + [("extract", a, "1") for a in ADVERSARIAL] + peer
     worst, worst_case = 0.0, None
     start = time.perf_counter()
     for kind, pred, gold in inputs:
@@ -132,10 +129,13 @@ def main():
     total = time.perf_counter() - start
     print(f"rlprompt_math.grading (labelled + adversarial + peer-suite inputs): {len(inputs)} calls in {total:.2f} s = {len(inputs) / total:.0f} cases/s; "
           f"worst single call {worst * 1000:.1f} ms ({worst_case[:40]!r})")
-    right = sum(ours(k, p, g) == label for k, p, g, label in cases)
-    print(f"labelled cases right: ours {right}/{len(cases)}")
-    for k, p, g, label in cases:
-        if ours(k, p, g) != label:
+    verdicts = [ours(k, p, g) == label for k, p, g, label, _ in cases]
+    print(f"labelled cases right: ours {sum(verdicts)}/{len(cases)}")
+    totals, rights = Counter(c[4] for c in cases), Counter(c[4] for c, ok in zip(cases, verdicts) if ok)
+    for group, total in totals.items():
+        print(f"  {group}: {rights[group]}/{total}")
+    for (k, p, g, label, _), ok in zip(cases, verdicts):
+        if not ok:
             print(f"  ours wrong: {p!r} vs {g!r}")
     try:
         import math_verify as _  # noqa: F401
@@ -143,7 +143,7 @@ def main():
         print("math-verify not installed: skipping the comparison")
         return
     mv_right, hangs, misses = 0, 0, []
-    for kind, pred, gold, label in cases:
+    for kind, pred, gold, label, _ in cases:
         result = math_verify(kind, pred, gold)
         hangs += result is None
         if result == label:

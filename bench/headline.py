@@ -48,10 +48,14 @@ from rlprompt_math.config import NO_PROMPT, REFERENCE_PROMPTS, field_default  # 
 # The reference prompts every comparison includes, and one more hand-written one.
 HAND_WRITTEN = (*REFERENCE_PROMPTS, "Take a deep breath and work on this problem step-by-step.")
 HARD_KINDS = ("word_two_step", "fractions", "percentages")
+# The headline setting is the defaults (with the budgets of the options below); its label says which.
+HEADLINE = (f"headline setting ({field_default('policy')}, {field_default('baseline')}, "
+            f"entropy {field_default('entropy_coef'):g}, {field_default('action_vocab')}, "
+            f"{' + '.join(field_default('rewards'))})")
 
 # Comparison grid: overrides of the headline setting, each trained once (seed 0) on the grid budget.
 VARIANTS = {
-    "headline setting (unconditioned, rloo, entropy 0.01, words, correct+partial)": {},
+    HEADLINE: {},
     "random search": {"agent": "random"},
     "refiner (question-conditioned)": {"policy": "refiner", "finalists": 0},
     "autoregressive refiner": {"policy": "autoregressive", "finalists": 0},
@@ -75,7 +79,7 @@ GRID_KEYS = {"random": "random search", "refiner": "refiner (question-conditione
              "length4": "prompt length 4",
              "length8": "prompt length 8", "frequent": "vocabulary frequent:500", "correct": "reward correct only",
              "likelihood": "reward correct + likelihood", "no_finalists": "no finalists (greedy prompt only)",
-             "headline": next(iter(VARIANTS))}
+             "headline": HEADLINE}
 GRID_DIRS = {name: key for key, name in GRID_KEYS.items()}
 
 # Routes trained beside REINFORCE on every seed (--routes): overrides of the headline setting. The
@@ -101,10 +105,10 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def _train_one(llm, splits, settings: dict, seed: int, run_dir: Path, reuse: bool = False) -> dict:
+def _train_one(engine, splits, settings: dict, seed: int, run_dir: Path, reuse: bool = False) -> dict:
     """Train one prompt policy through the one wiring (`rlprompt_math.train`); its kept prompt and facts.
     With `reuse`, a finished run already in `run_dir` with the same settings is loaded instead."""
-    from rlprompt_math.checkpoint import load_policy
+    from rlprompt_math.checkpoint import POLICY_BEST, SUMMARY, load_policy
     from rlprompt_math.config import RunConfig
     from rlprompt_math.evaluation import policy_prompts
     from rlprompt_math.runlog import RunDir
@@ -112,7 +116,7 @@ def _train_one(llm, splits, settings: dict, seed: int, run_dir: Path, reuse: boo
 
     config = RunConfig.from_flat({**settings, "seed": seed, "eval_every": max(1, settings["steps"] // 3),
                                   "output_dir": str(run_dir.parent), "name": run_dir.name, "no_final_eval": True})
-    done = run_dir / "summary.json"
+    done = run_dir / SUMMARY
     where = ("quiet", "output_dir", "name")  # not settings of the run itself
 
     def settings_of(flat: dict) -> dict:
@@ -125,12 +129,12 @@ def _train_one(llm, splits, settings: dict, seed: int, run_dir: Path, reuse: boo
     else:
         shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run each time this script runs
         start = time.perf_counter()
-        summary = train(config, llm=llm, splits=splits, log=click.echo).summary
+        summary = train(config, engine=engine, splits=splits, log=click.echo).summary
         wall_s = time.perf_counter() - start
-    policy, vocab, meta = load_policy(run_dir / "policy_best.safetensors", llm)
+    policy, vocab, meta = load_policy(run_dir / POLICY_BEST, engine)
     return {"policy": policy, "vocab": vocab, "summary": summary, "wall_s": wall_s,
             "reading": meta.get("reading"),
-            "prompts_of": lambda problems: policy_prompts(policy, vocab, problems, llm)}
+            "prompts_of": lambda problems: policy_prompts(policy, vocab, problems, engine)}
 
 
 @click.command()
@@ -163,8 +167,8 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
          max_new_tokens, grid, grid_steps, routes, route_steps, route_batch_size, reuse, out, render_only):
     from rlprompt_math.config import DataConfig, RunConfig
     from rlprompt_math.data import generate_problems, problems_from_config
-    from rlprompt_math.evaluation import mcnemar_p, score_system
-    from rlprompt_math.llm import FrozenLLM
+    from rlprompt_math.evaluation import SystemResult, paired_comparison, score_system
+    from rlprompt_math.engines.transformers import TransformersEngine
     from rlprompt_math.oracle import Decoding
     from rlprompt_math.rewards import RewardMix
 
@@ -179,7 +183,7 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
     started = time.perf_counter()
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
-    llm = FrozenLLM.load()
+    engine = TransformersEngine.load()
     problems, splits, _ = problems_from_config(DataConfig(num_problems=6000), 0)  # default kinds and levels
     test = splits["test"][:test_size]
     hard = {kind: generate_problems(hard_size, seed=1, kinds=[kind], difficulty=[1, 2]) for kind in HARD_KINDS} \
@@ -190,7 +194,7 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
             "finalists": finalists, "val_size": val_size, "max_new_tokens": max_new_tokens}
     decoding = Decoding(max_new_tokens)
     grader = RewardMix(["correct"])
-    results = {"machine": machine, "model": llm.name, "settings": base, "n_test": len(test),
+    results = {"machine": machine, "model": engine.name, "settings": base, "n_test": len(test),
                "n_train": len(splits["train"]), "hand_written": {}, "seeds": [], "hard": {}, "grid": [],
                "grid_steps": grid_steps, "routes": [], "route_settings": {"steps": route_steps,
                                                                              "batch_size": route_batch_size}}
@@ -201,12 +205,15 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
 
     solved = np.zeros(len(test), bool)  # test questions that some system's prompt solved
 
-    def score(problems, prompts, name):
-        correct = score_system(name, llm, grader, problems, prompts, decoding).correct
+    def score(problems, prompts, name) -> SystemResult:
+        result = score_system(name, engine, grader, problems, prompts, decoding)
         if problems is test:
-            solved[:] |= correct
+            solved[:] |= result.correct
             results["solved_by_any_system"] = float(solved.mean())
-        return correct
+        return result
+
+    def p_value(system: SystemResult, reference: SystemResult) -> float:
+        return paired_comparison(system.correct, reference.correct)["mcnemar_p"]
 
     def write():
         results["total_wall_s"] = time.perf_counter() - started
@@ -215,31 +222,31 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
         plot_routes(results, out)
 
     click.echo(f"machine: {machine}; train {len(splits['train'])}, test {len(test)} problems")
-    hand_correct = {}
+    hand = {}
     for prompt in HAND_WRITTEN:
-        hand_correct[prompt] = score(test, [prompt] * len(test), _label(prompt))
-        results["hand_written"][prompt] = float(hand_correct[prompt].mean())
-        click.echo(f"hand-written {_label(prompt)}: {_pct(hand_correct[prompt].mean())}")
-    best_hand = max(HAND_WRITTEN, key=lambda p: hand_correct[p].mean())
+        hand[prompt] = score(test, [prompt] * len(test), _label(prompt))
+        results["hand_written"][prompt] = float(hand[prompt].correct.mean())
+        click.echo(f"hand-written {_label(prompt)}: {_pct(hand[prompt].correct.mean())}")
+    best_hand = max(HAND_WRITTEN, key=lambda p: hand[p].correct.mean())
     results["best_hand_written"] = best_hand
     write()
 
     trained = {}
     for seed in [int(s) for s in seeds.split(",") if s.strip()]:
-        item = _train_one(llm, splits, base, seed, out / f"seed{seed}", reuse)
+        item = _train_one(engine, splits, base, seed, out / f"seed{seed}", reuse)
         prompts = item["prompts_of"](test)
-        correct = score(test, prompts, f"seed {seed}")
+        scored = score(test, prompts, f"seed {seed}")
         trained[seed] = item
         finals = item["summary"].get("finalists")
         results["seeds"].append({
-            "seed": seed, "prompt": prompts[0], "accuracy": float(correct.mean()),
-            "p_vs_best_hand_written": mcnemar_p(correct, hand_correct[best_hand]),
-            "p_vs_no_prompt": mcnemar_p(correct, hand_correct[""]),
+            "seed": seed, "prompt": prompts[0], "accuracy": float(scored.correct.mean()),
+            "p_vs_best_hand_written": p_value(scored, hand[best_hand]),
+            "p_vs_no_prompt": p_value(scored, hand[""]),
             "val_accuracy": item["summary"]["best_val_accuracy"], "oracle_pairs": item["summary"]["oracle_pairs"],
             "train_wall_s": item["wall_s"], "chosen_from": "finalist" if finals and finals["chosen"].get("kept")
             else "greedy policy"})
-        click.echo(f"seed {seed}: {prompts[0]!r} {_pct(correct.mean())}")
-        results["routes"].append(_route_row("REINFORCE", seed, item, prompts, correct, hand_correct[best_hand], None))
+        click.echo(f"seed {seed}: {prompts[0]!r} {_pct(scored.correct.mean())}")
+        results["routes"].append(_route_row("REINFORCE", seed, item, prompts, scored, hand[best_hand], None))
         write()
         for key in route_keys:
             name, overrides = ROUTES[key]
@@ -248,53 +255,56 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
                 settings["finalists"] = steps // max(1, steps // 3)
             else:
                 settings.update(steps=route_steps, batch_size=route_batch_size)
-            route = _train_one(llm, splits, settings, seed, out / f"{key}-s{seed}", reuse)
+            route = _train_one(engine, splits, settings, seed, out / f"{key}-s{seed}", reuse)
             route_prompts = route["prompts_of"](test)
-            route_correct = score(test, route_prompts, f"{name}, seed {seed}")
-            results["routes"].append(_route_row(name, seed, route, route_prompts, route_correct,
-                                                hand_correct[best_hand], correct))
-            click.echo(f"{name}, seed {seed}: {_pct(route_correct.mean())}")
+            route_scored = score(test, route_prompts, f"{name}, seed {seed}")
+            results["routes"].append(_route_row(name, seed, route, route_prompts, route_scored, hand[best_hand],
+                                                scored))
+            click.echo(f"{name}, seed {seed}: {_pct(route_scored.correct.mean())}")
             write()
 
     for kind, kind_problems in hard.items():
         row = {}
         for prompt in HAND_WRITTEN:
-            row[_label(prompt)] = float(score(kind_problems, [prompt] * len(kind_problems), _label(prompt)).mean())
+            scored = score(kind_problems, [prompt] * len(kind_problems), _label(prompt))
+            row[_label(prompt)] = float(scored.correct.mean())
         for seed, item in trained.items():
-            row[f"seed {seed}"] = float(score(kind_problems, item["prompts_of"](kind_problems), f"seed {seed}").mean())
+            scored = score(kind_problems, item["prompts_of"](kind_problems), f"seed {seed}")
+            row[f"seed {seed}"] = float(scored.correct.mean())
         results["hard"][kind] = {"n": len(kind_problems), "accuracy": row}
         write()
 
     names = list(VARIANTS) if grid == "all" else [GRID_KEYS[g.strip()] for g in grid.split(",") if g.strip()]
     for name in names:
         settings = {**base, **VARIANTS[name], "steps": grid_steps}
-        item = _train_one(llm, splits, settings, 0, out / f"grid-{GRID_DIRS[name]}")
+        item = _train_one(engine, splits, settings, 0, out / f"grid-{GRID_DIRS[name]}")
         prompts = item["prompts_of"](test)
-        correct = score(test, prompts, name)
+        scored = score(test, prompts, name)
         results["grid"].append({"variant": name, "prompt": prompts[0] if len(set(prompts)) == 1
                                 else f"{len(set(prompts))} distinct prompts, e.g. {prompts[0]!r}",
-                                "accuracy": float(correct.mean()),
-                                "p_vs_best_hand_written": mcnemar_p(correct, hand_correct[best_hand]),
+                                "accuracy": float(scored.correct.mean()),
+                                "p_vs_best_hand_written": p_value(scored, hand[best_hand]),
                                 "oracle_pairs": item["summary"]["oracle_pairs"], "train_wall_s": item["wall_s"]})
-        click.echo(f"{name}: {_pct(correct.mean())}")
+        click.echo(f"{name}: {_pct(scored.correct.mean())}")
         write()
     write()
     click.echo((out / "results.md").read_text())
 
 
-def _route_row(system, seed, item, prompts, correct, best_hand_correct, reinforce_correct) -> dict:
-    """One trained system on one seed: accuracy with its interval, paired tests (against REINFORCE unless
-    `reinforce_correct` is None: the REINFORCE row itself), and what it cost."""
-    from rlprompt_math.evaluation import bootstrap_ci, mcnemar_p
+def _route_row(system, seed, item, prompts, scored, best_hand, reinforce) -> dict:
+    """One trained system on one seed (its test `scored`, a SystemResult): accuracy with its interval,
+    paired tests against the best hand-written prompt and REINFORCE on the same seed (`reinforce` None:
+    the REINFORCE row itself), and what it cost."""
+    from rlprompt_math.evaluation import paired_comparison
 
-    summary = item["summary"]
+    summary, stats = item["summary"], scored.summary()
     shown = item["reading"] if prompts[0].startswith("\u27e6soft-prompt") else prompts[0]
     if len(set(prompts)) > 1:
         shown = f"{len(set(prompts))} distinct prompts, e.g. {prompts[0]!r}"
-    return {"system": system, "seed": seed, "prompt": shown, "accuracy": float(correct.mean()),
-            "ci95": bootstrap_ci(correct.astype(float)),
-            "p_vs_best_hand_written": mcnemar_p(correct, best_hand_correct),
-            "p_vs_reinforce": None if reinforce_correct is None else mcnemar_p(correct, reinforce_correct),
+    return {"system": system, "seed": seed, "prompt": shown, "accuracy": stats["accuracy"], "ci95": stats["ci95"],
+            "p_vs_best_hand_written": paired_comparison(scored.correct, best_hand.correct)["mcnemar_p"],
+            "p_vs_reinforce": (None if reinforce is None
+                               else paired_comparison(scored.correct, reinforce.correct)["mcnemar_p"]),
             "oracle_pairs": summary["oracle_pairs"], "forward_passes": summary.get("forward_passes", 0),
             "backward_passes": summary.get("backward_passes", 0), "own_targets": summary.get("own_targets"),
             "val_accuracy": summary.get("best_val_accuracy"), "train_wall_s": item["wall_s"]}
@@ -313,6 +323,8 @@ def plot_routes(r: dict, out: Path) -> Path | None:
 
     import matplotlib
 
+    from rlprompt_math.checkpoint import METRICS
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -321,7 +333,7 @@ def plot_routes(r: dict, out: Path) -> Path | None:
     fig, (val_ax, loss_ax, ent_ax) = plt.subplots(1, 3, figsize=(16, 4.6))
     colours = {}
     for row in r["routes"]:
-        path = _run_dir(out, row["system"], row["seed"]) / "metrics.csv"
+        path = _run_dir(out, row["system"], row["seed"]) / METRICS
         if not path.exists():
             continue
         with open(path, newline="") as handle:
@@ -424,7 +436,7 @@ def render(r: dict) -> str:
     if r["grid"]:
         steps = f"{r['grid_steps']} steps" if "grid_steps" in r else "--grid-steps steps"
         lines += ["", f"Comparison grid (seed 0, each variant {steps} of the same size; train time excludes "
-                  "pairs answered from the oracle's cache, e.g. the steps a variant shares with the seed-0 run):",
+                  "pairs answered from the engine's greedy cache, e.g. the steps a variant shares with the seed-0 run):",
                   "",
                   "| variant | kept prompt | held-out accuracy | vs best hand-written (points; McNemar p) "
                   "| oracle pairs | train time |",

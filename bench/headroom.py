@@ -7,7 +7,7 @@ Before asking a learner to find a better prompt, measure how much better a promp
 
 1. **Landscape.** The hand-written prompts and `--prompts` random prompts from the action vocabulary
    (what an untrained policy samples) are each scored on the same `--questions` training questions,
-   greedy. From the prompt x question table of 0/1 answers (and the `answer_likelihood` reward):
+   greedy. From the prompt x question table of 0/1 answers (and of the reward, a run's default `--reward`):
    * the spread of prompt accuracies, split into noise and signal: the variance of a prompt's mean
      that question sampling alone gives (from the prompt x question residuals) is subtracted from the
      observed variance; what is left is the *true* between-prompt standard deviation;
@@ -31,6 +31,8 @@ import time
 
 import click
 import numpy as np
+
+from rlprompt_math.config import field_default
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -74,21 +76,24 @@ def additive_fit(actions: np.ndarray, y: np.ndarray, vocab_size: int, *, per_slo
 @click.option("--prompts", "n_prompts", default=150, show_default=True, help="Random prompts in the landscape.")
 @click.option("--questions", default=16, show_default=True, help="Training questions every landscape prompt answers.")
 @click.option("--ceiling-questions", default=96, show_default=True, help="Validation questions for the format ceiling.")
-@click.option("--prompt-length", default=8, show_default=True)
-@click.option("--kinds", default="arithmetic", show_default=True, help="Generator problem kinds (as a run's --kinds).")
-@click.option("--difficulty", default="1,2", show_default=True, help="Generator difficulty levels.")
-@click.option("--num-problems", default=2000, show_default=True, help="Problems generated (as a run's --num-problems).")
-@click.option("--max-new-tokens", default=32, show_default=True)
+@click.option("--prompt-length", default=field_default("prompt_length"), show_default=True)
+@click.option("--kinds", default=field_default("kinds"), show_default=True,
+              help="Generator problem kinds (as a run's --kinds).")
+@click.option("--difficulty", default=field_default("difficulty"), show_default=True,
+              help="Generator difficulty levels.")
+@click.option("--num-problems", default=field_default("num_problems"), show_default=True,
+              help="Problems generated (as a run's --num-problems).")
+@click.option("--max-new-tokens", default=field_default("max_new_tokens"), show_default=True)
 @click.option("--seed", default=0, show_default=True, help="Split seed (as a run's --seed) and prompt sampling.")
 @click.option("--out", default=None, help="Write the tables and the summary as JSON here.")
 def main(n_prompts, questions, ceiling_questions, prompt_length, kinds, difficulty, num_problems, max_new_tokens, seed, out):
     import torch
     from tqdm.auto import tqdm
 
-    from rlprompt_math.config import REFERENCE_PROMPTS, DataConfig
+    from rlprompt_math.config import REFERENCE_PROMPTS, DataConfig, OracleConfig
     from rlprompt_math.data import problems_from_config
     from rlprompt_math.grading import answer_is_complete, grade
-    from rlprompt_math.llm import FrozenLLM
+    from rlprompt_math.engines.transformers import TransformersEngine
     from rlprompt_math.oracle import Decoding, score_pairs
     from rlprompt_math.rewards import RewardMix
     from rlprompt_math.vocab import ActionVocab
@@ -97,9 +102,9 @@ def main(n_prompts, questions, ceiling_questions, prompt_length, kinds, difficul
     _, splits, _ = problems_from_config(DataConfig(kinds=kinds, difficulty=difficulty, num_problems=num_problems), seed)
     rng = np.random.default_rng(seed + 123)
     train = [splits["train"][i] for i in rng.choice(len(splits["train"]), questions, replace=False)]
-    llm = FrozenLLM.load()
-    vocab = ActionVocab.from_spec(llm.tokenizer, "words", empty=True)
-    mix = RewardMix(["answer_likelihood"], llm=llm)
+    engine = TransformersEngine.load()
+    vocab = ActionVocab.from_spec(engine.tokenizer, field_default("action_vocab"), empty=field_default("empty_action"))
+    mix = RewardMix(list(OracleConfig().rewards), engine=engine)  # a run's reward
     actions = rng.integers(0, len(vocab), size=(n_prompts, prompt_length))
     prompts = list(REFERENCE_PROMPTS) + [vocab.decode(a.tolist()) for a in actions]
     decoding = Decoding(max_new_tokens)
@@ -108,7 +113,7 @@ def main(n_prompts, questions, ceiling_questions, prompt_length, kinds, difficul
     correct, reward = [], []
     for at in tqdm(range(0, len(prompts), 4), desc="landscape", unit="4 prompts"):
         chunk = prompts[at:at + 4]
-        r, infos = score_pairs(llm, mix, [q for _ in chunk for q in train], [p for p in chunk for _ in train],
+        r, infos = score_pairs(engine, mix, [q for _ in chunk for q in train], [p for p in chunk for _ in train],
                                decoding, batch_label="headroom")
         correct += np.array([i["correct"] for i in infos], float).reshape(len(chunk), -1).tolist()
         reward += r.reshape(len(chunk), -1).tolist()
@@ -138,13 +143,13 @@ def main(n_prompts, questions, ceiling_questions, prompt_length, kinds, difficul
             for p in val:
                 a, op, b = EQUATION.fullmatch(p.question.strip()).groups()
                 head = f"{a} {op} {b} = " if forced else ""
-                texts.append(llm.render(prompt, p.question) + head)
+                texts.append(engine.render(prompt, p.question) + head)
                 heads.append(head)
-            outs = llm.generate(texts, max_new_tokens=max_new_tokens, stop_when=answer_is_complete)
+            outs = engine.generate(texts, max_new_tokens=max_new_tokens, stop_when=answer_is_complete)
             acc = float(np.mean([grade(h + o, p.answer).correct for h, o, p in zip(heads, outs, val)]))
             ceiling[f"{prompt!r}{' + forced `A op B = `' if forced else ''}"] = acc
 
-    summary = {"model": llm.name, "kinds": kinds, "difficulty": difficulty, "seed": seed,
+    summary = {"model": engine.name, "kinds": kinds, "difficulty": difficulty, "seed": seed,
                "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
                "landscape": landscape, "format_ceiling": ceiling}
     print(json.dumps(summary, indent=2))

@@ -28,35 +28,34 @@ QUESTIONS = [f"What is {a}+{b}?" for a, b in [(2, 3), (36, 32), (7, 8), (120, 45
 @click.option("--max-new-tokens", default=48, show_default=True)
 @click.option("--compare-dtypes", is_flag=True, help="Also time fp32 vs bf16 forward passes.")
 def main(dtype, max_new_tokens, compare_dtypes):
-    from rlprompt_math.llm import FrozenLLM, cpu_has_fast_bf16
+    from rlprompt_math.engines.transformers import TransformersEngine
+    from rlprompt_math.engines.transformers.loading import cpu_has_fast_bf16, matmul_peak
 
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, cpu capability {torch.backends.cpu.get_cpu_capability()}")
     start = time.perf_counter()
-    llm = FrozenLLM.load(None, device="cpu", dtype=dtype)
-    print(f"load: {time.perf_counter() - start:.1f} s  (model {llm.name}, dtype {llm.dtype})")
-    texts = [llm.render("Answer with only the final number.", q) for q in QUESTIONS]
+    engine = TransformersEngine.load(None, device="cpu", dtype=dtype)
+    print(f"load: {time.perf_counter() - start:.1f} s  (model {engine.name}, dtype {engine.dtype})")
+    texts = [engine.render("Answer with only the final number.", q) for q in QUESTIONS]
     start = time.perf_counter()
-    answers = llm.generate(texts, max_new_tokens=max_new_tokens, use_cache=False)
+    answers = engine.generate(texts, max_new_tokens=max_new_tokens, use_cache=False)
     elapsed = time.perf_counter() - start
-    tokens = llm.stats.new_tokens
+    tokens = engine.stats.new_tokens
     print(f"generate: 16 questions, {tokens} new tokens in {elapsed:.1f} s = {tokens / elapsed:.0f} tokens/s")
     for q, a in zip(QUESTIONS[:4], answers[:4]):
         print(f"  {q!r} -> {a!r}")
     if compare_dtypes:
         ids = torch.randint(0, 49000, (32, 64))
         for dt in (torch.float32, torch.bfloat16):
-            model = llm.model.to(dt)
+            model = engine.model.to(dt)
             with torch.inference_mode():
                 model(ids[:4])
                 start = time.perf_counter()
                 model(ids)
                 el = time.perf_counter() - start
             print(f"forward 32x64 {str(dt):15s}: {32 * 64 / el:7.0f} tokens/s")
-        from oracle import matmul_peak  # bench/oracle.py (this folder is on sys.path when run as a script)
-
-        print(f"matmul peak 1024x1024: fp32 {matmul_peak(torch.float32):.0f} GFLOP/s, "
-              f"bf16 {matmul_peak(torch.bfloat16, repeats=2):.1f} GFLOP/s")
+        print(f"matmul peak 1024x1024: fp32 {matmul_peak(torch.float32, repeats=10) / 1e9:.0f} GFLOP/s, "
+              f"bf16 {matmul_peak(torch.bfloat16, repeats=2) / 1e9:.1f} GFLOP/s")
         print(f"cpu_has_fast_bf16() = {cpu_has_fast_bf16()}")
 
 

@@ -7,19 +7,16 @@ free text in the peer's convention (usually `$...$`), so both go through our ext
 final answer is `extract_answer(gold)` when the gold has a `\\boxed{}`, else the gold text itself;
 the prediction is graded with `grade(pred, gold_answer)`, exactly as a completion is in training.
 The peer's per-test options (float rounding, match types) are not ours to honour: our rules are
-fixed and documented in rlprompt_math/grading.py, so a case that depends on such an option can only
+fixed and documented in rlprompt_math/grading/, so a case that depends on such an option can only
 agree by chance and is explained in the README.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from rlprompt_math.grading import extract_answer, grade  # noqa: E402
+from rlprompt_math.grading import extract_answer, grade
 
 DATA = Path(__file__).resolve().parent / "data"
 SUITES = {"Math-Verify": DATA / "math_verify_cases.jsonl",
@@ -28,7 +25,7 @@ SUITES = {"Math-Verify": DATA / "math_verify_cases.jsonl",
 
 
 def load_cases(path: Path) -> tuple[dict, list[dict]]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     header = rows[0] if rows and rows[0].get("header") else {}
     return header, [r for r in rows if not r.get("header")]
 

@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+import platform
 import tempfile
 import time
 
 import click
 import torch
 
+from rlprompt_math.config import GRADIENT_AGENTS
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-RUNS = {"reinforce": {"agent": "reinforce"}, "soft-prompt": {"agent": "soft-prompt"}, "pez": {"agent": "pez"},
+# REINFORCE and every gradient route; Gumbel-softmax on the Refiner (its question-conditioned policy).
+RUNS = {"reinforce": {"agent": "reinforce"},
+        **{agent: {"agent": agent} for agent in GRADIENT_AGENTS if agent != "gumbel"},
         "gumbel refiner": {"agent": "gumbel", "policy": "refiner"}}
 
 
@@ -32,20 +36,21 @@ RUNS = {"reinforce": {"agent": "reinforce"}, "soft-prompt": {"agent": "soft-prom
 @click.option("--steps", default=5, show_default=True)
 @click.option("--random-weights", default=None, metavar="DIR")
 def main(device, dtype, steps, random_weights):
+    from rlprompt_math.checkpoint import METRICS
     from rlprompt_math.config import RunConfig
     from rlprompt_math.train import train
 
-    sys.path.insert(0, os.path.dirname(__file__))
-    from engines import cpu_name, random_weights_llm
+    from rlprompt_math.engines.transformers.loading import load_random_weights
 
     scratch = tempfile.mkdtemp(prefix="routes-speed-")
     model = None
     if random_weights:
-        llm = random_weights_llm(random_weights, "cpu", "float32")
+        weights, tokenizer, _ = load_random_weights(random_weights, device="cpu", dtype="float32")
         model = os.path.join(scratch, "model")
-        llm.model.save_pretrained(model)
-        llm.tokenizer.save_pretrained(model)
-    where = torch.cuda.get_device_name() if device.startswith("cuda") else cpu_name()
+        weights.save_pretrained(model)
+        tokenizer.save_pretrained(model)
+    where = (torch.cuda.get_device_name() if device.startswith("cuda")
+             else f"CPU ({platform.machine()}, {os.cpu_count()} cores)")
     print(f"device: {where}; torch {torch.__version__}; {steps} steps each; model "
           f"{'random weights, ' + random_weights if random_weights else 'the embedded default'}")
     for label, settings in RUNS.items():
@@ -61,7 +66,7 @@ def main(device, dtype, steps, random_weights):
             print(f"  {label:15s}: FAILED {type(error).__name__}: {error}")
             continue
         summary = result.summary
-        lines = open(os.path.join(scratch, config.name, "metrics.csv")).read().splitlines()
+        lines = open(os.path.join(scratch, config.name, METRICS)).read().splitlines()
         header = lines[0].split(",")
         rows = [dict(zip(header, line.split(","))) for line in lines[1:]]
         per_step = [float(r["seconds_per_step"]) for r in rows if r.get("seconds_per_step")]

@@ -15,9 +15,10 @@ Landscapes (`--landscape`):
   flat      between-prompt spread of the default task (true sd of random prompts' accuracy ~2 points)
   headroom  the same questions, with prompt effects large enough that the best prompt is far ahead
 
-Learners: the default REINFORCE settings (Adam, lr 1.0), REINFORCE with plain SGD (a gradient bandit:
-evidence adds up, noise averages out), and random search at the same budget (the best sampled
-prompt by mean training reward).
+Learners: the library's own agents, driven through their training loop (`Agent.train`) on the
+simulated oracle as on a real environment: REINFORCE with the default settings (Adam, lr 1.0), with
+plain SGD (a gradient bandit: evidence adds up, noise averages out), and random search on the same
+budget (agents/random_search.py: the best sampled prompt by mean training reward).
 """
 
 from __future__ import annotations
@@ -26,17 +27,14 @@ import json
 import math
 import os
 import platform
-import sys
 from pathlib import Path
 
 import click
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from rlprompt_math.config import ReinforceConfig  # noqa: E402
-from rlprompt_math.data import Problem  # noqa: E402
+from rlprompt_math.config import AlgorithmConfig
+from rlprompt_math.data import Problem
 
 SLOTS, ACTIONS = 8, 107
 
@@ -86,31 +84,25 @@ class SimulatedOracle:
         return correct.astype(float), infos
 
 
-def run_reinforce(oracle, config: ReinforceConfig) -> dict:
+def run_reinforce(oracle, config: AlgorithmConfig) -> dict:
+    """The REINFORCE agent's kept (greedy) prompt after `config.steps` steps of its training loop."""
     from rlprompt_math.agents import ReinforceAgent
     from rlprompt_math.policies import Unconditioned
 
     torch.manual_seed(config.seed)
-    policy = Unconditioned(SLOTS, ACTIONS)
-    agent = ReinforceAgent(oracle, policy, config)
-    for _ in range(config.steps):
-        metrics = agent.update()
-        agent.step += 1
-    greedy = policy.greedy(torch.zeros(1, 1))[0].tolist()
-    return {"accuracy": oracle.accuracy(greedy), "entropy": metrics["entropy"]}
+    agent = ReinforceAgent(oracle, Unconditioned(SLOTS, ACTIONS), config)
+    agent.train(progress=False)
+    greedy = agent.prompt_policy().greedy(torch.zeros(1, 1))[0].tolist()
+    return {"accuracy": oracle.accuracy(greedy), "entropy": agent.history[-1]["entropy"]}
 
 
-def run_random_search(oracle, steps: int, k: int, m: int, seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    best, best_reward = None, -1.0
-    for _ in range(steps):
-        idx = rng.choice(len(oracle.problems), m, replace=False)
-        for _ in range(k):
-            actions = rng.integers(0, ACTIONS, SLOTS)
-            rewards, _ = oracle.score([oracle.problems[i] for i in idx], [actions] * m)
-            if rewards.mean() > best_reward:
-                best, best_reward = actions, rewards.mean()
-    return {"accuracy": oracle.accuracy(best)}
+def run_random_search(oracle, config: AlgorithmConfig) -> dict:
+    """The random-search agent's kept prompt after `config.steps` rounds of K candidates on M questions."""
+    from rlprompt_math.agents import RandomSearchAgent
+
+    agent = RandomSearchAgent(oracle, config)
+    agent.train(progress=False)
+    return {"accuracy": oracle.accuracy(agent.prompt_policy().actions)}
 
 
 def budget_sweep(landscapes, budgets, seeds, out) -> None:
@@ -120,7 +112,7 @@ def budget_sweep(landscapes, budgets, seeds, out) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    defaults = ReinforceConfig()
+    defaults = AlgorithmConfig()
     k, m = defaults.prompts_per_question, defaults.batch_size
     fig, axes = plt.subplots(1, len(landscapes), figsize=(5 * len(landscapes), 3.6), squeeze=False)
     results = {}
@@ -131,10 +123,9 @@ def budget_sweep(landscapes, budgets, seeds, out) -> None:
         print("| --- | --- | --- | --- |")
         curves = {"REINFORCE (defaults)": [], "random search": []}
         for steps in budgets:
-            rl = np.array([run_reinforce(SimulatedOracle(landscape, s), ReinforceConfig(steps=steps, seed=s))["accuracy"]
-                           for s in range(seeds)]) * 100
-            rs = np.array([run_random_search(SimulatedOracle(landscape, s), steps, k, m, s)["accuracy"]
-                           for s in range(seeds)]) * 100
+            configs = [AlgorithmConfig(steps=steps, seed=s) for s in range(seeds)]
+            rl = np.array([run_reinforce(SimulatedOracle(landscape, c.seed), c)["accuracy"] for c in configs]) * 100
+            rs = np.array([run_random_search(SimulatedOracle(landscape, c.seed), c)["accuracy"] for c in configs]) * 100
             cells = [_mean_interval(rl), _mean_interval(rs), _mean_interval(rl - rs)]
             print(f"| {steps * k * m} | " + " | ".join(f"{mu:.1f} [{lo:.1f}, {hi:.1f}]" for mu, lo, hi in cells) + " |")
             curves["REINFORCE (defaults)"].append(cells[0])
@@ -185,7 +176,7 @@ def main(seeds, steps, landscapes, budgets, out):
     if budgets:
         budget_sweep(landscapes, [int(b) for b in budgets.split(",")], seeds, out)
         return
-    defaults = ReinforceConfig()
+    defaults = AlgorithmConfig()
     k, m = defaults.prompts_per_question, defaults.batch_size
     learners = {
         "REINFORCE, Adam lr 1.0 (default)": dict(optimizer="adam", lr=1.0),
@@ -206,10 +197,10 @@ def main(seeds, steps, landscapes, budgets, out):
             best_additive = oracle.slot_effect.argmax(1)  # the best per-slot choice (what a policy can reach)
             rows.setdefault("best additive prompt", []).append({"accuracy": oracle.accuracy(best_additive)})
             for name, change in learners.items():
-                config = ReinforceConfig(steps=steps, seed=seed, **change)
+                config = AlgorithmConfig(steps=steps, seed=seed, **change)
                 rows.setdefault(name, []).append(run_reinforce(SimulatedOracle(landscape, seed), config))
             rows.setdefault("random search, same budget", []).append(
-                run_random_search(SimulatedOracle(landscape, seed), steps, k, m, seed))
+                run_random_search(SimulatedOracle(landscape, seed), AlgorithmConfig(steps=steps, seed=seed)))
         results[landscape] = rows
         print(f"\n## landscape {landscape}: {seeds} seeds, {steps} steps x {k} prompts x {m} questions "
               f"= {steps * k * m} simulated oracle pairs")

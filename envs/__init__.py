@@ -4,10 +4,10 @@
   rlprompt_math/PromptRefine-v0     one step: the whole prompt is one MultiDiscrete action
   rlprompt_math/PromptRefineSeq-v0  one token per step, reward at the end
 
-    gymnasium.make("rlprompt_math/PromptRefine-v0", llm=FrozenLLM.load(), dataset="gsm8k.jsonl")
+    gymnasium.make("rlprompt_math/PromptRefine-v0", engine=TransformersEngine.load(), dataset="gsm8k.jsonl")
 
-The registered entry points are the factories `make_env` / `make_seq_env`: `llm` may be a loaded
-FrozenLLM (shared, never copied) or a model name/path to load. `PromptRefineEnv(llm, problems, vocab,
+The registered entry points are the factories `make_env` / `make_seq_env`: `engine` may be a loaded
+TransformersEngine (shared, never copied) or a model name/path to load. `PromptRefineEnv(engine, problems, vocab,
 reward_mix, decoding, prompt_length=...)` builds one from loaded objects.
 """
 

@@ -1,7 +1,7 @@
 """Gymnasium environments: the frozen LLM as a reward oracle for discrete prompts.
 
 `PromptRefineEnv` (a contextual bandit): `reset` draws a problem and observes its question
-(hidden-state features from the oracle, or token ids); the action is `prompt_length` indices into
+(hidden-state features from the engine, or token ids); the action is `prompt_length` indices into
 the action vocabulary; `step` decodes them to prompt text, renders it with the question, asks the
 oracle, grades the completion with the configured reward functions, and ends the episode.
 
@@ -21,7 +21,7 @@ from gymnasium import spaces
 
 from rlprompt_math.config import DataConfig, OracleConfig, PolicyConfig
 from rlprompt_math.data import Problem, load_problems, problems_from_config, split_problems
-from rlprompt_math.engine import Engine
+from rlprompt_math.engines import Engine
 from rlprompt_math.oracle import Decoding, score_pairs
 from rlprompt_math.rewards import RewardMix
 from rlprompt_math.vocab import ActionVocab
@@ -36,11 +36,11 @@ class PromptRefineEnv(gym.Env):
 
     metadata = {"render_modes": ["ansi"]}
 
-    def __init__(self, llm: Engine, problems: Sequence[Problem], vocab: ActionVocab, reward_mix: RewardMix,
+    def __init__(self, engine: Engine, problems: Sequence[Problem], vocab: ActionVocab, reward_mix: RewardMix,
                  decoding: Decoding = Decoding(), *, prompt_length: int = PolicyConfig.prompt_length,
                  observation: str = "features", max_question_tokens: int = 128, counters_in_info: bool = False,
                  render_mode: str | None = None):
-        self.llm, self.vocab, self.reward_mix, self.decoding = llm, vocab, reward_mix, decoding
+        self.engine, self.vocab, self.reward_mix, self.decoding = engine, vocab, reward_mix, decoding
         self.problems = list(problems)
         if not self.problems:
             raise ValueError("the environment needs at least one problem")
@@ -48,24 +48,26 @@ class PromptRefineEnv(gym.Env):
         self.observation_kind = observation
         self.max_question_tokens = int(max_question_tokens)
         self.render_mode = render_mode
-        # The oracle's call and cache counters are cumulative, process-wide state: in `info`, two
+        # The engine's call and cache counters are cumulative, process-wide state: in `info`, two
         # identical steps would differ (the second is a cache hit) and check_env's determinism check
-        # fails. They are read with `oracle_stats()`; `counters_in_info=True` also puts them in `info`.
+        # fails. They are read with `engine_stats()`; `counters_in_info=True` also puts them in `info`.
         self.counters_in_info = counters_in_info
         self.action_space = spaces.MultiDiscrete([len(self.vocab)] * self.prompt_length)
         if observation == "features":
-            self.observation_space = spaces.Box(-np.inf, np.inf, (self.llm.hidden_size,), np.float32)
+            self.observation_space = spaces.Box(-np.inf, np.inf, (self.engine.hidden_size,), np.float32)
         elif observation == "tokens":
-            self.observation_space = spaces.Box(0, len(self.llm.tokenizer) - 1, (self.max_question_tokens,), np.int64)
+            self.observation_space = spaces.Box(0, len(self.engine.tokenizer) - 1, (self.max_question_tokens,),
+                                                np.int64)
         else:
             raise ValueError("observation must be 'features' or 'tokens'")
         self._features: dict[str, np.ndarray] = {}
         self._problem: Problem | None = None
         self._last_info: dict = {}
 
-    def oracle_stats(self) -> dict:
-        """The frozen LLM's cumulative counters (process-wide: shared by every env on this LLM)."""
-        stats = self.llm.stats
+    def engine_stats(self) -> dict:
+        """The engine's cumulative counters, as `counters_in_info` puts them in `info` (process-wide: shared
+        by every env on this engine)."""
+        stats = self.engine.stats
         return {"oracle_calls": stats.generate_calls, "oracle_rows": stats.generated_rows,
                 "cache_hits": stats.cache_hits}
 
@@ -74,9 +76,9 @@ class PromptRefineEnv(gym.Env):
     def observe(self, problems: Sequence[Problem]) -> np.ndarray:
         """Observations for several problems at once (features are computed once per problem)."""
         if self.observation_kind == "tokens":
-            out = np.full((len(problems), self.max_question_tokens), self.llm.tokenizer.pad_token_id, np.int64)
+            out = np.full((len(problems), self.max_question_tokens), self.engine.tokenizer.pad_token_id, np.int64)
             for i, problem in enumerate(problems):
-                ids = self.llm.tokenizer(problem.question, add_special_tokens=False)["input_ids"]
+                ids = self.engine.tokenizer(problem.question, add_special_tokens=False)["input_ids"]
                 ids = ids[: self.max_question_tokens]
                 out[i, : len(ids)] = ids
             return out
@@ -85,8 +87,8 @@ class PromptRefineEnv(gym.Env):
                 # The seed's Refiner input: the question as the LLM sees it without a prompt. One
                 # question per forward pass, so its features never depend on its batch-mates (padded
                 # batches differ in the last bits), which keeps runs and resumes bitwise reproducible.
-                text = self.llm.render("", problem.question)
-                self._features[problem.id] = self.llm.features([text])[0].numpy().astype(np.float32)
+                text = self.engine.render("", problem.question)
+                self._features[problem.id] = self.engine.features([text])[0].numpy().astype(np.float32)
         return np.stack([self._features[p.id] for p in problems])
 
     # ---- the batched fast path -----------------------------------------------------------------
@@ -98,14 +100,14 @@ class PromptRefineEnv(gym.Env):
               seed: int | None = None, batch_label: str = "") -> tuple[np.ndarray, list[dict]]:
         """Rewards and infos for many (problem, prompt) pairs in one oracle call.
 
-        `prompts` (text) may replace `actions`, for hand-written baselines scored the same way.
+        `prompts` (text) may replace `actions`, for reference prompts scored the same way.
         """
         if prompts is None:
             prompts = self.prompt_texts(actions)
-        totals, infos = score_pairs(self.llm, self.reward_mix, problems, prompts, self.decoding, seed=seed,
+        totals, infos = score_pairs(self.engine, self.reward_mix, problems, prompts, self.decoding, seed=seed,
                                     batch_label=batch_label)
         if self.counters_in_info:
-            stats = self.oracle_stats()
+            stats = self.engine_stats()
             for info in infos:
                 info.update(stats)
         return totals, infos
@@ -198,7 +200,7 @@ def _problems(dataset, split: str | None, split_seed: int) -> list[Problem]:
     return chosen
 
 
-def make_env(llm: Engine | str | None = None, dataset: str | Sequence[Problem] | None = None, *,
+def make_env(engine: Engine | str | None = None, dataset: str | Sequence[Problem] | None = None, *,
              prompt_length: int = PolicyConfig.prompt_length, action_vocab: ActionVocab | str = PolicyConfig.action_vocab,
              empty_action: bool = PolicyConfig.empty_action, rewards: Sequence | RewardMix = OracleConfig.rewards,
              max_new_tokens: int = OracleConfig.max_new_tokens, stop_at_answer: bool = OracleConfig.stop_at_answer,
@@ -206,26 +208,26 @@ def make_env(llm: Engine | str | None = None, dataset: str | Sequence[Problem] |
              split: str | None = "train", split_seed: int = 0, **env_kwargs) -> PromptRefineEnv:
     """A PromptRefineEnv from names and settings: loads what is not loaded yet.
 
-    `llm`: a loaded engine (shared) or a model name/path (None: the default model, in process). `dataset`:
+    `engine`: a loaded engine (shared) or a model name/path (None: the default model, in process). `dataset`:
     problems, a file or hub id, or None for the built-in generator; `split` picks one of its hashed
     splits (None or "all": every problem). Other keyword arguments go to `PromptRefineEnv`.
     """
-    if not isinstance(llm, Engine):
-        from rlprompt_math.llm import FrozenLLM
+    if not isinstance(engine, Engine):
+        from rlprompt_math.engines.transformers import TransformersEngine
 
-        llm = FrozenLLM.load(llm)
+        engine = TransformersEngine.load(engine)
     vocab = (action_vocab if isinstance(action_vocab, ActionVocab)
-             else ActionVocab.from_spec(llm.tokenizer, action_vocab, empty=empty_action))
-    reward_mix = rewards if isinstance(rewards, RewardMix) else RewardMix(list(rewards), llm=llm)
+             else ActionVocab.from_spec(engine.tokenizer, action_vocab, empty=empty_action))
+    reward_mix = rewards if isinstance(rewards, RewardMix) else RewardMix(list(rewards), engine=engine)
     decoding = Decoding(int(max_new_tokens), float(temperature), None, tuple(stop or ()),
                         stop_at_answer=bool(stop_at_answer))
-    return PromptRefineEnv(llm, _problems(dataset, split, split_seed), vocab, reward_mix, decoding,
+    return PromptRefineEnv(engine, _problems(dataset, split, split_seed), vocab, reward_mix, decoding,
                            prompt_length=prompt_length, **env_kwargs)
 
 
-def make_seq_env(llm=None, dataset=None, **kwargs) -> PromptRefineSeqEnv:
-    """A PromptRefineSeqEnv over `make_env(llm, dataset, **kwargs)`."""
-    return PromptRefineSeqEnv(make_env(llm, dataset, **kwargs))
+def make_seq_env(engine=None, dataset=None, **kwargs) -> PromptRefineSeqEnv:
+    """A PromptRefineSeqEnv over `make_env(engine, dataset, **kwargs)`."""
+    return PromptRefineSeqEnv(make_env(engine, dataset, **kwargs))
 
 
 make_env.metadata = make_seq_env.metadata = PromptRefineEnv.metadata

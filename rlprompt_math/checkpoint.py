@@ -21,12 +21,27 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import __version__
+from .config import PolicyConfig
 from .policies import FixedPrompt, PromptPolicy, build_policy
 from .vocab import ActionVocab
 
 POLICY_FORMAT = "rlprompt-math-policy"
 STATE_FORMAT = "rlprompt-math-train-state"
 FORMAT_VERSION = 1
+
+# The files of a run directory, by name: every writer and reader uses these.
+CONFIG = "config.yaml"  # the exact settings of the run
+SPLITS = "splits.json"  # which problems went to train, validation and test
+METRICS = "metrics.csv"  # one row per training step
+SAMPLES = "samples.jsonl"  # the best and worst prompts of each step
+TENSORBOARD = "tensorboard"  # a directory: the metrics as TensorBoard events
+POLICY_BEST = "policy_best.safetensors"  # the kept policy: the best on validation
+POLICY_LAST = "policy_last.safetensors"  # the policy at the last checkpoint
+STATE_LAST = "state_last.safetensors"  # what --resume continues from: optimizer, random-number states, counters
+POLICY_FILES = {"best": POLICY_BEST, "last": POLICY_LAST}  # `run.py evaluate --checkpoint`
+LEARNING_CURVE = "learning_curve.png"
+SUMMARY = "summary.json"  # what training returned
+FINAL_EVAL = "final_eval"  # a directory: the held-out comparison at the end of training
 
 
 class CheckpointError(RuntimeError):
@@ -70,15 +85,15 @@ def read(path: str | Path, expected_format: str) -> tuple[dict[str, torch.Tensor
 # ---- policies ------------------------------------------------------------------------------------
 
 
-def save_policy(path, policy: PromptPolicy, vocab: ActionVocab, llm, **extra) -> None:
+def save_policy(path, policy: PromptPolicy, vocab: ActionVocab, engine, **extra) -> None:
     metadata = {"format": POLICY_FORMAT, "format_version": FORMAT_VERSION, "toolkit_version": __version__,
-                "policy": policy.config(), "model": llm.fingerprint(), "vocab": vocab.to_dict(),
+                "policy": policy.config(), "model": engine.fingerprint(), "vocab": vocab.to_dict(),
                 "prompt_example": None, **extra}
     atomic_save(path, dict(policy.state_dict()), metadata)
 
 
-def check_model(metadata: dict, llm, path) -> None:
-    saved, current = metadata.get("model", {}), llm.fingerprint()
+def check_model(metadata: dict, engine, path) -> None:
+    saved, current = metadata.get("model", {}), engine.fingerprint()
     for key in ("tokenizer_hash", "vocab_size", "hidden_size"):
         if saved.get(key) != current.get(key):
             raise CheckpointError(
@@ -87,20 +102,34 @@ def check_model(metadata: dict, llm, path) -> None:
                 "trained for (--model), or use only its prompt texts on another model.")
 
 
-def load_policy(path, llm, *, check: bool = True) -> tuple[PromptPolicy, ActionVocab, dict]:
-    """(policy, action vocabulary, metadata) from a policy file, for this LLM."""
+# Policy settings renamed since policy files were first written, by policy kind: old key -> its name now.
+# "hidden_size" was the refiners' width and the soft prompt's embedding size; it now means only the LLM's.
+LEGACY_POLICY_KEYS = {"refiner": {"hidden_size": "width"}, "autoregressive": {"hidden_size": "width"},
+                      "soft": {"hidden_size": "embedding_dim"}}
+
+
+def _policy_settings(metadata: dict) -> dict:
+    """A policy file's `policy` entry under today's names (older files: LEGACY_POLICY_KEYS)."""
+    settings = metadata["policy"]
+    renamed = LEGACY_POLICY_KEYS.get(settings["kind"], {})
+    return {renamed.get(key, key): value for key, value in settings.items()}
+
+
+def load_policy(path, engine, *, check: bool = True) -> tuple[PromptPolicy, ActionVocab, dict]:
+    """(policy, action vocabulary, metadata) from a policy file, for this engine's LLM."""
     tensors, metadata = read(path, POLICY_FORMAT)
-    config = metadata["policy"]
+    config = _policy_settings(metadata)
+    metadata = {**metadata, "policy": config}
     if check and config["kind"] != "fixed":
-        check_model(metadata, llm, path)
-    vocab = ActionVocab(llm.tokenizer, metadata["vocab"]["token_ids"], metadata["vocab"]["spec"])
+        check_model(metadata, engine, path)
+    vocab = ActionVocab(engine.tokenizer, metadata["vocab"]["token_ids"], metadata["vocab"]["spec"])
     if config["kind"] == "fixed":
         return FixedPrompt(config["text"], config["prompt_length"], config["vocab_size"],
                            actions=config.get("actions")), vocab, metadata
     if vocab.fingerprint() != metadata["vocab"]["fingerprint"]:
         raise CheckpointError(f"{path}: action vocabulary does not match its recorded fingerprint")
-    policy = build_policy(config["kind"], llm=llm, vocab=vocab, prompt_length=config["prompt_length"],
-                          hidden_size=config.get("hidden_size", 256))
+    policy = build_policy(config["kind"], engine=engine, vocab=vocab, prompt_length=config["prompt_length"],
+                          width=config.get("width", PolicyConfig.policy_width))
     try:
         policy.load_state_dict(tensors)
     except RuntimeError as error:

@@ -87,7 +87,7 @@ def main():
 @main.command()
 @config_options
 def train(**opts):
-    """Train a prompt policy against the frozen LLM and compare it with hand-written prompts.
+    """Train a prompt policy against the frozen LLM and compare it with the hand-written reference prompts.
 
     Writes runs/<name>/: config.yaml, splits.json, metrics.csv, tensorboard/, samples.jsonl,
     policy_best/last.safetensors, state_last.safetensors, learning_curve.png, summary.json, final_eval/.
@@ -127,16 +127,19 @@ def _given(name: str) -> bool:
 @click.option("--answer-field", default=None)
 @click.option("--split", default="test", show_default=True, help="Split of the run's problems (train/validation/test).")
 @click.option("--limit", default=field_default("test_size"), show_default=True, help="At most this many problems.")
-@click.option("--baseline-prompt", "baseline_prompts", multiple=True, help="Extra hand-written prompt (repeatable).")
-@click.option("--no-default-baselines", is_flag=True, help="Only the prompts given with --baseline-prompt.")
+@click.option("--reference-prompt", "reference_prompts", multiple=True,
+              help="One more hand-written reference prompt to compare with (repeatable).")
+@click.option("--no-default-references", is_flag=True,
+              help="Leave out the default reference prompts: only those given with --reference-prompt.")
 @click.option("--model", default=None, help="Score the prompts on another model (transfer).")
 @click.option("--max-new-tokens", default=None, type=int, help="Default: the run's setting.")
 @click.option("--output-dir", "--output", "output", default=None, type=click.Path(file_okay=False),
               help="Report directory (default: RUN_DIR/eval-<split>[-<model>]).")
 @click.option("--quiet", is_flag=True)
-def evaluate(run_dir, checkpoint, dataset, question_field, answer_field, split, limit, baseline_prompts,
-             no_default_baselines, model, max_new_tokens, output, quiet):
-    """Score a saved policy against hand-written prompts on held-out problems (paired, same decoding)."""
+def evaluate(run_dir, checkpoint, dataset, question_field, answer_field, split, limit, reference_prompts,
+             no_default_references, model, max_new_tokens, output, quiet):
+    """Score a saved policy against the hand-written reference prompts on held-out problems (paired, same
+    decoding)."""
     from .data import load_problems
     from .evaluation import evaluate_run, format_table
     from .train import USER_ERRORS
@@ -145,9 +148,9 @@ def evaluate(run_dir, checkpoint, dataset, question_field, answer_field, split, 
         problems = None
         if dataset:
             problems, _ = load_problems(dataset, question_field=question_field, answer_field=answer_field)
-        baselines = ([] if no_default_baselines else list(REFERENCE_PROMPTS)) + list(baseline_prompts)
+        references = ([] if no_default_references else list(REFERENCE_PROMPTS)) + list(reference_prompts)
         report = evaluate_run(run_dir, checkpoint=checkpoint, problems=problems, split=split, limit=limit,
-                              baseline_prompts=baselines, model=model, max_new_tokens=max_new_tokens,
+                              reference_prompts=references, model=model, max_new_tokens=max_new_tokens,
                               output=output, progress=not quiet, log=click.echo)
     except USER_ERRORS as error:
         raise click.ClickException(str(error)) from error

@@ -30,6 +30,9 @@ ENTROPY_SCHEDULES = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adam", "sgd")
 DATA_FORMATS = ("auto", "gsm8k", "openmath", "math", "fields")
 ENGINES = ("transformers", "openai")
+GENERATOR_KINDS = ("arithmetic", "order_of_operations", "fractions", "decimals", "percentages", "word_one_step",
+                   "word_two_step", "linear_equation")  # the built-in generator's problem kinds (data.GENERATORS)
+ENGINE_CACHE_SIZE = 50_000  # greedy completions an engine keeps, least recently used dropped first
 
 # The hand-written reference prompts that every comparison includes (training's final comparison,
 # `run.py evaluate`), the empty prompt first. "" is shown as NO_PROMPT.
@@ -53,7 +56,7 @@ def opt(default: Any = None, **cli) -> Any:
     """A field whose command-line option needs more than its name, type and default.
 
     cli keys: flag (option name), choices, multiple, metavar, path ("dir" or "file"), cli=False (not
-    an option: set by the wiring).
+    an option: set by the wiring), listed (the values a comma-separated setting takes, added to its help).
     """
     if isinstance(default, list):
         raise TypeError("use a tuple for a sequence default")
@@ -76,9 +79,8 @@ class DataConfig:
     """Split to read from a hub dataset."""
     skip_bad_rows: bool = False
     """Skip malformed rows (reported) instead of stopping."""
-    kinds: str = "arithmetic"
-    """Generator problem kinds, comma-separated: arithmetic, order_of_operations, fractions, decimals,
-    percentages, word_one_step, word_two_step, linear_equation, or 'all'."""
+    kinds: str = opt("arithmetic", listed=GENERATOR_KINDS)
+    """Generator problem kinds, comma-separated, or 'all'."""
     difficulty: str = "1,2"
     """Generator difficulty levels (1-3), comma-separated."""
     num_problems: int = 2000
@@ -87,7 +89,7 @@ class DataConfig:
 
 @dataclass
 class EngineConfig:
-    """The frozen LLM and the engine that computes it (`engine.load_engine`)."""
+    """The frozen LLM and the engine that computes it (`engines.load_engine`)."""
 
     engine: str = opt("transformers", choices=ENGINES)
     """transformers: the model in this process (CPU or CUDA). openai: an OpenAI-compatible completions
@@ -159,15 +161,17 @@ class PolicyConfig:
     """words | words:PATH | frequent:N | tokens:PATH | full."""
     empty_action: bool = True
     """Include a 'no token' action, so prompts can be shorter than --prompt-length."""
-    hidden_size: int = 256
-    """Hidden size of the refiner policies."""
+    policy_width: int = 256
+    """Width of the refiner policies' hidden layer (the MLP's, the GRU's state): the policy's own size, not
+    the frozen LLM's hidden size."""
     fixed_prompt: str = "Answer with only the final number."
     """The prompt of --agent fixed."""
 
 
 @dataclass
-class ReinforceConfig:
-    """The algorithm: REINFORCE's hyperparameters (random search uses the budget fields and `finalists`)."""
+class AlgorithmConfig:
+    """The algorithm: REINFORCE's hyperparameters; random search uses the budget fields and `finalists`, the
+    differentiable routes the step, batch, clipping and cadence fields (RunConfig.algorithm)."""
 
     steps: int = 30
     """Training steps (optimizer steps; random search: rounds of candidates)."""
@@ -194,10 +198,11 @@ class ReinforceConfig:
     """How the entropy coefficient decays over training (linear, cosine: to 0 at the last step)."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
-    temperature: float = 1.0
-    """Policy sampling temperature while training (log-probabilities are always taken at 1)."""
-    top_k: int = 0
-    """Sample among the top k tokens per slot (0: all)."""
+    sample_temperature: float = 1.0
+    """Temperature of the policy's prompt sampling while training (log-probabilities are always taken at 1).
+    Not the LLM's: it decodes greedily."""
+    sample_top_k: int = 0
+    """The policy samples among its top k tokens per slot (0: all)."""
     value_lr: float = 1e-3
     """Learning rate of the learned baseline."""
     eval_every: int = 10
@@ -248,10 +253,10 @@ class GradientConfig:
     oracle pairs (counted), and only questions with such a completion are trained on."""
     target_questions: int = 256
     """--loss-target own: training questions whose completions are collected before step 1."""
-    gumbel_temperature: float = 1.0
-    """Gumbel-softmax temperature at step 0 (--agent gumbel)."""
-    gumbel_temperature_end: float = 0.1
-    """Gumbel-softmax temperature at the last step (annealed geometrically from --gumbel-temperature)."""
+    gumbel_tau: float = 1.0
+    """Gumbel-softmax temperature tau at step 0 (--agent gumbel)."""
+    gumbel_tau_end: float = 0.1
+    """Gumbel-softmax temperature tau at the last step (annealed geometrically from --gumbel-tau)."""
 
     def validate(self):
         if self.grad_lr <= 0 or self.gumbel_lr <= 0:
@@ -264,8 +269,8 @@ class GradientConfig:
             raise ConfigError("--target-questions must be >= 1")
         if self.soft_init == "text" and not self.init_text.strip():
             raise ConfigError("--init-text is empty; give a prompt or use --soft-init random")
-        if self.gumbel_temperature <= 0 or self.gumbel_temperature_end <= 0:
-            raise ConfigError("Gumbel-softmax temperatures must be > 0")
+        if self.gumbel_tau <= 0 or self.gumbel_tau_end <= 0:
+            raise ConfigError("--gumbel-tau and --gumbel-tau-end must be > 0")
 
 
 @dataclass
@@ -297,7 +302,7 @@ class RunConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     oracle: OracleConfig = field(default_factory=OracleConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
-    algorithm: ReinforceConfig = field(default_factory=ReinforceConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     gradient: GradientConfig = field(default_factory=GradientConfig)
 
     SECTIONS = ("data", "engine", "oracle", "policy", "algorithm", "gradient")
@@ -357,11 +362,17 @@ class RunConfig:
 
 # Settings that run directories written before they existed ran with (read when resuming or evaluating).
 LEGACY_DEFAULTS = {"stop_at_answer": False, "finalists": 0}
+# Settings renamed since (so that "temperature" and "hidden size" mean only the LLM's): a key in an older run's
+# config.yaml -> its name now.
+LEGACY_NAMES = {"hidden_size": "policy_width", "temperature": "sample_temperature", "top_k": "sample_top_k",
+                "gumbel_temperature": "gumbel_tau", "gumbel_temperature_end": "gumbel_tau_end"}
 
 
 def saved_config(settings: dict) -> RunConfig:
-    """The config of a run directory's `config.yaml` (older runs: LEGACY_DEFAULTS for missing keys)."""
-    return RunConfig.from_flat({**LEGACY_DEFAULTS, **settings})
+    """The config of a run directory's `config.yaml` (older runs: LEGACY_NAMES for renamed keys,
+    LEGACY_DEFAULTS for missing ones)."""
+    current = {LEGACY_NAMES.get(key, key): value for key, value in settings.items()}
+    return RunConfig.from_flat({**LEGACY_DEFAULTS, **current})
 
 
 def _coerce(f: dataclasses.Field, value):
@@ -370,7 +381,7 @@ def _coerce(f: dataclasses.Field, value):
 
 def _section_type(name: str) -> type:
     return {"data": DataConfig, "engine": EngineConfig, "oracle": OracleConfig, "policy": PolicyConfig,
-            "algorithm": ReinforceConfig, "gradient": GradientConfig}[name]
+            "algorithm": AlgorithmConfig, "gradient": GradientConfig}[name]
 
 
 def _walk(config: RunConfig) -> Iterator[tuple[dataclasses.Field, Any]]:
@@ -418,4 +429,7 @@ def _docs(cls: type) -> dict[str, str]:
 
 
 def field_doc(cls: type, name: str) -> str:
-    return _docs(cls).get(name, "")
+    """A field's docstring, followed by the values it lists (`opt(listed=...)`) where it has them."""
+    listed = next((f.metadata.get("listed") for f in dataclasses.fields(cls) if f.name == name), None)
+    doc = _docs(cls).get(name, "")
+    return f"{doc} One or more of: {', '.join(listed)}." if listed else doc

@@ -21,7 +21,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .config import DataConfig
+from .config import GENERATOR_KINDS, DataConfig
 from .grading import ParseError, extract_answer, parse_answer
 
 
@@ -186,8 +186,6 @@ def load_problems(source: str, *, fmt: str = "auto", question_field: str | None 
 NAMES = ["Ava", "Ben", "Chloe", "Diego", "Emma", "Farid", "Grace", "Hiro", "Isla", "Jamal", "Kira",
          "Liam", "Maya", "Noah", "Olga", "Priya", "Quinn", "Rosa", "Sam", "Tariq", "Uma", "Victor"]
 ITEMS = ["apples", "pencils", "stickers", "marbles", "books", "cookies", "stamps", "cards", "shells", "coins"]
-KINDS = ("arithmetic", "order_of_operations", "fractions", "decimals", "percentages", "word_one_step",
-         "word_two_step", "linear_equation")
 
 
 def _fmt(value: Fraction) -> str:
@@ -302,15 +300,17 @@ GENERATORS = {"arithmetic": _arithmetic, "order_of_operations": _order_of_operat
               "fractions": _fractions, "decimals": _decimals, "percentages": _percentages,
               "word_one_step": _word_one_step, "word_two_step": _word_two_step,
               "linear_equation": _linear_equation}
+if tuple(GENERATORS) != GENERATOR_KINDS:
+    raise ImportError(f"the generators {tuple(GENERATORS)} do not match config.GENERATOR_KINDS {GENERATOR_KINDS}")
 
 
 def problem_stream(seed: int = 0, *, kinds: Sequence[str] | None = None,
                    difficulty: int | Sequence[int] = 1) -> Iterator[Problem]:
     """An endless, reproducible stream of generated problems with exactly computed answers."""
-    kinds = list(kinds or KINDS)
+    kinds = list(kinds or GENERATOR_KINDS)
     unknown = [k for k in kinds if k not in GENERATORS]
     if unknown:
-        raise DataError(f"unknown problem kind(s) {unknown}; choose from {', '.join(KINDS)}")
+        raise DataError(f"unknown problem kind(s) {unknown}; choose from {', '.join(GENERATOR_KINDS)}")
     levels = [difficulty] if isinstance(difficulty, int) else list(difficulty)
     if any(level not in (1, 2, 3) for level in levels):
         raise DataError("difficulty must be 1, 2 or 3")
@@ -391,7 +391,7 @@ def problems_from_config(data: DataConfig, seed: int = 0
     """
     bad: list[str] = []
     if data.dataset == "generator":
-        kinds = list(KINDS) if data.kinds == "all" else [k.strip() for k in str(data.kinds).split(",") if k.strip()]
+        kinds = list(GENERATOR_KINDS) if data.kinds == "all" else [k.strip() for k in str(data.kinds).split(",") if k.strip()]
         levels = [int(x) for x in str(data.difficulty).split(",") if x.strip()]
         problems = generate_problems(int(data.num_problems), seed=int(seed), kinds=kinds, difficulty=levels)
     else:

@@ -1,10 +1,10 @@
-"""Scoring saved policies against hand-written prompts on the same held-out problems.
+"""Scoring saved policies against the hand-written reference prompts on the same held-out problems.
 
-Every system (the policy's greedy prompts, each baseline prompt) is scored by the same oracle path
+Every system (the policy's greedy prompts, each reference prompt) is scored by the same oracle path
 (`oracle.score_pairs`) with the same decoding on the same problems, so the comparison is paired:
   * accuracy with a 95% percentile-bootstrap interval (2,000 resamples of the problems, seeded);
-  * McNemar's exact test against each baseline (two-sided binomial test on the discordant pairs;
-    identical systems give p = 1);
+  * McNemar's exact test of the learned policy against each reference prompt (two-sided binomial test
+    on the discordant pairs; identical systems give p = 1);
   * mean partial credit, the rate at which an answer could be extracted, mean completion length
     in tokens, oracle rows and wall time, and the most common prompts.
 """
@@ -30,9 +30,8 @@ from .oracle import Decoding, decoding_from, score_pairs
 from .policies import PromptPolicy
 from .rewards import RewardMix
 
-DEFAULT_BASELINES = REFERENCE_PROMPTS  # the one list of hand-written prompts (config.REFERENCE_PROMPTS)
-__all__ = ["DEFAULT_BASELINES", "NO_PROMPT", "bootstrap_ci", "compare_systems", "evaluate_run", "format_table",
-           "mcnemar_p", "policy_prompts", "reference_systems", "score_system", "write_report"]
+__all__ = ["NO_PROMPT", "bootstrap_ci", "compare_systems", "evaluate_run", "format_table",
+           "mcnemar_p", "paired_comparison", "policy_prompts", "reference_systems", "score_system", "write_report"]
 
 
 def bootstrap_ci(values: Sequence[float], *, resamples: int = 2000, seed: int = 0, level: float = 0.95):
@@ -54,6 +53,19 @@ def mcnemar_p(a: Sequence[bool], b: Sequence[bool]) -> float:
     k = min(only_a, only_b)
     tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
     return float(min(1.0, 2 * tail))
+
+
+def paired_comparison(system: Sequence[bool], reference: Sequence[bool]) -> dict:
+    """A system against a reference on the same problems (per-problem correctness of each): the
+    accuracy difference (reference minus system), McNemar's exact p, and the problems only one of them
+    solved. The `vs_reference` entry of `compare_systems`; bench/headline.py tests against several."""
+    system, reference = np.asarray(system, bool), np.asarray(reference, bool)
+    if system.shape != reference.shape:
+        raise ValueError(f"paired comparison of {system.shape} and {reference.shape} results: not the same problems")
+    return {"accuracy_difference": float(reference.mean() - system.mean()),
+            "mcnemar_p": mcnemar_p(reference, system),
+            "reference_only_correct": int((reference & ~system).sum()),
+            "this_only_correct": int((~reference & system).sum())}
 
 
 @dataclass
@@ -80,44 +92,40 @@ class SystemResult:
                 "prompts": [{"prompt": p, "count": n} for p, n in Counter(self.prompts).most_common(5)]}
 
 
-def score_system(name: str, llm, reward_mix: RewardMix, problems: Sequence[Problem], prompts: Sequence[str],
+def score_system(name: str, engine, reward_mix: RewardMix, problems: Sequence[Problem], prompts: Sequence[str],
                  decoding: Decoding) -> SystemResult:
-    rows_before = llm.stats.generated_rows
+    rows_before = engine.stats.generated_rows
     start = time.perf_counter()
-    _, infos = score_pairs(llm, reward_mix, problems, prompts, decoding, batch_label=f"evaluation of {name}")
+    _, infos = score_pairs(engine, reward_mix, problems, prompts, decoding, batch_label=f"evaluation of {name}")
     wall = time.perf_counter() - start
-    lengths = [len(llm.tokenizer(i["completion"], add_special_tokens=False)["input_ids"]) for i in infos]
-    return SystemResult(name, list(prompts), infos, wall, llm.stats.generated_rows - rows_before, lengths)
+    lengths = [len(engine.tokenizer(i["completion"], add_special_tokens=False)["input_ids"]) for i in infos]
+    return SystemResult(name, list(prompts), infos, wall, engine.stats.generated_rows - rows_before, lengths)
 
 
-def policy_prompts(policy: PromptPolicy, vocab, problems: Sequence[Problem], feature_llm) -> list[str]:
+def policy_prompts(policy: PromptPolicy, vocab, problems: Sequence[Problem], feature_engine) -> list[str]:
     """Greedy prompt text per problem. Question-conditioned policies need their own model's features."""
     if not policy.uses_observation:
         return policy.prompts(torch.zeros(len(problems), 1), vocab)
-    texts = [feature_llm.render("", p.question) for p in problems]
-    return policy.prompts(feature_llm.features(texts), vocab)
+    texts = [feature_engine.render("", p.question) for p in problems]
+    return policy.prompts(feature_engine.features(texts), vocab)
 
 
-def compare_systems(llm, reward_mix: RewardMix, problems: Sequence[Problem], systems: dict[str, list[str]],
+def compare_systems(engine, reward_mix: RewardMix, problems: Sequence[Problem], systems: dict[str, list[str]],
                     decoding: Decoding, *, reference: str | None = None, progress: bool = True) -> dict:
     """Score each system's prompts; paired tests of `reference` (default: the first) against the rest."""
     from tqdm.auto import tqdm
 
     results = {}
     for name, prompts in tqdm(systems.items(), desc="evaluating", disable=not progress, unit="system"):
-        results[name] = score_system(name, llm, reward_mix, problems, prompts, decoding)
+        results[name] = score_system(name, engine, reward_mix, problems, prompts, decoding)
     reference = reference or next(iter(systems))
     ref = results[reference].correct
-    report = {"model": llm.name, "n_problems": len(problems), "reference": reference,
+    report = {"model": engine.name, "n_problems": len(problems), "reference": reference,
               "decoding": decoding.__dict__, "rewards": reward_mix.describe(), "systems": {}}
     for name, result in results.items():
         summary = result.summary()
         if name != reference:
-            other = result.correct
-            summary["vs_reference"] = {"accuracy_difference": float(ref.mean() - other.mean()),
-                                       "mcnemar_p": mcnemar_p(ref, other),
-                                       "reference_only_correct": int((ref & ~other).sum()),
-                                       "this_only_correct": int((~ref & other).sum())}
+            summary["vs_reference"] = paired_comparison(result.correct, ref)
         report["systems"][name] = summary
     report["_results"] = results
     return report
@@ -175,31 +183,31 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def reference_systems(learned: Sequence[str], baseline_prompts: Sequence[str] = REFERENCE_PROMPTS) -> dict:
-    """The systems of a comparison: the learned policy's prompts, then each hand-written prompt."""
+def reference_systems(learned: Sequence[str], reference_prompts: Sequence[str] = REFERENCE_PROMPTS) -> dict:
+    """The systems of a comparison: the learned policy's prompts, then each reference prompt."""
     systems = {"learned policy": list(learned)}
-    for text in dict.fromkeys(baseline_prompts):
+    for text in dict.fromkeys(reference_prompts):
         systems[prompt_label(text)] = [text] * len(learned)
     return systems
 
 
 def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", problems: Sequence[Problem] | None = None,
                  split: str = "test", limit: int | None = RunConfig.test_size,
-                 baseline_prompts: Sequence[str] = REFERENCE_PROMPTS, model: str | None = None,
+                 reference_prompts: Sequence[str] = REFERENCE_PROMPTS, model: str | None = None,
                  max_new_tokens: int | None = None, output: str | Path | None = None, progress: bool = True,
-                 log=print, config: RunConfig | None = None, llm=None) -> dict:
-    """Evaluate a saved run's policy against hand-written prompts (the Python form of `run.py evaluate`,
+                 log=print, config: RunConfig | None = None, engine=None) -> dict:
+    """Evaluate a saved run's policy against the reference prompts (the Python form of `run.py evaluate`,
     and training's final comparison).
 
     `problems` defaults to the run's own `split`. `model` scores the prompts on another model: prompt
     text is re-tokenised for it; a question-conditioned policy still writes its prompts from the
     features of the model it was trained for, so both models are loaded. `config` (default: the run's
-    config.yaml) and `llm` (default: loaded from it) may be passed when they are at hand.
+    config.yaml) and `engine` (default: loaded from it) may be passed when they are at hand.
     """
-    from .checkpoint import load_policy
+    from .checkpoint import POLICY_FILES, load_policy
     from .config import saved_config
     from .data import problems_from_config
-    from .engine import load_engine
+    from .engines import load_engine
     from .runlog import RunDir
 
     run_dir = Path(run_dir)
@@ -209,23 +217,23 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", problems: Seq
         _, splits, _ = problems_from_config(config.data, config.seed)
         problems = splits[split]
     problems = list(problems)[:limit]
-    train_llm = llm if llm is not None else load_engine(config.engine)
-    policy, vocab, _ = load_policy(run_dir / f"policy_{checkpoint}.safetensors", train_llm)
-    target = train_llm
+    train_engine = engine if engine is not None else load_engine(config.engine)
+    policy, vocab, _ = load_policy(run_dir / POLICY_FILES[checkpoint], train_engine)
+    target = train_engine
     if model and policy.kind == "soft":
         from .checkpoint import CheckpointError
 
-        raise CheckpointError(f"{run_dir} holds a soft prompt: embeddings in {train_llm.name}'s input space, which "
+        raise CheckpointError(f"{run_dir} holds a soft prompt: embeddings in {train_engine.name}'s input space, which "
                               "do not transfer to another model (PEZ and the other agents write text prompts)")
     if model:
         # Another model is loaded in this process (a served model is another server: another run config).
         target = load_engine(dataclasses.replace(config.engine, engine="transformers", base_url=(), model=model))
         if policy.uses_observation:
-            log(f"note: the {policy.kind} policy writes its prompts from {train_llm.name}'s features; "
+            log(f"note: the {policy.kind} policy writes its prompts from {train_engine.name}'s features; "
                 f"they are scored on {target.name}.")
-    systems = reference_systems(policy_prompts(policy, vocab, problems, train_llm), baseline_prompts)
+    systems = reference_systems(policy_prompts(policy, vocab, problems, train_engine), reference_prompts)
     decoding = decoding_from(config.oracle, max_new_tokens)
-    report = compare_systems(target, RewardMix(list(config.oracle.rewards), llm=target), problems, systems, decoding,
+    report = compare_systems(target, RewardMix(list(config.oracle.rewards), engine=target), problems, systems, decoding,
                              progress=progress)
     if policy.kind == "soft":  # its prompt "text" is a marker; say what it is closest to
         report["systems"]["learned policy"]["soft_prompt_reading"] = policy.reading()

@@ -14,7 +14,7 @@ import numpy as np
 from .config import OracleConfig
 from .data import Problem
 from .grading import answer_is_complete
-from .engine import Engine
+from .engines import Engine
 from .rewards import RewardMix, cached_grade
 
 
@@ -34,14 +34,14 @@ class Decoding:
     stop_at_answer: bool = OracleConfig.stop_at_answer
 
 
-def score_pairs(llm: Engine, reward_mix: RewardMix, problems: Sequence[Problem], prompts: Sequence[str],
+def score_pairs(engine: Engine, reward_mix: RewardMix, problems: Sequence[Problem], prompts: Sequence[str],
                 decoding: Decoding = Decoding(), *, seed: int | None = None,
                 batch_label: str = "") -> tuple[np.ndarray, list[dict]]:
     """Total reward and an info dict per pair, from one batched oracle call."""
     if len(prompts) != len(problems):
         raise ValueError(f"{len(prompts)} prompts for {len(problems)} problems")
-    rendered = [llm.render(prompt, p.question) for prompt, p in zip(prompts, problems)]
-    completions = llm.generate(rendered, max_new_tokens=decoding.max_new_tokens,
+    rendered = [engine.render(prompt, p.question) for prompt, p in zip(prompts, problems)]
+    completions = engine.generate(rendered, max_new_tokens=decoding.max_new_tokens,
                                temperature=decoding.temperature, top_k=decoding.top_k,
                                stop=list(decoding.stop) or None, seed=seed,
                                stop_when=answer_is_complete if decoding.stop_at_answer else None,

@@ -14,7 +14,7 @@ Policies (all start at, or near, the uniform distribution, so early exploration 
   unconditioned   one learned categorical per slot: the same prompt for every question (BDPL-style).
   fixed           a given prompt text; nothing to learn (the `fixed`, `random` and `pez` agents' result).
   soft            prompt embeddings, not tokens (the `soft-prompt` agent's result, EmbedGrad): its
-                  "text" is the frozen LLM's marker for them (`FrozenLLM.soft_prompt_text`), which the
+                  "text" is the frozen LLM's marker for them (`TransformersEngine.soft_prompt_text`), which the
                   LLM turns back into the embeddings wherever the template puts the prompt.
 
 Every policy is a prompt source: `prompts(obs, vocab)` gives the greedy prompt text per observation,
@@ -27,17 +27,17 @@ import torch
 from torch import nn
 from torch.distributions import Categorical
 
-from .config import POLICY_KINDS
+from .config import POLICY_KINDS, PolicyConfig
 from .vocab import EMPTY, ActionVocab
 
 __all__ = ["POLICY_KINDS", "AutoregressiveRefiner", "FixedPrompt", "PromptPolicy", "Refiner", "SoftPrompt",
            "Unconditioned", "build_policy", "nearest_tokens", "prompts_for"]
 
 
-def _tied_embeddings(llm, vocab: ActionVocab) -> torch.Tensor:
+def _tied_embeddings(engine, vocab: ActionVocab) -> torch.Tensor:
     """Unit-norm frozen embeddings of the action vocabulary's tokens, [V, E] float32."""
     ids = torch.tensor(vocab.token_ids)
-    emb = llm.token_embeddings()[ids.clamp(min=0)].float().cpu()
+    emb = engine.token_embeddings()[ids.clamp(min=0)].float().cpu()
     emb = emb / emb.norm(dim=-1, keepdim=True).clamp(min=1e-6)
     emb[ids == EMPTY] = 0.0  # the "no token" action: scored by its bias alone
     return emb
@@ -52,7 +52,7 @@ class PromptPolicy(nn.Module):
 
     kind = "base"
     autoregressive = False
-    uses_observation = True  # False: the agent need not ask the oracle for question features
+    uses_observation = True  # False: the agent need not ask the engine for question features
 
     def __init__(self, prompt_length: int, vocab_size: int):
         super().__init__()
@@ -120,21 +120,21 @@ class Refiner(PromptPolicy):
     kind = "refiner"
 
     def __init__(self, prompt_length: int, vocab_size: int, *, feature_dim: int, embeddings: torch.Tensor,
-                 hidden_size: int = 256):
+                 width: int = PolicyConfig.policy_width):
         super().__init__(prompt_length, vocab_size)
-        self.feature_dim, self.hidden_size = feature_dim, hidden_size
+        self.feature_dim, self.width = feature_dim, width
         self.register_buffer("embeddings", embeddings, persistent=False)  # frozen; rebuilt from the LLM
         emb_dim = embeddings.shape[1]
         self.norm = nn.LayerNorm(feature_dim)
-        self.body = nn.Sequential(nn.Linear(feature_dim, hidden_size), nn.ReLU())
-        self.slots = nn.Linear(hidden_size, prompt_length * emb_dim)
+        self.body = nn.Sequential(nn.Linear(feature_dim, width), nn.ReLU())
+        self.slots = nn.Linear(width, prompt_length * emb_dim)
         nn.init.zeros_(self.slots.weight)  # start uniform: logits = bias = 0
         nn.init.zeros_(self.slots.bias)
         self.slot_bias = nn.Parameter(torch.zeros(prompt_length, vocab_size))
         self.scale = nn.Parameter(torch.tensor(float(emb_dim) ** 0.5))
 
     def config(self):
-        return {**super().config(), "feature_dim": self.feature_dim, "hidden_size": self.hidden_size}
+        return {**super().config(), "feature_dim": self.feature_dim, "width": self.width}
 
     def logits(self, obs, actions=None):
         vectors = self.slots(self.body(self.norm(obs))).view(obs.shape[0], self.prompt_length, -1)
@@ -148,22 +148,22 @@ class AutoregressiveRefiner(PromptPolicy):
     autoregressive = True
 
     def __init__(self, prompt_length: int, vocab_size: int, *, feature_dim: int, embeddings: torch.Tensor,
-                 hidden_size: int = 256):
+                 width: int = PolicyConfig.policy_width):
         super().__init__(prompt_length, vocab_size)
-        self.feature_dim, self.hidden_size = feature_dim, hidden_size
+        self.feature_dim, self.width = feature_dim, width
         self.register_buffer("embeddings", embeddings, persistent=False)
         emb_dim = embeddings.shape[1]
         self.norm = nn.LayerNorm(feature_dim)
-        self.init_state = nn.Sequential(nn.Linear(feature_dim, hidden_size), nn.Tanh())
+        self.init_state = nn.Sequential(nn.Linear(feature_dim, width), nn.Tanh())
         self.start = nn.Parameter(torch.zeros(emb_dim))
-        self.cell = nn.GRUCell(emb_dim, hidden_size)
-        self.out = nn.Linear(hidden_size, emb_dim)
+        self.cell = nn.GRUCell(emb_dim, width)
+        self.out = nn.Linear(width, emb_dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.slot_bias = nn.Parameter(torch.zeros(prompt_length, vocab_size))
 
     def config(self):
-        return {**super().config(), "feature_dim": self.feature_dim, "hidden_size": self.hidden_size}
+        return {**super().config(), "feature_dim": self.feature_dim, "width": self.width}
 
     def _step_logits(self, state, t):
         return self.out(state) @ self.embeddings.T + self.slot_bias[t]
@@ -229,23 +229,23 @@ class SoftPrompt(PromptPolicy):
     kind = "soft"
     uses_observation = False
 
-    def __init__(self, llm, embeddings: torch.Tensor, vocab_size: int = 0):
+    def __init__(self, engine, embeddings: torch.Tensor, vocab_size: int = 0):
         super().__init__(embeddings.shape[0], vocab_size)
-        self.llm = llm  # not a module: the frozen LLM whose input space these embeddings live in
+        self.engine = engine  # not a module: the frozen LLM whose input space these embeddings live in
         self.embeddings = nn.Parameter(embeddings.detach().float().clone())
 
     def config(self):
-        return {**super().config(), "hidden_size": self.embeddings.shape[1]}
+        return {**super().config(), "embedding_dim": self.embeddings.shape[1]}
 
     def logits(self, obs, actions=None):
         raise TypeError("a soft prompt is not a distribution over tokens: it cannot be sampled")
 
     def prompts(self, obs: torch.Tensor, vocab: ActionVocab | None = None) -> list[str]:
-        return [self.llm.soft_prompt_text(self.embeddings)] * obs.shape[0]
+        return [self.engine.soft_prompt_text(self.embeddings)] * obs.shape[0]
 
     def reading(self) -> str:
         """The nearest token (cosine) of each row, as text: what the soft prompt is closest to saying."""
-        return self.llm.tokenizer.decode(nearest_tokens(self.embeddings, self.llm.token_embeddings()))
+        return self.engine.tokenizer.decode(nearest_tokens(self.embeddings, self.engine.token_embeddings()))
 
 
 def nearest_tokens(rows: torch.Tensor, table: torch.Tensor) -> list[int]:
@@ -255,11 +255,12 @@ def nearest_tokens(rows: torch.Tensor, table: torch.Tensor) -> list[int]:
     return (rows @ table.T).argmax(-1).tolist()
 
 
-def build_policy(kind: str, *, llm, vocab: ActionVocab, prompt_length: int, hidden_size: int = 256,
-                 text: str | None = None, actions=None) -> PromptPolicy:
-    """A fresh policy of `kind` for this LLM and action vocabulary (`soft`: zero embeddings, to load into)."""
+def build_policy(kind: str, *, engine, vocab: ActionVocab, prompt_length: int,
+                 width: int = PolicyConfig.policy_width, text: str | None = None, actions=None) -> PromptPolicy:
+    """A fresh policy of `kind` for this engine's LLM and action vocabulary (`soft`: zero embeddings, to load
+    into); `width` is the refiners' hidden layer."""
     if kind == "soft":
-        return SoftPrompt(llm, torch.zeros(prompt_length, llm.hidden_size), len(vocab))
+        return SoftPrompt(engine, torch.zeros(prompt_length, engine.hidden_size), len(vocab))
     if kind == "unconditioned":
         return Unconditioned(prompt_length, len(vocab))
     if kind == "fixed":
@@ -267,8 +268,8 @@ def build_policy(kind: str, *, llm, vocab: ActionVocab, prompt_length: int, hidd
     if kind not in POLICY_KINDS:
         raise ValueError(f"unknown policy {kind!r}; choose from {', '.join(POLICY_KINDS)}")
     cls = Refiner if kind == "refiner" else AutoregressiveRefiner
-    return cls(prompt_length, len(vocab), feature_dim=llm.hidden_size, embeddings=_tied_embeddings(llm, vocab),
-               hidden_size=hidden_size)
+    return cls(prompt_length, len(vocab), feature_dim=engine.hidden_size, embeddings=_tied_embeddings(engine, vocab),
+               width=width)
 
 
 def prompts_for(policy: PromptPolicy, vocab: ActionVocab, obs: torch.Tensor) -> list[str]:

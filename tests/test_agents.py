@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from rlprompt_math.agents import ReinforceAgent, ReinforceConfig
-from rlprompt_math.agents.reinforce import BASELINES, BaselineState, NonFiniteError, advantages
-from rlprompt_math.checkpoint import CheckpointError, load_policy, save_policy
+from rlprompt_math.agents import AlgorithmConfig, ReinforceAgent
+from rlprompt_math.agents.base import NonFiniteError
+from rlprompt_math.agents.reinforce import BASELINES, BaselineState, advantages
+from rlprompt_math.checkpoint import (POLICY_FORMAT, STATE_LAST, CheckpointError, atomic_save, load_policy, read,
+                                      save_policy)
 from rlprompt_math.data import Problem, generate_problems
 from rlprompt_math.policies import POLICY_KINDS, Unconditioned, build_policy
 from rlprompt_math.runlog import RunDir
@@ -49,7 +51,7 @@ class BanditEnv:
 def test_reinforce_finds_the_best_arm():
     env = BanditEnv()
     policy = Unconditioned(2, 8)
-    agent = ReinforceAgent(env, policy, ReinforceConfig(steps=150, lr=0.1, batch_size=4, entropy_coef=0.0))
+    agent = ReinforceAgent(env, policy, AlgorithmConfig(steps=150, lr=0.1, batch_size=4, entropy_coef=0.0))
     agent.train(progress=False)
     assert policy.greedy(torch.zeros(1, 4)).tolist() == [[3, 5]]
     assert agent.history[-1]["reward"] > 0.8 > agent.history[0]["reward"]
@@ -58,7 +60,7 @@ def test_reinforce_finds_the_best_arm():
 def test_finalists_keep_a_measured_prompt_over_an_unsampled_greedy_one():
     env = BanditEnv(vocab_size=4, target=(1, 2))
     policy = Unconditioned(2, 4)
-    config = ReinforceConfig(steps=4, lr=0.0, batch_size=4, prompts_per_question=8, entropy_coef=0.0, finalists=3)
+    config = AlgorithmConfig(steps=4, lr=0.0, batch_size=4, prompts_per_question=8, entropy_coef=0.0, finalists=3)
     agent = ReinforceAgent(env, policy, config, val_problems=env.problems[:4])
     summary = agent.train(progress=False)
     # Untrained (lr 0), the greedy prompt is not the target; the target was sampled and scored best.
@@ -68,7 +70,7 @@ def test_finalists_keep_a_measured_prompt_over_an_unsampled_greedy_one():
     assert chosen["actions"] == [1, 2] and chosen["val_accuracy"] == 1.0 and chosen["kept"]
     assert summary["best_val_accuracy"] == 1.0
     assert len(summary["finalists"]["finalists"]) == 3
-    no_finalists = ReinforceAgent(env, Unconditioned(2, 4), ReinforceConfig(steps=2, batch_size=4, finalists=0),
+    no_finalists = ReinforceAgent(env, Unconditioned(2, 4), AlgorithmConfig(steps=2, batch_size=4, finalists=0),
                                   val_problems=env.problems[:4]).train(progress=False)
     assert "finalists" not in no_finalists
 
@@ -78,7 +80,7 @@ def _gradient_samples(baseline, n=200):
     env = BanditEnv(offset=5.0, noise=0.1)
     torch.manual_seed(0)
     policy = Unconditioned(2, 8)
-    config = ReinforceConfig(baseline=baseline, batch_size=4, prompts_per_question=4)
+    config = AlgorithmConfig(baseline=baseline, batch_size=4, prompts_per_question=4)
     agent = ReinforceAgent(env, policy, config)
     grads = []
     for _ in range(n):
@@ -109,10 +111,10 @@ def test_each_baseline_lowers_gradient_variance():
 
 def test_advantages_rloo_and_normalisation():
     rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 5.0]])
-    adv = advantages(rewards, ReinforceConfig(baseline="rloo"), BaselineState())
+    adv = advantages(rewards, AlgorithmConfig(baseline="rloo"), BaselineState())
     assert torch.allclose(adv[0], torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3]))
     assert torch.allclose(adv[1], torch.tensor([-1.0, -1.0, -1.0, 3.0]))
-    normed = advantages(rewards, ReinforceConfig(baseline="none", normalize_rewards=True), BaselineState())
+    normed = advantages(rewards, AlgorithmConfig(baseline="none", normalize_rewards=True), BaselineState())
     assert torch.allclose(normed.mean(1), torch.zeros(2), atol=1e-6)
 
 
@@ -121,7 +123,7 @@ def test_entropy_bonus_keeps_entropy_higher():
     for coef in (0.0, 0.5):
         torch.manual_seed(0)
         policy = Unconditioned(2, 8)
-        config = ReinforceConfig(steps=60, lr=0.1, entropy_coef=coef, entropy_schedule="constant")
+        config = AlgorithmConfig(steps=60, lr=0.1, entropy_coef=coef, entropy_schedule="constant")
         agent = ReinforceAgent(BanditEnv(), policy, config)
         agent.train(progress=False)
         final[coef] = agent.history[-1]["entropy"]
@@ -135,24 +137,25 @@ def test_non_finite_stops_with_a_clear_message():
             rewards[0] = np.nan
             return rewards, infos
 
-    agent = ReinforceAgent(NaNEnv(), Unconditioned(2, 8), ReinforceConfig(steps=2))
+    agent = ReinforceAgent(NaNEnv(), Unconditioned(2, 8), AlgorithmConfig(steps=2))
     with pytest.raises(NonFiniteError, match="non-finite reward at step 0"):
         agent.train(progress=False)
-    policy = Unconditioned(2, 8)
+    # A diverged learned baseline: sampling is unaffected, so only the agent's own check can stop the step
+    # (unchecked, the NaN loss would step the policy to NaN and torch would fail later, elsewhere).
+    agent = ReinforceAgent(BanditEnv(), Unconditioned(2, 8), AlgorithmConfig(steps=2, baseline="learned"))
     with torch.no_grad():
-        policy.slot_logits[0, 0] = float("nan")
-    agent = ReinforceAgent(BanditEnv(), policy, ReinforceConfig(steps=2))
-    with pytest.raises((NonFiniteError, RuntimeError), match="non-finite|probability"):
+        agent.value_head.net[-1].bias.fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match=r"^non-finite loss at step 0 "):
         agent.train(progress=False)
 
 
 @pytest.mark.parametrize("kind", POLICY_KINDS)
-def test_policies_start_uniform_and_round_trip(kind, tiny_llm, tmp_path):
+def test_policies_start_uniform_and_round_trip(kind, tiny_engine, tmp_path):
     from rlprompt_math.vocab import ActionVocab
 
-    vocab = ActionVocab.from_spec(tiny_llm.tokenizer, "words")
-    policy = build_policy(kind, llm=tiny_llm, vocab=vocab, prompt_length=3, hidden_size=16)
-    obs = tiny_llm.features([tiny_llm.render("", q) for q in ("What is 2+3?", "What is 7*8?")])
+    vocab = ActionVocab.from_spec(tiny_engine.tokenizer, "words")
+    policy = build_policy(kind, engine=tiny_engine, vocab=vocab, prompt_length=3, width=16)
+    obs = tiny_engine.features([tiny_engine.render("", q) for q in ("What is 2+3?", "What is 7*8?")])
     actions = policy.sample(obs, generator=torch.Generator().manual_seed(0))
     log_prob, entropy = policy.log_prob(obs, actions)
     assert torch.allclose(entropy, torch.full((2,), 3 * np.log(len(vocab))), atol=1e-4)  # uniform at start
@@ -160,52 +163,81 @@ def test_policies_start_uniform_and_round_trip(kind, tiny_llm, tmp_path):
         for parameter in policy.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.5)
     path = tmp_path / "p.safetensors"
-    save_policy(path, policy, vocab, tiny_llm)
-    loaded, loaded_vocab, meta = load_policy(path, tiny_llm)
+    save_policy(path, policy, vocab, tiny_engine)
+    loaded, loaded_vocab, meta = load_policy(path, tiny_engine)
     assert torch.equal(loaded.greedy(obs), policy.greedy(obs))
     assert loaded_vocab.token_ids == vocab.token_ids and meta["policy"]["kind"] == kind
+    # Greedy is slot-by-slot argmax through the scoring path: each slot given the slots before it (the same
+    # logits at every slot for factorised policies, the GRU fed its own choices for the autoregressive one).
+    greedy = policy.greedy(obs)
+    decoded = torch.zeros_like(greedy)
+    with torch.no_grad():
+        for t in range(policy.prompt_length):
+            decoded[:, t] = policy.logits(obs, decoded)[:, t].argmax(-1)
+    assert torch.equal(decoded, greedy)
     small = policy.sample(obs, temperature=0.01, top_k=1, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(small, policy.greedy(obs)) or kind == "autoregressive"
+    assert torch.equal(small, greedy)
 
 
-def test_checkpoint_refuses_other_model_and_bad_files(tiny_llm, tmp_path):
-    import sys
-
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    from conftest import build_tiny_model
-
-    from rlprompt_math.llm import FrozenLLM
+def test_checkpoint_refuses_other_model_and_bad_files(tiny_engine, tiny_model_factory, tmp_path):
+    from rlprompt_math.engines.transformers import TransformersEngine
     from rlprompt_math.vocab import ActionVocab
 
-    vocab = ActionVocab.from_spec(tiny_llm.tokenizer, "words")
+    vocab = ActionVocab.from_spec(tiny_engine.tokenizer, "words")
     path = tmp_path / "p.safetensors"
-    save_policy(path, build_policy("refiner", llm=tiny_llm, vocab=vocab, prompt_length=2, hidden_size=8), vocab, tiny_llm)
-    other = FrozenLLM.load(str(build_tiny_model(tmp_path / "other", vocab_size=300, hidden_size=48)),
-                           device="cpu", dtype="float32")
+    save_policy(path, build_policy("refiner", engine=tiny_engine, vocab=vocab, prompt_length=2, width=8), vocab,
+                tiny_engine)
+    other = TransformersEngine.load(str(tiny_model_factory(tmp_path / "other", vocab_size=300, hidden_size=48)),
+                                    device="cpu", dtype="float32")
     with pytest.raises(CheckpointError, match="was trained for model"):
         load_policy(path, other)
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable"):
-        load_policy(tmp_path / "junk.safetensors", tiny_llm)
+        load_policy(tmp_path / "junk.safetensors", tiny_engine)
 
 
-def _agent(tiny_llm, run_path, steps):
+@pytest.mark.parametrize("kind", ["refiner", "autoregressive", "soft"])
+def test_a_policy_file_from_before_the_renames_loads(kind, tiny_engine, tmp_path):
+    """Older policy files call the refiners' width and the soft prompt's embedding size "hidden_size"."""
+    from rlprompt_math.vocab import ActionVocab
+
+    vocab = ActionVocab.from_spec(tiny_engine.tokenizer, "words")
+    policy = build_policy(kind, engine=tiny_engine, vocab=vocab, prompt_length=2, width=8)
+    with torch.no_grad():
+        for parameter in policy.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.5)
+    save_policy(tmp_path / "today.safetensors", policy, vocab, tiny_engine)
+    tensors, metadata = read(tmp_path / "today.safetensors", POLICY_FORMAT)
+    name = "embedding_dim" if kind == "soft" else "width"
+    metadata["policy"]["hidden_size"] = metadata["policy"].pop(name)  # as an older version wrote it
+    atomic_save(tmp_path / "older.safetensors", tensors, metadata)
+
+    loaded, _, meta = load_policy(tmp_path / "older.safetensors", tiny_engine)
+    assert meta["policy"][name] == (tiny_engine.hidden_size if kind == "soft" else 8)
+    assert "hidden_size" not in meta["policy"]
+    obs = tiny_engine.features([tiny_engine.render("", q) for q in ("What is 2+3?", "What is 7*8?")])
+    assert loaded.prompts(obs, vocab) == policy.prompts(obs, vocab)
+    for (key, value), (loaded_key, loaded_value) in zip(policy.state_dict().items(), loaded.state_dict().items()):
+        assert key == loaded_key and torch.equal(value, loaded_value), key
+
+
+def _agent(tiny_engine, run_path, steps):
     from rlprompt_math.envs import make_env
 
     problems = generate_problems(40, seed=0, kinds=["arithmetic"])
-    env = make_env(tiny_llm, problems, split=None, prompt_length=2, max_new_tokens=4, rewards=["partial"])
+    env = make_env(tiny_engine, problems, split=None, prompt_length=2, max_new_tokens=4, rewards=["partial"])
     torch.manual_seed(0)
-    policy = build_policy("refiner", llm=tiny_llm, vocab=env.vocab, prompt_length=2, hidden_size=16)
-    config = ReinforceConfig(steps=steps, batch_size=3, prompts_per_question=2, checkpoint_every=2,
+    policy = build_policy("refiner", engine=tiny_engine, vocab=env.vocab, prompt_length=2, width=16)
+    config = AlgorithmConfig(steps=steps, batch_size=3, prompts_per_question=2, checkpoint_every=2,
                              eval_every=2, seed=5, baseline="learned")
-    return ReinforceAgent(env, policy, config, run=RunDir(run_path), val_problems=problems[:4], llm=tiny_llm)
+    return ReinforceAgent(env, policy, config, run=RunDir(run_path), val_problems=problems[:4], engine=tiny_engine)
 
 
-def test_interrupted_run_resumes_to_the_same_result(tiny_llm, tmp_path):
-    full = _agent(tiny_llm, tmp_path / "full", 6)
+def test_interrupted_run_resumes_to_the_same_result(tiny_engine, tmp_path):
+    full = _agent(tiny_engine, tmp_path / "full", 6)
     full.train(progress=False)
 
-    interrupted = _agent(tiny_llm, tmp_path / "cut", 6)
+    interrupted = _agent(tiny_engine, tmp_path / "cut", 6)
     original_update = interrupted.update
 
     def crash_at_step_4():
@@ -216,8 +248,8 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_llm, tmp_path):
     interrupted.update = crash_at_step_4
     with pytest.raises(KeyboardInterrupt):
         interrupted.train(progress=False)
-    resumed = _agent(tiny_llm, tmp_path / "cut", 6)
-    resumed.load_state(tmp_path / "cut" / "state_last.safetensors")
+    resumed = _agent(tiny_engine, tmp_path / "cut", 6)
+    resumed.load_state(tmp_path / "cut" / STATE_LAST)
     assert resumed.step == 4
     resumed.train(progress=False)
     for (name, a), (_, b) in zip(full.policy.state_dict().items(), resumed.policy.state_dict().items()):
@@ -225,14 +257,14 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_llm, tmp_path):
     assert [h["reward"] for h in full.history[4:]] == [h["reward"] for h in resumed.history]
 
 
-def test_atomic_save_keeps_previous_checkpoint(tiny_llm, tmp_path, monkeypatch):
+def test_atomic_save_keeps_previous_checkpoint(tiny_engine, tmp_path, monkeypatch):
     import rlprompt_math.checkpoint as ckpt
     from rlprompt_math.vocab import ActionVocab
 
-    vocab = ActionVocab.from_spec(tiny_llm.tokenizer, "words")
-    policy = build_policy("unconditioned", llm=tiny_llm, vocab=vocab, prompt_length=2)
+    vocab = ActionVocab.from_spec(tiny_engine.tokenizer, "words")
+    policy = build_policy("unconditioned", engine=tiny_engine, vocab=vocab, prompt_length=2)
     path = tmp_path / "p.safetensors"
-    save_policy(path, policy, vocab, tiny_llm)
+    save_policy(path, policy, vocab, tiny_engine)
     before = path.read_bytes()
 
     def crash(*args, **kwargs):
@@ -242,6 +274,6 @@ def test_atomic_save_keeps_previous_checkpoint(tiny_llm, tmp_path, monkeypatch):
     with torch.no_grad():
         policy.slot_logits.add_(1.0)
     with pytest.raises(OSError):
-        save_policy(path, policy, vocab, tiny_llm)
+        save_policy(path, policy, vocab, tiny_engine)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["p.safetensors"]  # no temp file left behind

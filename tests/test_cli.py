@@ -5,6 +5,18 @@ import json
 
 from click.testing import CliRunner
 
+from rlprompt_math.checkpoint import (
+    CONFIG,
+    FINAL_EVAL,
+    LEARNING_CURVE,
+    METRICS,
+    POLICY_BEST,
+    POLICY_LAST,
+    SAMPLES,
+    SPLITS,
+    STATE_LAST,
+    TENSORBOARD,
+)
 from rlprompt_math.cli import main
 
 FAST = ["--dtype", "float32", "--steps", "3", "--batch-size", "2", "--prompts-per-question", "2",
@@ -33,21 +45,21 @@ def test_three_step_run_resume_and_evaluate(tiny_model_dir, tmp_path):
                    "--output-dir", str(out), "--name", "r", "--reward", "correct", "--reward", "partial:0.5", *FAST])
     assert result.exit_code == 0, result.output
     run = out / "r"
-    for name in ("config.yaml", "splits.json", "metrics.csv", "samples.jsonl", "policy_best.safetensors",
-                 "policy_last.safetensors", "state_last.safetensors", "learning_curve.png", "final_eval/report.json"):
+    for name in (CONFIG, SPLITS, METRICS, SAMPLES, POLICY_BEST, POLICY_LAST, STATE_LAST, LEARNING_CURVE,
+                 f"{FINAL_EVAL}/report.json"):
         assert (run / name).exists(), name
-    assert any((run / "tensorboard").iterdir())
+    assert any((run / TENSORBOARD).iterdir())
     assert "learned prompt(s):" in result.output and "(no prompt)" in result.output
-    with open(run / "metrics.csv") as handle:
+    with open(run / METRICS) as handle:
         assert [int(r["step"]) for r in csv.DictReader(handle)] == [0, 1, 2]
 
     result = _run(["--resume", str(run), "--steps", "5", "--quiet", "--no-final-eval"])
     assert result.exit_code == 0, result.output
     assert "resumed" in result.output
-    with open(run / "metrics.csv") as handle:
+    with open(run / METRICS) as handle:
         assert [int(r["step"]) for r in csv.DictReader(handle)] == [0, 1, 2, 3, 4]
 
-    result = _run(["evaluate", str(run), "--limit", "5", "--baseline-prompt", "Be exact.", "--quiet"])
+    result = _run(["evaluate", str(run), "--limit", "5", "--reference-prompt", "Be exact.", "--quiet"])
     assert result.exit_code == 0, result.output
     report = json.loads((run / "eval-test" / "report.json").read_text())
     assert set(report["systems"]) == {"learned policy", "(no prompt)", "Let's think step by step.",
@@ -64,7 +76,7 @@ def test_random_and_fixed_agents_and_config_file(tiny_model_dir, tmp_path):
         result = _run(["--config", str(cfg), "--agent", agent, "--output-dir", str(tmp_path), "--name", agent,
                        *FAST[:2], *FAST[4:]])
         assert result.exit_code == 0, result.output
-        saved = (tmp_path / agent / "config.yaml").read_text()
+        saved = (tmp_path / agent / CONFIG).read_text()
         assert "prompt_length: 2" in saved and f"agent: {agent}" in saved
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import sympy
 
-from rlprompt_math.data import (DataError, KINDS, generate_problems, load_problems, problem_stream,
+from rlprompt_math.config import GENERATOR_KINDS, DataConfig, field_doc
+from rlprompt_math.data import (GENERATORS, DataError, generate_problems, load_problems, problem_stream,
                                 split_problems)
 from rlprompt_math.grading import answers_equal
 
@@ -86,7 +87,7 @@ def _independent_answer(question: str) -> sympy.Expr:
 
 
 def test_generator_answers_reverified_independently():
-    symbolic = [k for k in KINDS if not k.startswith("word")]
+    symbolic = [k for k in GENERATOR_KINDS if not k.startswith("word")]
     for problem in generate_problems(300, seed=5, kinds=symbolic, difficulty=[1, 2, 3]):
         expected = _independent_answer(problem.question)
         assert sympy.Rational(str(Fraction(sympy.Rational(expected)))) == expected
@@ -135,3 +136,9 @@ def test_generator_stops_with_a_clear_error_when_the_problem_space_is_too_small(
     with pytest.raises(DataError, match="distinct problems"):
         generate_problems(5000, seed=0, kinds=["arithmetic"], difficulty=1)
     assert len(generate_problems(500, seed=0, kinds=["arithmetic"], difficulty=1)) == 500
+
+
+def test_generator_kinds_are_written_once():
+    assert tuple(GENERATORS) == GENERATOR_KINDS
+    help_text = field_doc(DataConfig, "kinds")  # the --kinds help lists them from the same tuple
+    assert all(kind in help_text for kind in GENERATOR_KINDS)

@@ -13,27 +13,27 @@ PROBLEMS = generate_problems(60, seed=0, kinds=["arithmetic"])
 
 
 @pytest.fixture()
-def env(tiny_llm):
-    return gym.make("rlprompt_math/PromptRefine-v0", llm=tiny_llm, dataset=PROBLEMS, prompt_length=3,
+def env(tiny_engine):
+    return gym.make("rlprompt_math/PromptRefine-v0", engine=tiny_engine, dataset=PROBLEMS, prompt_length=3,
                     max_new_tokens=6, split=None)
 
 
-def test_registered_make_shares_the_loaded_llm(env, tiny_llm):
-    assert env.unwrapped.llm is tiny_llm
+def test_registered_make_shares_the_loaded_engine(env, tiny_engine):
+    assert env.unwrapped.engine is tiny_engine
     assert env.action_space == gym.spaces.MultiDiscrete([len(env.unwrapped.vocab)] * 3)
-    assert env.observation_space.shape == (tiny_llm.hidden_size,)
+    assert env.observation_space.shape == (tiny_engine.hidden_size,)
 
 
-def test_registered_default_env_passes_check_env_as_a_user_runs_it(tiny_llm):
-    check_env(gym.make("rlprompt_math/PromptRefine-v0", llm=tiny_llm).unwrapped, skip_render_check=True)
-    check_env(gym.make("rlprompt_math/PromptRefineSeq-v0", llm=tiny_llm).unwrapped, skip_render_check=True)
+def test_registered_default_env_passes_check_env_as_a_user_runs_it(tiny_engine):
+    check_env(gym.make("rlprompt_math/PromptRefine-v0", engine=tiny_engine).unwrapped, skip_render_check=True)
+    check_env(gym.make("rlprompt_math/PromptRefineSeq-v0", engine=tiny_engine).unwrapped, skip_render_check=True)
 
 
-def test_check_env(tiny_llm):
+def test_check_env(tiny_engine):
     kwargs = dict(prompt_length=3, max_new_tokens=6, split=None, counters_in_info=False)
-    check_env(make_env(tiny_llm, PROBLEMS, **kwargs), skip_render_check=True)
-    check_env(make_seq_env(tiny_llm, PROBLEMS, **kwargs), skip_render_check=True)
-    sampled = make_env(tiny_llm, PROBLEMS, temperature=1.0, **kwargs)
+    check_env(make_env(tiny_engine, PROBLEMS, **kwargs), skip_render_check=True)
+    check_env(make_seq_env(tiny_engine, PROBLEMS, **kwargs), skip_render_check=True)
+    sampled = make_env(tiny_engine, PROBLEMS, temperature=1.0, **kwargs)
     check_env(sampled, skip_render_check=True)  # sampling draws on np_random: still deterministic
 
 
@@ -44,10 +44,10 @@ def test_step_info_and_termination(env):
     assert terminated and not truncated
     for key in ("prompt", "problem_id", "completion", "extracted", "correct", "rewards"):
         assert key in info
-    # The oracle's process-wide counters: a method by default, in `info` on request.
+    # The engine's process-wide counters: a method by default, in `info` on request.
     for key in ("oracle_calls", "oracle_rows", "cache_hits"):
-        assert key in env.unwrapped.oracle_stats() and key not in info
-    counted = make_env(env.unwrapped.llm, PROBLEMS, prompt_length=3, max_new_tokens=6, split=None,
+        assert key in env.unwrapped.engine_stats() and key not in info
+    counted = make_env(env.unwrapped.engine, PROBLEMS, prompt_length=3, max_new_tokens=6, split=None,
                        counters_in_info=True)
     counted.reset(seed=1)
     counted_info = counted.step(counted.action_space.sample())[4]
@@ -74,9 +74,9 @@ def test_same_seed_same_problems_prompts_rewards(env):
     assert _rollout(env, 3) != _rollout(env, 4)
 
 
-def test_sync_vector_env_matches_batched_score(tiny_llm):
+def test_sync_vector_env_matches_batched_score(tiny_engine):
     def make():
-        return gym.make("rlprompt_math/PromptRefine-v0", llm=tiny_llm, dataset=PROBLEMS, prompt_length=3,
+        return gym.make("rlprompt_math/PromptRefine-v0", engine=tiny_engine, dataset=PROBLEMS, prompt_length=3,
                         max_new_tokens=6, split=None, rewards=["correct", "partial"])
 
     vec = gym.vector.SyncVectorEnv([make] * 4, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
@@ -90,40 +90,40 @@ def test_sync_vector_env_matches_batched_score(tiny_llm):
     np.testing.assert_allclose(rewards, batched)
 
 
-def test_greedy_cache_makes_repeats_free(tiny_llm):
-    env = make_env(tiny_llm, PROBLEMS, prompt_length=2, max_new_tokens=6, split=None, counters_in_info=True)
+def test_greedy_cache_makes_repeats_free(tiny_engine):
+    env = make_env(tiny_engine, PROBLEMS, prompt_length=2, max_new_tokens=6, split=None, counters_in_info=True)
     actions = np.zeros((5, 2), dtype=np.int64)
     problems = PROBLEMS[:5]
     env.score(problems, actions)
-    rows = tiny_llm.stats.generated_rows
+    rows = tiny_engine.stats.generated_rows
     _, infos = env.score(problems, actions)
-    assert tiny_llm.stats.generated_rows == rows
+    assert tiny_engine.stats.generated_rows == rows
     assert infos[-1]["cache_hits"] >= 5
 
 
-def test_token_observations(tiny_llm):
-    env = make_env(tiny_llm, PROBLEMS, observation="tokens", max_question_tokens=32, split=None)
+def test_token_observations(tiny_engine):
+    env = make_env(tiny_engine, PROBLEMS, observation="tokens", max_question_tokens=32, split=None)
     obs, _ = env.reset(seed=0)
     assert obs.shape == (32,) and obs.dtype == np.int64 and env.observation_space.contains(obs)
 
 
-def test_action_vocab_kinds(tiny_llm, tmp_path):
-    full = make_env(tiny_llm, PROBLEMS, action_vocab="full", split=None)
-    words = make_env(tiny_llm, PROBLEMS, action_vocab="words", split=None)
+def test_action_vocab_kinds(tiny_engine, tmp_path):
+    full = make_env(tiny_engine, PROBLEMS, action_vocab="full", split=None)
+    words = make_env(tiny_engine, PROBLEMS, action_vocab="words", split=None)
     assert len(words.vocab) < len(full.vocab)
     listed = tmp_path / "tokens.txt"
-    some = sorted(tiny_llm.tokenizer.get_vocab())[100:102]
+    some = sorted(tiny_engine.tokenizer.get_vocab())[100:102]
     listed.write_text("\n".join(some) + "\n")
-    tokens = make_env(tiny_llm, PROBLEMS, action_vocab=f"tokens:{listed}", split=None, empty_action=False)
+    tokens = make_env(tiny_engine, PROBLEMS, action_vocab=f"tokens:{listed}", split=None, empty_action=False)
     assert len(tokens.vocab) == 2
-    with_empty = make_env(tiny_llm, PROBLEMS, action_vocab=f"tokens:{listed}", split=None)
+    with_empty = make_env(tiny_engine, PROBLEMS, action_vocab=f"tokens:{listed}", split=None)
     assert len(with_empty.vocab) == 3 and with_empty.vocab.decode([0, 0]) == ""
 
 
-def test_sb3_ppo_runs_without_adapter(tiny_llm):
+def test_sb3_ppo_runs_without_adapter(tiny_engine):
     from stable_baselines3 import PPO
 
-    env = gym.make("rlprompt_math/PromptRefine-v0", llm=tiny_llm, dataset=PROBLEMS, prompt_length=2,
+    env = gym.make("rlprompt_math/PromptRefine-v0", engine=tiny_engine, dataset=PROBLEMS, prompt_length=2,
                    max_new_tokens=4, split=None, rewards=["partial"])
     model = PPO("MlpPolicy", env, n_steps=64, batch_size=32, n_epochs=1, seed=0, verbose=0, device="cpu")
     model.learn(total_timesteps=256)

@@ -69,46 +69,46 @@ def test_bad_rewards_fail_clearly(tmp_path):
         load_reward("likelihood")
 
 
-def test_likelihood_reward_scale(tiny_llm):
-    mix = RewardMix(["likelihood"], llm=tiny_llm)
-    texts = [tiny_llm.render("", q) for q in COLUMNS["question"]]
+def test_likelihood_reward_scale(tiny_engine):
+    mix = RewardMix(["likelihood"], engine=tiny_engine)
+    texts = [tiny_engine.render("", q) for q in COLUMNS["question"]]
     totals, _ = mix(texts, COMPLETIONS, **COLUMNS)
-    expected = [math.exp(v) for v in tiny_llm.answer_logprobs(texts, COLUMNS["answer"], reduction="mean")]
+    expected = [math.exp(v) for v in tiny_engine.answer_logprobs(texts, COLUMNS["answer"], reduction="mean")]
     assert totals == pytest.approx(expected)
     assert all(0 < t <= 1 for t in totals)
 
 
-def test_answer_likelihood_forces_the_gold_where_the_model_states_its_answer(tiny_llm):
+def test_answer_likelihood_forces_the_gold_where_the_model_states_its_answer(tiny_engine):
     from rlprompt_math.grading import answer_position
 
     completions = ["2 + 3 = 6\n", "The answer is 5/2.", "I am not sure."]
     # The lead-in is the completion up to its final number; with none, the whole completion.
     assert [c[:answer_position(c)] for c in completions] == ["2 + 3 = ", "The answer is ", "I am not sure."]
-    texts = [tiny_llm.render("", q) for q in COLUMNS["question"]]
-    totals, per = RewardMix(["answer_likelihood"], llm=tiny_llm)(texts, completions, **COLUMNS)
+    texts = [tiny_engine.render("", q) for q in COLUMNS["question"]]
+    totals, per = RewardMix(["answer_likelihood"], engine=tiny_engine)(texts, completions, **COLUMNS)
     lead_ins = [t + c[:answer_position(c)] for t, c in zip(texts, completions)]
     # Gold tokens up to and including the first where the model's own answer departs from them; on the
     # tiny model's tokenizer "5" vs "6", "2.5" vs "5/2." and "56" vs nothing all depart at the first.
-    first = [tiny_llm.tokenizer.decode(tiny_llm.tokenizer(a, add_special_tokens=False)["input_ids"][:1])
+    first = [tiny_engine.tokenizer.decode(tiny_engine.tokenizer(a, add_special_tokens=False)["input_ids"][:1])
              for a in COLUMNS["answer"]]
-    expected = [math.exp(v) for v in tiny_llm.answer_logprobs(lead_ins, first, reduction="sum")]
+    expected = [math.exp(v) for v in tiny_engine.answer_logprobs(lead_ins, first, reduction="sum")]
     assert totals == pytest.approx(expected)
     assert all(0 < t <= 1 for t in totals)
     # Not the bare likelihood: the model's own lead-in changes what is scored.
-    bare = [math.exp(v) for v in tiny_llm.answer_logprobs(texts, COLUMNS["answer"], reduction="sum")]
+    bare = [math.exp(v) for v in tiny_engine.answer_logprobs(texts, COLUMNS["answer"], reduction="sum")]
     assert totals[0] != pytest.approx(bare[0])
 
 
-def test_decode_trace_equals_a_plain_forward_pass(tiny_llm):
+def test_decode_trace_equals_a_plain_forward_pass(tiny_engine):
     import torch
 
-    tok = tiny_llm.tokenizer
-    text = tiny_llm.render("", COLUMNS["question"][0])
-    tiny_llm.generate([text], max_new_tokens=10, use_cache=False, watch=list(range(len(tok))))
-    trace = tiny_llm.trace(text)
-    ids = tiny_llm.encode([text])[0] + list(trace.token_ids)
+    tok = tiny_engine.tokenizer
+    text = tiny_engine.render("", COLUMNS["question"][0])
+    tiny_engine.generate([text], max_new_tokens=10, use_cache=False, watch=list(range(len(tok))))
+    trace = tiny_engine.trace(text)
+    ids = tiny_engine.encode([text])[0] + list(trace.token_ids)
     with torch.no_grad():
-        logits = tiny_llm.model(input_ids=torch.tensor([ids])).logits[0].float()
+        logits = tiny_engine.model(input_ids=torch.tensor([ids])).logits[0].float()
     expected = torch.log_softmax(logits, -1)[len(ids) - len(trace.token_ids) - 1: len(ids) - 1]
     assert torch.allclose(trace.logprobs[: len(trace.token_ids)], expected, atol=1e-4)
     # The trace finds where it wrote a given lead-in, and refuses text another decode wrote.
@@ -123,26 +123,26 @@ def test_decode_trace_equals_a_plain_forward_pass(tiny_llm):
                                                        abs=1e-4)
 
 
-def test_answer_likelihood_reads_the_decode_and_stops_at_the_departure(tiny_llm, monkeypatch):
+def test_answer_likelihood_reads_the_decode_and_stops_at_the_departure(tiny_engine, monkeypatch):
     import rlprompt_math.rewards as rewards_module
     from rlprompt_math.data import Problem
     from rlprompt_math.oracle import Decoding, score_pairs
 
-    tok = tiny_llm.tokenizer
-    text = tiny_llm.render("", COLUMNS["question"][0])
-    tiny_llm._traces.clear()
-    tiny_llm.generate([text], max_new_tokens=12, use_cache=False, watch=list(range(len(tok))))
-    own = list(tiny_llm.trace(text).token_ids)
+    tok = tiny_engine.tokenizer
+    text = tiny_engine.render("", COLUMNS["question"][0])
+    tiny_engine._traces.clear()
+    tiny_engine.generate([text], max_new_tokens=12, use_cache=False, watch=list(range(len(tok))))
+    own = list(tiny_engine.trace(text).token_ids)
     # The random tiny model writes no numbers: put its "answer" at its 4th token.
     monkeypatch.setattr(rewards_module, "answer_position", lambda completion: len(tok.decode(own[:4])))
     monkeypatch.setattr(rewards_module.AnswerLikelihood, "_ids", lambda self, text: [int(t) for t in text.split()])
     other = next(t for t in range(len(tok)) if t not in own[4:7])
     golds = {"departs at once": [other, own[5]], "after one": [own[4], other, own[6]], "never": own[4:7]}
     problems = [Problem(name, COLUMNS["question"][0], " ".join(map(str, ids))) for name, ids in golds.items()]
-    mix = RewardMix(["answer_likelihood"], llm=tiny_llm)
-    calls = tiny_llm.stats.forward_rows
-    rewards, _ = score_pairs(tiny_llm, mix, problems, [""] * 3, Decoding(12, stop_at_answer=False))
-    assert tiny_llm.stats.forward_rows == calls  # read from the decode: no teacher-forced pass
-    trace = tiny_llm.trace(text)
+    mix = RewardMix(["answer_likelihood"], engine=tiny_engine)
+    calls = tiny_engine.stats.forward_rows
+    rewards, _ = score_pairs(tiny_engine, mix, problems, [""] * 3, Decoding(12, stop_at_answer=False))
+    assert tiny_engine.stats.forward_rows == calls  # read from the decode: no teacher-forced pass
+    trace = tiny_engine.trace(text)
     expected = [trace.logprob(4, [other]), trace.logprob(4, [own[4], other]), trace.logprob(4, own[4:7])]
     assert rewards.tolist() == pytest.approx([math.exp(v) for v in expected], rel=1e-5)

@@ -16,12 +16,12 @@ import torch
 from click.testing import CliRunner
 
 import rlprompt_math.train as training
-from rlprompt_math.checkpoint import CheckpointError, load_policy
+from rlprompt_math.checkpoint import METRICS, POLICY_LAST, SUMMARY, CheckpointError, load_policy
 from rlprompt_math.cli import main
 from rlprompt_math.config import GRADIENT_AGENTS, RunConfig
 from rlprompt_math.data import generate_problems
 from rlprompt_math.evaluation import evaluate_run
-from rlprompt_math.llm import FrozenLLM
+from rlprompt_math.engines.transformers import TransformersEngine
 
 ROUTES = {  # agent -> settings for a short run on a tiny model
     "soft-prompt": {"grad_lr": 0.05},
@@ -31,14 +31,12 @@ ROUTES = {  # agent -> settings for a short run on a tiny model
 
 
 @pytest.fixture(scope="module")
-def smooth_llm(tmp_path_factory):
+def smooth_engine(tmp_path_factory, tiny_model_factory):
     """A tiny Llama with smaller weights (initializer_range 0.1): its loss is close enough to linear in the
-    input embeddings that a first-order step predicts a token swap (correlation ~0.9; 0.3 on `tiny_llm`),
+    input embeddings that a first-order step predicts a token swap (correlation ~0.9; 0.3 on `tiny_engine`),
     which PEZ and Gumbel-softmax rely on, as they do on a trained model."""
-    from conftest import build_tiny_model
-
-    path = build_tiny_model(tmp_path_factory.mktemp("smooth-llama"), initializer_range=0.1)
-    return FrozenLLM.load(str(path), device="cpu", dtype="float32")
+    path = tiny_model_factory(tmp_path_factory.mktemp("smooth-llama"), initializer_range=0.1)
+    return TransformersEngine.load(str(path), device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +44,12 @@ def batch():
     return generate_problems(30, seed=0, kinds=["arithmetic"])[:4]
 
 
-def _agent(llm, problems, agent, **settings):
+def _agent(engine, problems, agent, **settings):
     config = RunConfig.from_flat({"agent": agent, "steps": 12, "batch_size": len(problems), "eval_every": 0,
                                   **ROUTES[agent], **settings})
     config.validate()
-    env = training.make_env(config, llm, problems)
-    return training.make_agent(config, env, llm=llm)[0]
+    env = training.build_env(config, engine, problems)
+    return training.make_agent(config, env, engine=engine)[0]
 
 
 def _train(agent, steps):
@@ -62,10 +60,10 @@ def _train(agent, steps):
 
 def _training_loss(agent, problems) -> float:
     """The route's own training objective on the fixed batch, computed exactly (no sampling)."""
-    llm, q, a = agent.llm, [p.question for p in problems], [p.answer for p in problems]
+    engine, q, a = agent.engine, [p.question for p in problems], [p.answer for p in problems]
     with torch.no_grad():
         if agent.name == "soft-prompt":
-            return float(llm.prompt_loss(agent.policy.embeddings, q, a).mean())
+            return float(engine.prompt_loss(agent.policy.embeddings, q, a).mean())
         if agent.name == "pez":  # the loss at the projection
             return float(agent.losses(problems)[0].mean())
         # Gumbel-softmax trains E_{prompt ~ softmax(logits)}[loss] (the Gumbel-max trick): every prompt.
@@ -73,7 +71,7 @@ def _training_loss(agent, problems) -> float:
         logp = torch.log_softmax(logits, -1)  # [B, T, V]
         candidates = [i for i in range(logits.shape[-1]) if not agent.empty[i]]
         prompts = torch.tensor(list(itertools.product(candidates, repeat=logits.shape[1])))  # [C, T]
-        losses = llm.prompt_loss(agent.rows[prompts].repeat_interleave(len(q), 0), q * len(prompts),
+        losses = engine.prompt_loss(agent.rows[prompts].repeat_interleave(len(q), 0), q * len(prompts),
                                  a * len(prompts)).view(len(prompts), len(q))
         weights = sum(logp[:, t, prompts[:, t]] for t in range(prompts.shape[1])).exp().T  # [C, B]
         return float((weights * losses).sum(0).mean())
@@ -82,45 +80,46 @@ def _training_loss(agent, problems) -> float:
 # ---- the soft prompt is a prompt like any other ------------------------------------------------------
 
 
-def test_a_soft_prompt_of_a_texts_embeddings_is_that_text(tiny_llm, batch):
+def test_a_soft_prompt_of_a_texts_embeddings_is_that_text(tiny_engine, batch):
     text = "Let's think step by step."
-    ids = tiny_llm.tokenizer(text, add_special_tokens=False)["input_ids"]
-    marker = tiny_llm.soft_prompt_text(tiny_llm.token_embeddings()[ids])
-    plain = [tiny_llm.render(text, p.question) for p in batch]
-    soft = [tiny_llm.render(marker, p.question) for p in batch]
+    ids = tiny_engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+    marker = tiny_engine.soft_prompt_text(tiny_engine.token_embeddings()[ids])
+    plain = [tiny_engine.render(text, p.question) for p in batch]
+    soft = [tiny_engine.render(marker, p.question) for p in batch]
     answers = [p.answer for p in batch]
     # The embeddings take exactly the place of the prompt's tokens.
-    head, tail = tiny_llm.prompt_slot_ids(batch[0].question)
-    first, rows = tiny_llm._soft_spans[marker]
-    assert tiny_llm.encode(plain[:1])[0] == head + ids + tail
-    assert tiny_llm.encode(soft[:1])[0] == head + [-(first + j + 1) for j in range(rows)] + tail
-    assert tiny_llm.generate(soft, max_new_tokens=6, use_cache=False) == \
-        tiny_llm.generate(plain, max_new_tokens=6, use_cache=False)
-    expected = tiny_llm.answer_logprobs(plain, answers, reduction="mean")
-    assert tiny_llm.answer_logprobs(soft, answers, reduction="mean") == pytest.approx(expected, abs=1e-5)
-    loss = tiny_llm.prompt_loss(tiny_llm.token_embeddings()[ids], [p.question for p in batch], answers)
+    head, tail = tiny_engine.prompt_slot_ids(batch[0].question)
+    first, rows = tiny_engine._soft_spans[marker]
+    assert tiny_engine.encode(plain[:1])[0] == head + ids + tail
+    assert tiny_engine.encode(soft[:1])[0] == head + [-(first + j + 1) for j in range(rows)] + tail
+    assert tiny_engine.generate(soft, max_new_tokens=6, use_cache=False) == \
+        tiny_engine.generate(plain, max_new_tokens=6, use_cache=False)
+    expected = tiny_engine.answer_logprobs(plain, answers, reduction="mean")
+    assert tiny_engine.answer_logprobs(soft, answers, reduction="mean") == pytest.approx(expected, abs=1e-5)
+    loss = tiny_engine.prompt_loss(tiny_engine.token_embeddings()[ids], [p.question for p in batch], answers)
     assert loss.dtype == torch.float32
     assert (-loss).tolist() == pytest.approx(expected, abs=1e-5)
     with pytest.raises(ValueError, match="not a soft prompt registered"):
-        tiny_llm.encode([plain[0].replace(text, "\u27e6soft-prompt 0000000000000000\u27e7")])
+        tiny_engine.encode([plain[0].replace(text, "\u27e6soft-prompt 0000000000000000\u27e7")])
 
 
 def test_the_soft_prompt_goes_where_the_template_puts_the_prompt(tiny_model_dir, batch):
-    llm = FrozenLLM.load(str(tiny_model_dir), device="cpu", dtype="float32", template="chat:{prompt} {question}")
-    rows = torch.randn(3, llm.hidden_size)
-    encoded = llm.encode([llm.render(llm.soft_prompt_text(rows), batch[0].question)])[0]
-    head, tail = llm.prompt_slot_ids(batch[0].question)
+    engine = TransformersEngine.load(str(tiny_model_dir), device="cpu", dtype="float32",
+                                     template="chat:{prompt} {question}")
+    rows = torch.randn(3, engine.hidden_size)
+    encoded = engine.encode([engine.render(engine.soft_prompt_text(rows), batch[0].question)])[0]
+    head, tail = engine.prompt_slot_ids(batch[0].question)
     assert encoded == head + [-1, -2, -3] + tail  # the first registered rows of this LLM
-    assert llm.tokenizer.decode(head).endswith("user\n")  # prompt first, then the question
+    assert engine.tokenizer.decode(head).endswith("user\n")  # prompt first, then the question
 
 
 @pytest.mark.parametrize("length", [1, 3, 20])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 def test_the_loss_and_its_gradient_are_finite_in_half_precision(tiny_model_dir, batch, dtype, length):
-    llm = FrozenLLM.load(str(tiny_model_dir), device="cpu", dtype=dtype)
-    assert llm.hidden_size == llm.model.config.hidden_size
-    prompt = (torch.randn(length, llm.hidden_size) * 0.3).requires_grad_(True)
-    loss = llm.prompt_loss(prompt, [p.question for p in batch], [p.answer for p in batch])
+    engine = TransformersEngine.load(str(tiny_model_dir), device="cpu", dtype=dtype)
+    assert engine.hidden_size == engine.model.config.hidden_size
+    prompt = (torch.randn(length, engine.hidden_size) * 0.3).requires_grad_(True)
+    loss = engine.prompt_loss(prompt, [p.question for p in batch], [p.answer for p in batch])
     assert loss.dtype == torch.float32 and torch.isfinite(loss).all()
     loss.mean().backward()
     assert prompt.grad.dtype == torch.float32 and torch.isfinite(prompt.grad).all() and prompt.grad.abs().sum() > 0
@@ -130,8 +129,8 @@ def test_the_loss_and_its_gradient_are_finite_in_half_precision(tiny_model_dir, 
 
 
 @pytest.mark.parametrize("agent_name", GRADIENT_AGENTS)
-def test_each_route_lowers_its_training_loss_on_a_fixed_batch(smooth_llm, batch, agent_name):
-    agent = _agent(smooth_llm, batch, agent_name)
+def test_each_route_lowers_its_training_loss_on_a_fixed_batch(smooth_engine, batch, agent_name):
+    agent = _agent(smooth_engine, batch, agent_name)
     before = _training_loss(agent, batch)
     losses = []
     for _ in range(12):
@@ -145,27 +144,27 @@ def test_each_route_lowers_its_training_loss_on_a_fixed_batch(smooth_llm, batch,
 
 
 @pytest.mark.parametrize("agent_name", GRADIENT_AGENTS)
-def test_a_cut_gradient_stops_the_run(tiny_llm, batch, agent_name, monkeypatch):
-    agent = _agent(tiny_llm, batch, agent_name)
-    real = type(tiny_llm).prompt_loss
-    monkeypatch.setattr(type(tiny_llm), "prompt_loss",
+def test_a_cut_gradient_stops_the_run(tiny_engine, batch, agent_name, monkeypatch):
+    agent = _agent(tiny_engine, batch, agent_name)
+    real = type(tiny_engine).prompt_loss
+    monkeypatch.setattr(type(tiny_engine), "prompt_loss",
                         lambda self, prompt, *args, **kw: real(self, prompt.detach(), *args, **kw))
     with pytest.raises(RuntimeError, match="no gradient reached"):
         agent.update()
 
 
 @pytest.mark.parametrize("agent_name", GRADIENT_AGENTS)
-def test_the_llm_is_bit_for_bit_unchanged(tiny_llm, batch, agent_name):
-    before = {k: v.clone() for k, v in tiny_llm.model.state_dict().items()}
-    agent = _agent(tiny_llm, batch, agent_name)
+def test_the_llm_is_bit_for_bit_unchanged(tiny_engine, batch, agent_name):
+    before = {k: v.clone() for k, v in tiny_engine.model.state_dict().items()}
+    agent = _agent(tiny_engine, batch, agent_name)
     trained = [p.detach().clone() for p in agent.parameters]
     _train(agent, 3)
     assert any(not torch.equal(a, b) for a, b in zip(trained, agent.parameters))  # the prompt did move
-    for name, value in tiny_llm.model.state_dict().items():
+    for name, value in tiny_engine.model.state_dict().items():
         assert torch.equal(value, before[name]), name
-    assert all(not p.requires_grad and p.grad is None for p in tiny_llm.model.parameters())
+    assert all(not p.requires_grad and p.grad is None for p in tiny_engine.model.parameters())
     optimised = {id(p) for group in agent.optimizer.param_groups for p in group["params"]}
-    assert not optimised & {id(p) for p in tiny_llm.model.parameters()}
+    assert not optimised & {id(p) for p in tiny_engine.model.parameters()}
 
 
 # ---- runs: save, load, evaluate, resume ----------------------------------------------------------------
@@ -175,45 +174,44 @@ FAST = {"dtype": "float32", "steps": 4, "batch_size": 2, "val_size": 3, "test_si
 
 
 @pytest.mark.parametrize("agent_name", GRADIENT_AGENTS)
-def test_a_saved_run_evaluates_like_any_policy(tiny_model_dir, tmp_path, agent_name):
+def test_a_saved_run_evaluates_like_any_policy(tiny_model_dir, tmp_path, agent_name,
+                                               evaluate_repeats_final_comparison):
     args = ["--agent", agent_name, "--model", str(tiny_model_dir), "--output-dir", str(tmp_path), "--name", "r"]
     for key, value in {**FAST, **ROUTES[agent_name]}.items():
         flag = "--" + key.replace("_", "-")
         args += [flag] if value is True else [flag, str(value)]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    from conftest import evaluate_repeats_final_comparison
-
     run = tmp_path / "r"
     evaluate_repeats_final_comparison(run, limit=4)
     metrics = _metrics(run)
     assert len(metrics) == FAST["steps"] and all(float(r["step_s"]) > 0 and float(r["loss"]) > 0 for r in metrics)
     assert [int(r["forward_passes"]) for r in metrics] == [2, 4, 6, 8] and metrics[1]["val_accuracy"] != ""
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / SUMMARY).read_text())
     assert summary["forward_passes"] == summary["backward_passes"] == FAST["steps"] * FAST["batch_size"]
 
-    llm = FrozenLLM.load(str(tiny_model_dir), device="cpu", dtype="float32")
-    policy, _, meta = load_policy(run / "policy_last.safetensors", llm)
+    engine = TransformersEngine.load(str(tiny_model_dir), device="cpu", dtype="float32")
+    policy, _, meta = load_policy(run / POLICY_LAST, engine)
     expected_kind = {"soft-prompt": "soft", "pez": "fixed", "gumbel": "refiner"}[agent_name]
     assert policy.kind == expected_kind and meta["agent"] == agent_name and meta["reading"] == summary["last_prompt"]
     if agent_name == "soft-prompt":
-        assert tuple(policy.embeddings.shape) == (len(llm.tokenizer("Let's think step by step.",
+        assert tuple(policy.embeddings.shape) == (len(engine.tokenizer("Let's think step by step.",
                                                                     add_special_tokens=False)["input_ids"]),
-                                                  llm.hidden_size)
+                                                  engine.hidden_size)
         assert summary["last_prompt"] == policy.reading()
         with pytest.raises(CheckpointError, match="do not transfer"):
-            evaluate_run(run, model=str(tiny_model_dir), llm=llm, progress=False, log=lambda _: None)
+            evaluate_run(run, model=str(tiny_model_dir), engine=engine, progress=False, log=lambda _: None)
     if agent_name == "pez":  # a discrete prompt: its text, from action-vocabulary tokens
         assert policy.text == summary["last_prompt"] and len(policy.actions) == 4
 
 
 @pytest.mark.parametrize("agent_name", GRADIENT_AGENTS)
-def test_resume_is_exact(tiny_model_dir, tiny_llm, tmp_path, agent_name):
+def test_resume_is_exact(tiny_model_dir, tiny_engine, tmp_path, agent_name):
     settings = {**FAST, **ROUTES[agent_name], "agent": agent_name, "model": str(tiny_model_dir), "output_dir": str(tmp_path),
                 "no_final_eval": True}
-    whole = training.build(RunConfig.from_flat({**settings, "name": "whole"}), llm=tiny_llm, log=lambda _: None)
+    whole = training.build(RunConfig.from_flat({**settings, "name": "whole"}), engine=tiny_engine, log=lambda _: None)
     whole.agent.train(progress=False)
-    part = training.build(RunConfig.from_flat({**settings, "name": "part"}), llm=tiny_llm, log=lambda _: None)
+    part = training.build(RunConfig.from_flat({**settings, "name": "part"}), engine=tiny_engine, log=lambda _: None)
     real_update = part.agent.update
 
     def crash_at_step_3():
@@ -224,7 +222,7 @@ def test_resume_is_exact(tiny_model_dir, tiny_llm, tmp_path, agent_name):
     part.agent.update = crash_at_step_3
     with pytest.raises(KeyboardInterrupt):
         part.agent.train(progress=False)
-    resumed = training.build(training.resume_config(tmp_path / "part", quiet=True), llm=tiny_llm,
+    resumed = training.build(training.resume_config(tmp_path / "part", quiet=True), engine=tiny_engine,
                              log=lambda _: None)
     assert resumed.agent.step == 2
     summary = resumed.agent.train(progress=False)
@@ -243,12 +241,12 @@ OWN = {"loss_target": "own", "target_questions": 40, "max_new_tokens": 16}
 
 
 @pytest.fixture(scope="module")
-def answerable(tiny_llm):
+def answerable(tiny_engine):
     """40 training problems. The first 10 the tiny model answers with a number under the init text get
     that number as their gold answer (so its completion is correct); the rest get one it never writes."""
     problems = generate_problems(40, seed=0, kinds=["arithmetic"])
     config = RunConfig.from_flat({"agent": "soft-prompt", **OWN})
-    env = training.make_env(config, tiny_llm, problems)
+    env = training.build_env(config, tiny_engine, problems)
     _, infos = env.score(problems, None, prompts=[config.gradient.init_text] * len(problems))
     out, solved = [], {}
     for problem, info in zip(problems, infos):
@@ -261,13 +259,13 @@ def answerable(tiny_llm):
     return out, solved
 
 
-def test_own_targets_are_the_models_correct_completions(tiny_llm, answerable, monkeypatch):
+def test_own_targets_are_the_models_correct_completions(tiny_engine, answerable, monkeypatch):
     problems, solved = answerable
-    agent = _agent(tiny_llm, problems, "soft-prompt", **OWN)
+    agent = _agent(tiny_engine, problems, "soft-prompt", **OWN)
     agent.config.batch_size = 4
     seen = []
-    real = type(tiny_llm).prompt_loss
-    monkeypatch.setattr(type(tiny_llm), "prompt_loss",
+    real = type(tiny_engine).prompt_loss
+    monkeypatch.setattr(type(tiny_engine), "prompt_loss",
                         lambda self, prompt, q, a, **kw: seen.append((q, a)) or real(self, prompt, q, a, **kw))
     for _ in range(3):
         agent.update()
@@ -278,24 +276,24 @@ def test_own_targets_are_the_models_correct_completions(tiny_llm, answerable, mo
     for questions, answers in seen:
         assert len(questions) == 4 and [by_question[q] for q in questions] == list(answers)
     with pytest.raises(RuntimeError, match="no greedy completion of 3 training questions"):
-        _agent(tiny_llm, [p for p in problems if p.id not in solved][:3], "soft-prompt", **OWN).update()
+        _agent(tiny_engine, [p for p in problems if p.id not in solved][:3], "soft-prompt", **OWN).update()
 
 
-def test_resume_with_own_targets_is_exact_and_asks_for_none(tiny_model_dir, tiny_llm, answerable, tmp_path):
+def test_resume_with_own_targets_is_exact_and_asks_for_none(tiny_model_dir, tiny_engine, answerable, tmp_path):
     problems, _ = answerable
     splits = {"train": problems, "validation": problems[:3], "test": problems[:4]}
     settings = {**FAST, **ROUTES["soft-prompt"], **OWN, "agent": "soft-prompt", "model": str(tiny_model_dir),
                 "output_dir": str(tmp_path), "no_final_eval": True}
-    whole = training.build(RunConfig.from_flat({**settings, "name": "whole"}), llm=tiny_llm, splits=splits,
+    whole = training.build(RunConfig.from_flat({**settings, "name": "whole"}), engine=tiny_engine, splits=splits,
                            log=lambda _: None)
     whole.agent.train(progress=False)
-    part = training.build(RunConfig.from_flat({**settings, "name": "part"}), llm=tiny_llm, splits=splits,
+    part = training.build(RunConfig.from_flat({**settings, "name": "part"}), engine=tiny_engine, splits=splits,
                           log=lambda _: None)
     real_update = part.agent.update
     part.agent.update = lambda: (_ for _ in ()).throw(KeyboardInterrupt) if part.agent.step == 3 else real_update()
     with pytest.raises(KeyboardInterrupt):
         part.agent.train(progress=False)
-    resumed = training.build(training.resume_config(tmp_path / "part", quiet=True), llm=tiny_llm, splits=splits,
+    resumed = training.build(training.resume_config(tmp_path / "part", quiet=True), engine=tiny_engine, splits=splits,
                              log=lambda _: None)
     resumed.agent.collect_own_targets = lambda: pytest.fail("resume asked the oracle for targets again")
     summary = resumed.agent.train(progress=False)
@@ -305,26 +303,26 @@ def test_resume_with_own_targets_is_exact_and_asks_for_none(tiny_model_dir, tiny
 
 
 def _metrics(run):
-    with open(run / "metrics.csv", newline="") as handle:
+    with open(run / METRICS, newline="") as handle:
         return list(csv.DictReader(handle))
 
 
-def test_gumbel_forward_is_the_hard_choice_and_pez_stays_in_the_action_vocabulary(tiny_llm, batch, monkeypatch):
+def test_gumbel_forward_is_the_hard_choice_and_pez_stays_in_the_action_vocabulary(tiny_engine, batch, monkeypatch):
     seen = []
-    real = type(tiny_llm).prompt_loss
-    monkeypatch.setattr(type(tiny_llm), "prompt_loss",
+    real = type(tiny_engine).prompt_loss
+    monkeypatch.setattr(type(tiny_engine), "prompt_loss",
                         lambda self, prompt, *args, **kw: seen.append(prompt) or real(self, prompt, *args, **kw))
-    gumbel = _agent(tiny_llm, batch, "gumbel", action_vocab="words")
+    gumbel = _agent(tiny_engine, batch, "gumbel", action_vocab="words")
     gumbel.update()
     assert not gumbel.empty[gumbel._last_actions].any()  # the "no token" action is never chosen
     assert torch.allclose(seen[-1], gumbel.rows[gumbel._last_actions], atol=1e-6)  # real token rows forward
     assert seen[-1].requires_grad
-    pez = _agent(tiny_llm, batch, "pez", action_vocab="words")
+    pez = _agent(tiny_engine, batch, "pez", action_vocab="words")
     projected = pez.actions()
     pez.update()
     vocab = pez.env.vocab
     assert all(vocab.token_ids[a] != -1 for a in projected)  # projected onto real action-vocabulary tokens
-    table = tiny_llm.token_embeddings()
+    table = tiny_engine.token_embeddings()
     assert torch.equal(seen[-1].detach(), table[[vocab.token_ids[a] for a in projected]])  # loss at the projection
 
 
@@ -332,7 +330,7 @@ def test_gumbel_forward_is_the_hard_choice_and_pez_stays_in_the_action_vocabular
     ({"agent": "gumbel", "policy": "autoregressive"}, "unconditioned or refiner"),
     ({"agent": "soft-prompt", "grad_lr": 0.0}, "--grad-lr"),
     ({"agent": "pez", "init_text": " "}, "--init-text is empty"),
-    ({"agent": "gumbel", "gumbel_temperature_end": 0.0}, "temperatures must be > 0"),
+    ({"agent": "gumbel", "gumbel_tau_end": 0.0}, "--gumbel-tau and --gumbel-tau-end must be > 0"),
 ])
 def test_settings_the_routes_refuse(settings, message):
     from rlprompt_math.config import ConfigError

@@ -1,27 +1,32 @@
 """Settings and wiring: one home for every default, every flag reaching what it configures, one comparison.
 
-These fail on the bugs of issue 16: a flag that never reached its agent (--finalists and random
-search), defaults written in several places, and training's final comparison and `evaluate`
-comparing against different prompts.
+These fail on the bugs they were written for: a flag that never reached its agent (--finalists and
+random search), defaults written in several places, and training's final comparison and `evaluate`
+comparing against different prompts. The command line is checked against values written here by hand,
+not against the fields it is generated from.
 """
 
 import dataclasses
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 import rlprompt_math.train as training
-from rlprompt_math.cli import evaluate, main
+from rlprompt_math.cli import main
 from rlprompt_math.cli import train as train_command
 from rlprompt_math.config import (
     AGENTS,
-    BASELINES,
     GRADIENT_AGENTS,
-    ENTROPY_SCHEDULES,
-    POLICY_KINDS,
+    REFERENCE_PROMPTS,
+    AlgorithmConfig,
+    ConfigError,
+    DataConfig,
+    EngineConfig,
+    GradientConfig,
+    OracleConfig,
+    PolicyConfig,
     RunConfig,
-    cli_fields,
-    field_default,
     flat_field_names,
 )
 from rlprompt_math.vocab import EMPTY
@@ -31,36 +36,160 @@ FAST = ["--dtype", "float32", "--steps", "3", "--batch-size", "2", "--prompts-pe
         "--num-problems", "200"]
 
 
-def test_train_options_are_the_config_fields():
-    options = {p.name: p for p in train_command.params if p.name != "config"}
-    assert set(options) == set(flat_field_names())
-    for f, doc in cli_fields():
-        option = options[f.name]
-        default = option.default if not option.multiple else tuple(option.default)
-        assert default == f.default, f.name
-        assert option.help == doc and doc, f.name
-    for name, choices in (("agent", AGENTS), ("policy", POLICY_KINDS), ("baseline", BASELINES),
-                          ("entropy_schedule", ENTROPY_SCHEDULES)):
-        assert tuple(options[name].type.choices) == choices
-    # `evaluate` options that mean a train setting take its default; output directories share a name.
-    limit = next(p for p in evaluate.params if p.name == "limit")
-    assert limit.default == field_default("test_size")
-    assert "--output-dir" in next(p for p in evaluate.params if p.name == "output").opts
+class Parsed(Exception):
+    """Raised in place of training: the command line parsed its options into this config."""
 
 
-def test_flat_round_trip_and_no_drifting_defaults():
+def _parsed(monkeypatch, args) -> RunConfig:
+    """The config that `run.py ARGS` would train (training itself is not run)."""
+    def stop(config, **_):
+        raise Parsed(config)
+
+    monkeypatch.setattr(training, "train", stop)
+    result = CliRunner().invoke(main, args)
+    assert isinstance(result.exception, Parsed), result.output
+    return result.exception.args[0]
+
+
+def test_no_flags_train_the_default_config(monkeypatch):
+    assert _parsed(monkeypatch, []) == RunConfig()
+    assert _parsed(monkeypatch, ["train"]) == RunConfig()
+
+
+# Written by hand, not derived from the fields: flags (options renamed from their field, repeated ones, a
+# choice, numbers, booleans both ways) and the config they must give, then the same as a --config file.
+HAND_WRITTEN_FLAGS = ["--seed", "3", "--format", "gsm8k", "--engine", "openai", "--base-url", "http://a:8000/v1",
+                      "--base-url", "http://b:8000/v1", "--reward", "correct", "--reward", "partial:0.5",
+                      "--max-new-tokens", "7", "--no-stop-at-answer", "--policy", "refiner", "--no-empty-action",
+                      "--lr", "0.5", "--normalize-rewards", "--gumbel-tau-end", "0.2"]
+HAND_WRITTEN_YAML = """\
+seed: 3
+fmt: gsm8k
+engine: openai
+base_url: [http://a:8000/v1, http://b:8000/v1]
+rewards: [correct, "partial:0.5"]
+max_new_tokens: 7
+stop_at_answer: false
+policy: refiner
+empty_action: false
+lr: 0.5
+normalize_rewards: true
+gumbel_tau_end: 0.2
+"""
+
+
+def _hand_written_config() -> RunConfig:
+    return RunConfig(seed=3, data=DataConfig(fmt="gsm8k"),
+                     engine=EngineConfig(engine="openai", base_url=("http://a:8000/v1", "http://b:8000/v1")),
+                     oracle=OracleConfig(rewards=("correct", "partial:0.5"), max_new_tokens=7, stop_at_answer=False),
+                     policy=PolicyConfig(policy="refiner", empty_action=False),
+                     algorithm=AlgorithmConfig(lr=0.5, normalize_rewards=True),
+                     gradient=GradientConfig(gumbel_tau_end=0.2))
+
+
+def test_flags_land_in_their_fields(monkeypatch):
+    config = _parsed(monkeypatch, HAND_WRITTEN_FLAGS)
+    assert config == _hand_written_config()
+    assert config.algorithm.seed == 3
+    assert type(config.oracle.max_new_tokens) is int and type(config.algorithm.lr) is float
+
+
+def test_a_config_file_lands_like_the_flags_and_flags_override_it(monkeypatch, tmp_path):
+    path = tmp_path / "settings.yaml"
+    path.write_text(HAND_WRITTEN_YAML)
+    assert _parsed(monkeypatch, ["--config", str(path)]) == _hand_written_config()
+    assert RunConfig.from_flat(yaml.safe_load(HAND_WRITTEN_YAML)) == _hand_written_config()  # as config.yaml is read
+    overridden = _parsed(monkeypatch, ["--config", str(path), "--max-new-tokens", "9", "--reward", "format"])
+    expected = _hand_written_config()
+    expected.oracle.max_new_tokens, expected.oracle.rewards = 9, ("format",)
+    assert overridden == expected
+
+
+def test_unknown_settings_and_choices_are_rejected_by_name(monkeypatch, tmp_path):
+    monkeypatch.setattr(training, "train", lambda config, **_: pytest.fail(f"trained {config}"))
+    for text, unknown in (("max_new_token: 7\n", "'max_new_token'"),
+                          ("oracle:\n  max_new_tokens: 7\n", "'oracle'")):  # the file is flat, as config.yaml
+        path = tmp_path / "settings.yaml"
+        path.write_text(text)
+        result = CliRunner().invoke(main, ["--config", str(path)])
+        assert result.exit_code == 2 and f"unknown settings [{unknown}]" in result.output, result.output
+    with pytest.raises(ConfigError, match=r"unknown settings \['max_new_token'\]"):
+        RunConfig.from_flat({"max_new_token": 7})
+    result = CliRunner().invoke(main, ["--policy", "transformer"])
+    assert result.exit_code == 2 and "Invalid value for '--policy'" in result.output, result.output
+    assert "'autoregressive'" in result.output  # the message lists the choices
+
+
+def test_an_older_runs_config_yaml_reads_under_todays_names(tmp_path):
+    """The config.yaml of a run written before some settings were renamed (and before stop_at_answer and
+    finalists existed) gives the settings it ran with (resuming reads it as evaluating does: `saved_config`)."""
+    from rlprompt_math.runlog import RunDir
+
+    older_names = {"policy_width": "hidden_size", "sample_temperature": "temperature", "sample_top_k": "top_k",
+                   "gumbel_tau": "gumbel_temperature", "gumbel_tau_end": "gumbel_temperature_end"}
+    ran_with = {"policy_width": 16, "sample_temperature": 0.7, "sample_top_k": 5, "gumbel_tau": 2.0,
+                "gumbel_tau_end": 0.5}
+    settings = {**RunConfig().to_flat(), **ran_with}
+    for missing in ("quiet", "stop_at_answer", "finalists"):
+        del settings[missing]
+    older = {older_names.get(key, key): value for key, value in settings.items()}
+    RunDir(tmp_path / "older").write_config(older)
+    config = training.resume_config(tmp_path / "older")
+    assert config.to_flat() == {**RunConfig().to_flat(), **ran_with, "stop_at_answer": False, "finalists": 0,
+                                "resume": str(tmp_path / "older")}
+    with pytest.raises(ConfigError, match=r"unknown settings \['gumbel_temperature', 'gumbel_temperature_end', "
+                                          r"'hidden_size', 'temperature', 'top_k'\]"):
+        RunConfig.from_flat(older)  # the older names are read from run directories only
+
+
+def test_every_train_option_has_help():
+    assert all(option.help for option in train_command.params), [o.name for o in train_command.params if not o.help]
+
+
+def test_evaluate_defaults_to_the_final_comparison(monkeypatch, tmp_path):
+    """`evaluate` with no options scores what training's final comparison scored: the test split, as many
+    problems, the best checkpoint, the reference prompts, the run's decoding."""
+    import rlprompt_math.evaluation as evaluation
+
+    calls = []
+
+    def capture(run_dir, **kwargs):
+        calls.append(kwargs)
+        raise Parsed(run_dir)
+
+    monkeypatch.setattr(evaluation, "evaluate_run", capture)
+    for args, output in (([], None), (["--output-dir", "out"], "out"), (["--output", "out"], "out")):
+        result = CliRunner().invoke(main, ["evaluate", str(tmp_path), "--quiet", *args])
+        assert isinstance(result.exception, Parsed), result.output
+        assert calls[-1]["output"] == output
+    defaults = calls[0]
+    assert defaults["limit"] == RunConfig().test_size and defaults["split"] == "test"
+    assert defaults["checkpoint"] == "best" and defaults["max_new_tokens"] is None and defaults["model"] is None
+    assert defaults["reference_prompts"] == list(REFERENCE_PROMPTS) and defaults["problems"] is None
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path), "--no-default-references", "--reference-prompt", "A.",
+                                       "--reference-prompt", "B."])
+    assert isinstance(result.exception, Parsed), result.output
+    assert calls[-1]["reference_prompts"] == ["A.", "B."]
+
+
+def test_flat_round_trip_and_no_drifting_defaults(tiny_engine):
     config = RunConfig()
     assert RunConfig.from_flat(config.to_flat()) == config
-    import inspect
-
-    from rlprompt_math.envs.prompt_refine import make_env
-    from rlprompt_math.oracle import Decoding
-
-    env_defaults = inspect.signature(make_env).parameters
-    assert env_defaults["max_new_tokens"].default == config.oracle.max_new_tokens == Decoding().max_new_tokens
-    assert env_defaults["prompt_length"].default == config.policy.prompt_length
-    assert tuple(env_defaults["rewards"].default) == config.oracle.rewards
     assert config.algorithm.finalists == 0 and config.data.difficulty == "1,2" and config.data.kinds == "arithmetic"
+    # The Python entry points with no settings build the environment that a run with no flags trains on.
+    from rlprompt_math.data import generate_problems
+    from rlprompt_math.envs import PromptRefineEnv, make_env
+
+    problems = generate_problems(10, seed=0)
+    run_env = training.build_env(config, tiny_engine, problems)
+    python_env = make_env(tiny_engine, problems, split=None)
+    class_env = PromptRefineEnv(tiny_engine, problems, run_env.vocab, run_env.reward_mix)
+    for env in (python_env, class_env):
+        assert env.decoding == run_env.decoding and env.prompt_length == run_env.prompt_length
+        assert env.action_space == run_env.action_space
+    assert python_env.vocab.token_ids == run_env.vocab.token_ids
+    assert ([(r.name, r.weight) for r in python_env.reward_mix.rewards]
+            == [(r.name, r.weight) for r in run_env.reward_mix.rewards])
 
 
 # flag -> (CLI value, what it must configure in the built run). `None` for settings that only shape the
@@ -73,9 +202,9 @@ NON_DEFAULT = {
     "num_problems": ("150", lambda b: sum(map(len, b.splits.values())) == 150),
     "kinds": ("fractions", lambda b: {p.extra["kind"] for p in b.splits["train"]} == {"fractions"}),
     "difficulty": ("3", lambda b: {p.extra["difficulty"] for p in b.splits["train"]} == {3}),
-    "dtype": ("float32", lambda b: str(b.llm.dtype) == "torch.float32"),
-    "device": ("cpu", lambda b: str(b.llm.device) == "cpu"),
-    "template": ("{prompt} {question}", lambda b: b.llm.template == "{prompt} {question}"),
+    "dtype": ("float32", lambda b: str(b.engine.dtype) == "torch.float32"),
+    "device": ("cpu", lambda b: str(b.engine.device) == "cpu"),
+    "template": ("{prompt} {question}", lambda b: b.engine.template == "{prompt} {question}"),
     "rewards": ("correct", lambda b: b.env.reward_mix.names == ["correct"]),
     "max_new_tokens": ("5", lambda b: b.env.decoding.max_new_tokens == 5),
     "stop_at_answer": (None, lambda b: b.env.decoding.stop_at_answer is False),
@@ -85,23 +214,22 @@ NON_DEFAULT = {
 }
 POLICY_FLAGS = {  # reinforce only: the policy it trains
     "policy": ("refiner", lambda b: b.agent.policy.kind == "refiner" and b.agent.policy.prompt_length == 3),
-    "hidden_size": ("16", lambda b: b.agent.policy.hidden_size == 16),
+    "policy_width": ("16", lambda b: b.agent.policy.width == 16),
 }
 FIXED_FLAGS = {"fixed_prompt": ("Be exact.", lambda b: b.agent.policy.text == "Be exact.")}
 # The differentiable routes (soft-prompt, pez, gumbel): `--soft-init random` starts from --prompt-length rows.
-GRADIENT_VALUES = {"grad_lr": 0.05, "gumbel_lr": 0.002, "soft_init": "random", "init_text": "Be exact.", "gumbel_temperature": 2.0,
-                   "loss_target": "own", "target_questions": 7,
-                   "gumbel_temperature_end": 0.5}
-GRADIENT_CHECKS = {"soft-prompt": lambda b: tuple(b.agent.policy.embeddings.shape) == (3, b.llm.hidden_size),
+GRADIENT_VALUES = {"grad_lr": 0.05, "gumbel_lr": 0.002, "soft_init": "random", "init_text": "Be exact.",
+                   "loss_target": "own", "target_questions": 7, "gumbel_tau": 2.0, "gumbel_tau_end": 0.5}
+GRADIENT_CHECKS = {"soft-prompt": lambda b: tuple(b.agent.policy.embeddings.shape) == (3, b.engine.hidden_size),
                    "pez": lambda b: len(b.agent.actions()) == 3 and b.agent.optimizer.param_groups[0]["lr"] == 0.05,
                    "gumbel": lambda b: b.agent.optimizer.param_groups[0]["lr"] == 0.002}
 ALGORITHM_VALUES = {"steps": 3, "batch_size": 2, "prompts_per_question": 3, "lr": 0.05, "baseline": "batch_mean",
                     "moving_average_decay": 0.5, "normalize_rewards": True, "entropy_coef": 0.02,
-                    "entropy_schedule": "cosine", "max_grad_norm": 0.5, "temperature": 0.7, "top_k": 5,
+                    "entropy_schedule": "cosine", "max_grad_norm": 0.5, "sample_temperature": 0.7, "sample_top_k": 5,
                     "value_lr": 0.01, "eval_every": 2, "checkpoint_every": 2, "finalists": 2,
                     "optimizer": "sgd"}
 # Checked elsewhere: the engine fields need other models or CUDA, the data-file fields a dataset file
-# (test_data, test_cli), the served engine's a server (test_served); resume in test_cli; output_dir is
+# (test_data, test_cli), the served engine's a server (test_engine_openai); resume in test_cli; output_dir is
 # the parent of `name` (checked below).
 ELSEWHERE = {"model", "load_in_8bit", "dataset", "fmt", "question_field", "answer_field", "hub_split",
              "skip_bad_rows", "resume", "output_dir", "no_final_eval", "quiet", "agent", "engine", "base_url",
@@ -159,40 +287,39 @@ def test_every_flag_reaches_the_object_it_configures(agent, tiny_model_dir, tmp_
     assert RunConfig.from_flat(saved).to_flat() == {**built.config.to_flat(), "quiet": False}
 
 
-def test_random_search_validates_the_given_number_of_finalists(tiny_llm):
+def test_random_search_validates_the_given_number_of_finalists(tiny_engine):
     from rlprompt_math.data import generate_problems
 
     config = RunConfig.from_flat({"agent": "random", "steps": 2, "batch_size": 2, "prompts_per_question": 3,
                                   "finalists": 2, "prompt_length": 2, "max_new_tokens": 4})
     problems = generate_problems(30, seed=0, kinds=["arithmetic"])
-    env = training.make_env(config, tiny_llm, problems)
-    agent, _ = training.make_agent(config, env, llm=tiny_llm, val_problems=problems[:3])
+    env = training.build_env(config, tiny_engine, problems)
+    agent, _ = training.make_agent(config, env, engine=tiny_engine, val_problems=problems[:3])
     summary = agent.train(progress=False)
     assert summary["oracle_pairs"] == 2 * 3 * 2 + 2 * 3  # training, then 2 finalists x 3 validation questions
     config.algorithm.finalists = 0
-    agent, _ = training.make_agent(config, env, llm=tiny_llm, val_problems=problems[:3])
+    agent, _ = training.make_agent(config, env, engine=tiny_engine, val_problems=problems[:3])
     assert agent.train(progress=False)["oracle_pairs"] == 2 * 3 * 2
 
 
-def test_prompt_length_has_one_route(tiny_llm):
+def test_prompt_length_has_one_route(tiny_engine):
     from rlprompt_math.agents import ReinforceAgent
     from rlprompt_math.data import generate_problems
     from rlprompt_math.policies import build_policy
 
     config = RunConfig.from_flat({"prompt_length": 3})
-    env = training.make_env(config, tiny_llm, generate_problems(10, seed=0))
-    policy = build_policy("unconditioned", llm=tiny_llm, vocab=env.vocab, prompt_length=2)
+    env = training.build_env(config, tiny_engine, generate_problems(10, seed=0))
+    policy = build_policy("unconditioned", engine=tiny_engine, vocab=env.vocab, prompt_length=2)
     with pytest.raises(ValueError, match="the env takes 3"):
         ReinforceAgent(env, policy, config.algorithm)
 
 
 @pytest.mark.parametrize("agent", ["reinforce", "random"])
-def test_final_comparison_and_evaluate_report_the_same_systems(agent, tiny_model_dir, tmp_path):
+def test_final_comparison_and_evaluate_report_the_same_systems(agent, tiny_model_dir, tmp_path,
+                                                               evaluate_repeats_final_comparison):
     result = CliRunner().invoke(main, ["--agent", agent, "--model", str(tiny_model_dir), "--output-dir",
                                        str(tmp_path), "--name", "r", *FAST], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    from conftest import evaluate_repeats_final_comparison
-
     evaluate_repeats_final_comparison(tmp_path / "r", limit=6)
 
 

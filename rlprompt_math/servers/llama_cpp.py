@@ -2,8 +2,8 @@
 OpenAI-compatible server for the served engine's tests, `bench/engines.py`, and users who want one
 without a GPU.
 
-    python -m rlprompt_math.llama_cpp build          # once: ~/.cache/rlprompt_math/llama.cpp-<version>
-    python -m rlprompt_math.llama_cpp serve --port 8080
+    python -m rlprompt_math.servers.llama_cpp build          # once: ~/.cache/rlprompt_math/llama.cpp-<version>
+    python -m rlprompt_math.servers.llama_cpp serve --port 8080
 
 The `llama-cpp-python` sdist on PyPI vendors llama.cpp's sources; `build` downloads it with pip and
 compiles the `llama-server` and `llama-quantize` targets (CPU only, static). `serve` re-exports the
@@ -112,7 +112,7 @@ def serve(gguf: Path | None = None, *, port: int | None = None, slots: int = 16,
     """Start llama-server on 127.0.0.1 (the embedded default as F16 unless `gguf` is given); yields the
     server (`.base_url`, `.process`, `.stop()`, `.start()`) and stops it on exit."""
     if gguf is None:
-        from .llm import default_gguf_path
+        from ..engines.transformers.loading import default_gguf_path
 
         gguf = export_f16(default_gguf_path(), log=log)
     server = LlamaServer(Path(gguf), port=port or free_port(), slots=slots, context=context, threads=threads,
@@ -143,7 +143,8 @@ class LlamaServer:
 
     def start(self) -> None:
         if not binary("llama-server").is_file():
-            raise LlamaCppError(f"{binary('llama-server')} is not built: python -m rlprompt_math.llama_cpp build")
+            raise LlamaCppError(f"{binary('llama-server')} is not built: "
+                                "python -m rlprompt_math.servers.llama_cpp build")
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
             [str(binary("llama-server")), "-m", str(self.gguf), "--host", "127.0.0.1", "--port", str(self.port),

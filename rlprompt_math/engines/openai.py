@@ -1,6 +1,6 @@
-"""The served engine: the oracle on any OpenAI-compatible completions server.
+"""The `openai` engine: the frozen LLM on any OpenAI-compatible completions server.
 
-`ServedEngine` sends the texts `Engine.render` made (the local tokenizer's chat template, so the
+`OpenAIEngine` sends the texts `Engine.render` made (the local tokenizer's chat template, so the
 served model sees what the local one would) to `POST {base_url}/completions`, several prompts per
 request (the `prompt` list) and several requests at once, spread over one or more base URLs
 (replicas, or one router in front of them). What it adds to the shared `Engine`:
@@ -29,7 +29,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .engine import Engine, EngineCapabilityError, EngineError
+from ..config import ENGINE_CACHE_SIZE
+from .base import Engine, EngineCapabilityError, EngineError
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 MAX_BACKOFF_S = 8.0
@@ -55,14 +56,14 @@ def _describe(path: str, body: dict | None, method: str = "POST") -> str:
     return f"{method} {path} with {count} prompt(s), first {shown}"
 
 
-class ServedEngine(Engine):
+class OpenAIEngine(Engine):
     """An `Engine` backed by OpenAI-compatible `/completions` servers."""
 
     kind = "openai"
 
     def __init__(self, base_urls: Sequence[str], *, local, served_model: str | None = None,
                  timeout: float = 120.0, max_retries: int = 5, concurrency: int = 8,
-                 prompts_per_request: int = 16, backoff_s: float = 0.5, cache_size: int = 50_000):
+                 prompts_per_request: int = 16, backoff_s: float = 0.5, cache_size: int = ENGINE_CACHE_SIZE):
         import requests  # noqa: F401  (fail here, not at the first request, if it is missing)
 
         self.base_urls = [u.rstrip("/") for u in base_urls]

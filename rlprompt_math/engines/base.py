@@ -1,11 +1,12 @@
-"""The oracle's engine interface: what the reward path asks of a frozen LLM, whoever computes it.
+"""The engine interface: what the reward path asks of a frozen LLM, whoever computes it.
 
 An `Engine` is the only thing the oracle (`oracle.score_pairs`), the environment, the agents, the
 rewards and the evaluation call. Two engines implement it:
 
-  * `llm.FrozenLLM`         -- the `transformers` engine: the model in this process (CPU or CUDA);
-  * `served.ServedEngine`   -- any OpenAI-compatible completions server (vLLM, SGLang, TGI,
-                               llama.cpp's `llama-server`), one URL or several replicas.
+  * `engines.transformers.TransformersEngine` -- the model in this process (CPU or CUDA);
+  * `engines.openai.OpenAIEngine`             -- any OpenAI-compatible completions server (vLLM,
+                                                 SGLang, TGI, llama.cpp's `llama-server`), one URL
+                                                 or several replicas.
 
 What every engine shares lives here, so it is the same whichever engine answers:
 
@@ -17,7 +18,7 @@ What every engine shares lives here, so it is the same whichever engine answers:
 
 Capabilities that need the weights in this process (teacher forcing with gradients: `prompt_loss`,
 soft prompts) belong to the `transformers` engine; the others raise `EngineCapabilityError`.
-`load_engine` turns the `[engine]` settings into an engine.
+This module imports no engine; `engines.load_engine` turns the `[engine]` settings into one.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .config import EngineConfig, OracleConfig
+from ..config import ENGINE_CACHE_SIZE, OracleConfig
 
 # How a prompt and a question are combined into the user message when no template is given.
 # The prompt goes after the question (measured on the default model: see issue 8's table).
@@ -50,7 +51,7 @@ class EngineCapabilityError(EngineError):
 
 
 @dataclass
-class OracleStats:
+class EngineStats:
     """Counters the environment reports in `info` and the CLI shows in its progress bar."""
 
     generate_calls: int = 0       # calls to Engine.generate
@@ -99,24 +100,26 @@ class Trace:
 
 
 class Engine:
-    """A frozen LLM as a reward oracle: rendering, cached generation, scoring, features."""
+    """A frozen LLM as the oracle (`oracle.score_pairs`) asks it: rendering, cached generation, scoring,
+    features."""
 
     kind = "engine"  # the `--engine` name
 
-    def __init__(self, tokenizer, *, name: str, template: str | None = None, cache_size: int = 50_000):
+    def __init__(self, tokenizer, *, name: str, template: str | None = None,
+                 cache_size: int = ENGINE_CACHE_SIZE):
         self.tokenizer = tokenizer
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
         self.name = name
         self.template = template
-        self.stats = OracleStats()
+        self.stats = EngineStats()
         self._cache: OrderedDict[tuple, str] = OrderedDict()
         self._traces: OrderedDict[str, Trace] = OrderedDict()  # by rendered text: greedy decodes only
         self._cache_size = cache_size
 
     def __deepcopy__(self, memo):
-        # The oracle is frozen and shared: gymnasium deep-copies env kwargs, and a copy of the
+        # The engine is frozen and shared: gymnasium deep-copies env kwargs, and a copy of the
         # model would double memory for nothing.
         return self
 
@@ -272,22 +275,3 @@ class Engine:
                 "cannot provide it. Use --engine transformers (the default) for the soft-prompt, pez and "
                 "gumbel agents.")
 
-
-def load_engine(config: EngineConfig) -> Engine:
-    """The engine the `[engine]` settings describe (`--engine transformers` or `--engine openai`).
-
-    Imports are local: the engines import this module for their base class.
-    """
-    from .llm import FrozenLLM
-
-    local_settings = dict(model=config.model, device=config.device, dtype=config.dtype,
-                          load_in_8bit=config.load_in_8bit, template=config.template)
-    if config.engine == "transformers":
-        return FrozenLLM.load(**local_settings)
-    from .served import ServedEngine
-
-    # The local model supplies the tokenizer, the chat template and the question features.
-    local = FrozenLLM.load(**local_settings)
-    return ServedEngine(list(config.base_url), served_model=config.served_model, local=local,
-                        timeout=config.request_timeout, max_retries=config.max_retries,
-                        concurrency=config.concurrency, prompts_per_request=config.prompts_per_request)

@@ -3,7 +3,7 @@
 Two kinds of server, both real processes or threads listening on 127.0.0.1:
   * small HTTP servers written here, for what a healthy server never does (a 503, a malformed body,
     a vLLM-style echo with known numbers);
-  * llama.cpp's `llama-server`, built from PyPI sources (`rlprompt_math.llama_cpp`) and serving the
+  * llama.cpp's `llama-server`, built from PyPI sources (`rlprompt_math.servers.llama_cpp`) and serving the
     embedded default model re-exported as F16: agreement with the local engine, training through it,
     the likelihood reward's error, and a server killed in the middle of a run.
 """
@@ -16,9 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from rlprompt_math.engine import EngineCapabilityError, EngineError
+from rlprompt_math.engines import EngineCapabilityError, EngineError
 from rlprompt_math.grading import answer_is_complete
-from rlprompt_math.served import ServedEngine, cut_at_answer
+from rlprompt_math.engines.openai import OpenAIEngine, cut_at_answer
 
 
 # ---- small servers for what llama-server never does ---------------------------------------------
@@ -94,23 +94,23 @@ def stub(request):
         server.close()
 
 
-def served(tiny_llm, *urls, **kwargs) -> ServedEngine:
+def served(tiny_engine, *urls, **kwargs) -> OpenAIEngine:
     kwargs = {"max_retries": 2, "backoff_s": 0.01, "timeout": 5, **kwargs}
-    return ServedEngine(list(urls), local=tiny_llm, **kwargs)
+    return OpenAIEngine(list(urls), local=tiny_engine, **kwargs)
 
 
-def test_model_name_comes_from_the_server_when_only_one_is_served(stub, tiny_llm):
+def test_model_name_comes_from_the_server_when_only_one_is_served(stub, tiny_engine):
     server = stub(completions_reply())
-    engine = served(tiny_llm, server.base_url)
+    engine = served(tiny_engine, server.base_url)
     assert engine.name == engine.served_model == "stub-model"
-    assert engine.fingerprint()["tokenizer_hash"] == tiny_llm.tokenizer_hash
+    assert engine.fingerprint()["tokenizer_hash"] == tiny_engine.tokenizer_hash
 
 
-def test_batches_go_out_as_prompt_lists_and_come_back_in_order(stub, tiny_llm):
-    count = lambda text: len(tiny_llm.encode([text])[0])  # noqa: E731  (the server's tokenizer is ours)
+def test_batches_go_out_as_prompt_lists_and_come_back_in_order(stub, tiny_engine):
+    count = lambda text: len(tiny_engine.encode([text])[0])  # noqa: E731  (the server's tokenizer is ours)
     server = stub(completions_reply(count_tokens=count))
-    engine = served(tiny_llm, server.base_url, served_model="m", prompts_per_request=3)
-    texts = [tiny_llm.render(f"p{i}", "What is 1+1?") for i in range(7)]
+    engine = served(tiny_engine, server.base_url, served_model="m", prompts_per_request=3)
+    texts = [tiny_engine.render(f"p{i}", "What is 1+1?") for i in range(7)]
     out = engine.generate(texts, max_new_tokens=5)
     assert out == [f"echo {len(t)}" for t in texts]
     posts = [body for path, body in server.requests if path.endswith("/completions")]
@@ -123,14 +123,14 @@ def test_batches_go_out_as_prompt_lists_and_come_back_in_order(stub, tiny_llm):
     assert engine.stats.requests == 3 and engine.stats.cache_hits == 7
 
 
-def test_replicas_share_the_requests(stub, tiny_llm):
+def test_replicas_share_the_requests(stub, tiny_engine):
     first, second = stub(completions_reply()), stub(completions_reply())
-    engine = served(tiny_llm, first.base_url, second.base_url, served_model="m", prompts_per_request=1)
+    engine = served(tiny_engine, first.base_url, second.base_url, served_model="m", prompts_per_request=1)
     engine.generate([f"text {i}" for i in range(8)], max_new_tokens=2)
     assert len(first.requests) == len(second.requests) == 4
 
 
-def test_a_5xx_is_retried_and_then_answered(stub, tiny_llm):
+def test_a_5xx_is_retried_and_then_answered(stub, tiny_engine):
     calls = {"n": 0}
     healthy = completions_reply()
 
@@ -138,16 +138,16 @@ def test_a_5xx_is_retried_and_then_answered(stub, tiny_llm):
         calls["n"] += 1
         return (503, "busy") if calls["n"] <= 2 else healthy(path, body)
 
-    engine = served(tiny_llm, stub(flaky).base_url, served_model="m")
+    engine = served(tiny_engine, stub(flaky).base_url, served_model="m")
     assert engine.generate(["a"], max_new_tokens=2) == ["echo 1"]
     assert engine.stats.retries == 2 and engine.stats.requests == 3
 
 
-def test_a_dead_server_gives_a_clear_error_after_the_retries(tiny_llm):
-    from rlprompt_math.llama_cpp import free_port
+def test_a_dead_server_gives_a_clear_error_after_the_retries(tiny_engine):
+    from rlprompt_math.servers.llama_cpp import free_port
 
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
-    engine = served(tiny_llm, url, served_model="m", max_retries=2)
+    engine = served(tiny_engine, url, served_model="m", max_retries=2)
     with pytest.raises(EngineError, match=r"did not answer POST /completions .* after 3 attempts") as error:
         engine.generate(["What is 2+2?"], max_new_tokens=2)
     assert url in str(error.value) and "--resume" in str(error.value)
@@ -161,15 +161,15 @@ def test_a_dead_server_gives_a_clear_error_after_the_retries(tiny_llm):
     (200, json.dumps({"error": "overloaded"}), "malformed response"),
     (400, json.dumps({"error": "prompt too long"}), "refused POST /completions .*HTTP 400.*prompt too long"),
 ])
-def test_a_bad_answer_is_an_error_at_once(stub, tiny_llm, status, text, message):
+def test_a_bad_answer_is_an_error_at_once(stub, tiny_engine, status, text, message):
     server = stub(lambda path, body: (status, text))
-    engine = served(tiny_llm, server.base_url, served_model="m")
+    engine = served(tiny_engine, server.base_url, served_model="m")
     with pytest.raises(EngineError, match=message):
         engine.generate(["What is 2+2?"], max_new_tokens=2)
     assert len(server.requests) == 1  # not retried: asking again would get the same
 
 
-def test_answer_logprobs_read_the_echoed_prompt_logprobs(stub, tiny_llm):
+def test_answer_logprobs_read_the_echoed_prompt_logprobs(stub, tiny_engine):
     """A vLLM-style echo: the answer's tokens are those that reach past the text (numbers chosen here)."""
     def echo(path, body):
         choices = []
@@ -181,15 +181,15 @@ def test_answer_logprobs_read_the_echoed_prompt_logprobs(stub, tiny_llm):
                 "tokens": tokens, "text_offset": offsets, "token_logprobs": [None, -1.0, -0.5, -9.0]}})
         return 200, json.dumps({"choices": choices})
 
-    engine = served(tiny_llm, stub(echo).base_url, served_model="m")
+    engine = served(tiny_engine, stub(echo).base_url, served_model="m")
     # "Q: 1+1=42" comes back as "Q: 1+1" "=4" "2" (+ the generated "!"): a token that straddles the
     # text's end ("=4") counts for the answer, the generated one does not.
     assert engine.answer_logprobs(["Q: 1+1="], ["42"]) == [-1.5]  # "=4" reaches into "42", "2" is in it
     assert engine.answer_logprobs(["Q: 1+1=4"], ["2"], reduction="mean") == [-0.5]
 
 
-def test_a_server_that_ignores_echo_is_detected(stub, tiny_llm):
-    engine = served(tiny_llm, stub(completions_reply(lambda p: " 2")).base_url, served_model="m")
+def test_a_server_that_ignores_echo_is_detected(stub, tiny_engine):
+    engine = served(tiny_engine, stub(completions_reply(lambda p: " 2")).base_url, served_model="m")
     with pytest.raises(EngineCapabilityError, match="ignored `echo`.*--reward correct"):
         engine.answer_logprobs(["Q: 1+1="], ["2"])
 
@@ -201,7 +201,7 @@ def test_the_answer_cut_matches_the_local_stop_rule():
     assert cut_at_answer("no answer here", answer_is_complete) == "no answer here"
 
 
-def test_gradient_agents_and_missing_urls_are_config_errors(stub, tiny_llm):
+def test_gradient_agents_and_missing_urls_are_config_errors(stub, tiny_engine):
     from rlprompt_math.config import ConfigError, RunConfig
 
     with pytest.raises(ConfigError, match="needs --base-url"):
@@ -209,7 +209,7 @@ def test_gradient_agents_and_missing_urls_are_config_errors(stub, tiny_llm):
     with pytest.raises(ConfigError, match="--engine transformers"):
         RunConfig.from_flat({"engine": "openai", "base_url": ["http://x/v1"], "agent": "pez"}).validate()
     with pytest.raises(EngineCapabilityError, match="--engine transformers"):
-        served(tiny_llm, stub(completions_reply()).base_url).prompt_loss(None, ["q"], ["1"])
+        served(tiny_engine, stub(completions_reply()).base_url).prompt_loss(None, ["q"], ["1"])
 
 
 # ---- llama.cpp's llama-server -----------------------------------------------------------------
@@ -222,7 +222,7 @@ llama = pytest.mark.slow
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     """llama-server serving the embedded default (F16 re-export) on 127.0.0.1, built on first use."""
-    from rlprompt_math import llama_cpp
+    from rlprompt_math.servers import llama_cpp
 
     llama_cpp.build()
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
@@ -231,7 +231,7 @@ def llama_server(tmp_path_factory):
 
 
 @llama
-def test_llama_server_answers_as_the_local_engine(llama_server, default_llm):
+def test_llama_server_answers_as_the_local_engine(llama_server, default_engine):
     """Greedy answers through the server agree with the in-process engine on at least 95% of 64 pairs."""
     from rlprompt_math.config import REFERENCE_PROMPTS
     from rlprompt_math.data import generate_problems
@@ -241,11 +241,11 @@ def test_llama_server_answers_as_the_local_engine(llama_server, default_llm):
 
     problems = generate_problems(16, seed=3, kinds=["arithmetic"], difficulty=2)
     pairs = [(prompt, p) for p in problems for prompt in REFERENCE_PROMPTS]
-    engine = ServedEngine([llama_server.base_url], local=default_llm, served_model="smollm2")
+    engine = OpenAIEngine([llama_server.base_url], local=default_engine, served_model="smollm2")
     mix = RewardMix(["correct"])
     prompts, probs = [p for p, _ in pairs], [q for _, q in pairs]
     _, remote = score_pairs(engine, mix, probs, prompts, Decoding(32))
-    _, local = score_pairs(default_llm, mix, probs, prompts, Decoding(32))
+    _, local = score_pairs(default_engine, mix, probs, prompts, Decoding(32))
     same_answer = [grade(r["completion"], str(l["extracted"])).correct if l["extracted"] is not None
                    else r["extracted"] is None for r, l in zip(remote, local)]
     assert len(pairs) == 64
@@ -267,7 +267,7 @@ def test_training_through_llama_server(llama_server, tmp_path):
 
     def spy(config, **kwargs):
         built = real_build(config, **kwargs)
-        captured["llm"] = built.llm
+        captured["engine"] = built.engine
         return built
 
     args = ["train", "--engine", "openai", "--base-url", llama_server.base_url, "--served-model", "smollm2",
@@ -280,14 +280,16 @@ def test_training_through_llama_server(llama_server, tmp_path):
     with unittest.mock.patch.object(training, "build", spy):
         result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    engine = captured["llm"]
-    assert isinstance(engine, ServedEngine) and engine.base_urls == [llama_server.base_url]
+    engine = captured["engine"]
+    assert isinstance(engine, OpenAIEngine) and engine.base_urls == [llama_server.base_url]
     assert (engine.served_model, engine.timeout, engine.max_retries, engine.concurrency,
             engine.prompts_per_request) == ("smollm2", 60.0, 3, 2, 4)
     assert engine.stats.requests > 0 and engine.stats.generated_rows > 0
-    summary = json.loads((tmp_path / "served" / "summary.json").read_text())
+    from rlprompt_math.checkpoint import FINAL_EVAL, SUMMARY
+
+    summary = json.loads((tmp_path / "served" / SUMMARY).read_text())
     assert summary["steps"] == 2
-    assert (tmp_path / "served" / "final_eval" / "report.json").is_file()
+    assert (tmp_path / "served" / FINAL_EVAL / "report.json").is_file()
 
 
 @llama
@@ -316,7 +318,7 @@ def test_a_server_killed_mid_run_stops_with_a_clear_error_and_resume_continues(l
                 "name": "killed", "quiet": True}
     config = RunConfig.from_flat(settings)
     calls = {"n": 0}
-    real_complete = ServedEngine._complete
+    real_complete = OpenAIEngine._complete
 
     def kill_on_third_call(self, texts, **kwargs):
         calls["n"] += 1
@@ -326,13 +328,13 @@ def test_a_server_killed_mid_run_stops_with_a_clear_error_and_resume_continues(l
 
     import unittest.mock
 
-    with unittest.mock.patch.object(ServedEngine, "_complete", kill_on_third_call):
+    with unittest.mock.patch.object(OpenAIEngine, "_complete", kill_on_third_call):
         with pytest.raises(EngineError, match="did not answer .* after 3 attempts.*--resume"):
             train(config, log=lambda *_: None)
     run = tmp_path / "killed"
-    from rlprompt_math.checkpoint import load_state
+    from rlprompt_math.checkpoint import STATE_LAST, load_state
 
-    saved_step = load_state(run / "state_last.safetensors")[1]["step"]
+    saved_step = load_state(run / STATE_LAST)[1]["step"]
     assert 1 <= saved_step < 4
     llama_server.start()
     result = train(resume_config(run, quiet=True), log=lambda *_: None)

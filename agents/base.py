@@ -1,0 +1,236 @@
+"""The training loop every agent runs (Stable-Baselines3's `learn`, written out to read top to bottom).
+
+`Agent.train` repeats, until `config.steps` steps are done:
+  1. `update()`: one training step, the agent's own (a REINFORCE update, a gradient step through the
+     frozen LLM, a round of random candidates); it returns the step's metrics;
+  2. every `eval_every` steps and at the last one, `validate()`: the greedy prompt's accuracy on the
+     validation questions through the oracle; a new best is saved as the kept policy (policy_best);
+  3. the metrics go to `history`, metrics.csv and TensorBoard; then every callback sees them, and one
+     that returns True stops training after this step;
+  4. every `checkpoint_every` steps, at the end and on a stop, the policy (policy_last) and the training
+     state (state_last: step, counters, random-number states, optimizer, and the agent's `extra_state`)
+     are saved atomically, so `load_state` (`--resume`) continues exactly where the run stopped;
+then `finish()`, the agent's last word (REINFORCE's and random search's finalists, the routes' fallback
+when nothing was validated), and a summary.
+
+A subclass defines `from_config` and `update`, and where it differs from the defaults: `prompt_policy`
+(what validation scores and the policy files hold), `extra_state`/`load_extra_state`, `finish`,
+`complete_metrics`, `progress_postfix`, `validation_due`, `initial_prompt`.
+
+A callback is any callable `callback(agent, metrics)`; early stopping, for one:
+
+    def stop_when_solved(agent, metrics):
+        return metrics.get("val_accuracy", 0.0) >= 0.9
+
+    agent.train(callbacks=[stop_when_solved])
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+import torch
+
+from rlprompt_math.checkpoint import (
+    POLICY_BEST,
+    POLICY_LAST,
+    STATE_LAST,
+    load_state,
+    optimizer_tensors,
+    restore_optimizer,
+    save_policy,
+    save_state,
+)
+from rlprompt_math.config import AlgorithmConfig
+from rlprompt_math.policies import PromptPolicy, build_policy, prompts_for
+
+__all__ = ["Agent", "Callback", "NonFiniteError", "check_finite", "policy_for"]
+
+Callback = Callable[["Agent", dict], Optional[bool]]  # called after each step; True stops training
+
+
+class NonFiniteError(FloatingPointError):
+    """A reward, loss or gradient was NaN or infinite; the message says where."""
+
+
+def check_finite(name: str, value: torch.Tensor, where: str) -> None:
+    """Stop the run with a message naming `name` and `where` if `value` holds a NaN or an infinity."""
+    if not torch.isfinite(value).all():
+        raise NonFiniteError(f"non-finite {name} at {where}: {value.detach().flatten()[:8].tolist()}")
+
+
+def policy_for(config, env, engine) -> PromptPolicy:
+    """The run config's trainable policy, writing the env's prompt length over the env's action vocabulary
+    (one route for both: the agents check they agree)."""
+    return build_policy(config.policy.policy, engine=engine, vocab=env.vocab, prompt_length=env.prompt_length,
+                        width=config.policy.policy_width)
+
+
+class Agent:
+    """Trains a prompt source on a PromptRefineEnv (or anything with problems, vocab, prompt_length,
+    observe and score); see the module docstring for the loop."""
+
+    name = "agent"  # the --agent name; also the progress bar's label and the state file's owner
+
+    def __init__(self, env, config: AlgorithmConfig, *, run=None, val_problems=None, engine=None):
+        self.env, self.config, self.run = env, config, run
+        self.val_problems = list(val_problems or [])
+        self.engine = engine if engine is not None else getattr(env, "engine", None)
+        self.rng = np.random.default_rng(config.seed)  # which questions each step draws
+        self.generator = torch.Generator().manual_seed(config.seed)  # sampling inside the agent
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.step = 0  # steps done
+        self.best_val = -math.inf  # the kept policy's validation accuracy
+        self.oracle_pairs = 0  # (prompt, question) pairs the oracle answered, validation included
+        self.history: list[dict] = []
+
+    @classmethod
+    def from_config(cls, config, env, *, engine, run=None, val_problems=()) -> "Agent":
+        """The agent a `RunConfig` asks for (the one place that maps its sections onto the constructor)."""
+        raise NotImplementedError
+
+    # ---- what an agent defines ------------------------------------------------------------------------
+
+    def update(self) -> dict:
+        """One training step; returns its metrics (keys of `runlog.METRIC_FIELDS`, "step" first)."""
+        raise NotImplementedError
+
+    def prompt_policy(self) -> PromptPolicy:
+        """The prompt source that validation scores and the policy files hold."""
+        return self.policy
+
+    def policy_metadata(self) -> dict:
+        """Extra metadata for the policy files."""
+        return {}
+
+    def complete_metrics(self, metrics: dict) -> None:
+        """Add to a step's metrics what is known only after validation."""
+
+    def progress_postfix(self, metrics: dict) -> dict:
+        """What the progress bar shows beside the step count."""
+        return {}
+
+    def extra_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The agent's own training state (tensors, JSON metadata) beside the common part."""
+        return {}, {}
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Restore what `extra_state` saved."""
+
+    def finish(self) -> dict:
+        """After the last step: anything to choose or save at the end; returns extra summary entries."""
+        return {}
+
+    def initial_prompt(self, probe_problems) -> str | None:
+        """The untrained agent's prompt for the first probe question, shown beside the trained one (None: none)."""
+        return None
+
+    # ---- validation and the kept policy ---------------------------------------------------------------
+
+    def _observe(self, policy: PromptPolicy, problems) -> torch.Tensor:
+        """The question features `policy` reads; zeros [n, 1] for a prompt that does not depend on the question
+        (the engine need not compute features then)."""
+        if not policy.uses_observation:
+            return torch.zeros(len(problems), 1)
+        return torch.as_tensor(self.env.observe(problems), dtype=torch.float32)
+
+    def validation_due(self) -> bool:
+        """Validate after this step: every `eval_every` steps (0: never) and at the last step."""
+        cfg = self.config
+        every = bool(cfg.eval_every) and (self.step + 1) % cfg.eval_every == 0
+        return bool(self.val_problems) and (every or self.step == cfg.steps - 1)
+
+    def validate(self) -> float:
+        """Greedy accuracy of `prompt_policy()` on the validation questions (the oracle's path; NaN without any)."""
+        if not self.val_problems:
+            return float("nan")
+        policy = self.prompt_policy().eval()
+        prompts = prompts_for(policy, self.env.vocab, self._observe(policy, self.val_problems))
+        _, infos = self.env.score(self.val_problems, None, prompts=prompts, batch_label="validation")
+        self.oracle_pairs += len(prompts)
+        return float(np.mean([i["correct"] for i in infos]))
+
+    def keep_if_best(self, val_accuracy: float) -> None:
+        if val_accuracy > self.best_val:
+            self.best_val = val_accuracy
+            self.save_prompt(POLICY_BEST, val_accuracy=val_accuracy)
+
+    def save_prompt(self, name: str, policy: PromptPolicy | None = None, **extra) -> None:
+        """Save `policy` (default: `prompt_policy()`) as the run directory's file `name`."""
+        if self.run is not None:
+            save_policy(self.run.path / name, policy if policy is not None else self.prompt_policy(), self.env.vocab,
+                        self.engine, step=self.step, **self.policy_metadata(), **extra)
+
+    # ---- checkpoints ----------------------------------------------------------------------------------
+
+    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Everything `load_state` needs to continue exactly: tensors, and JSON metadata."""
+        tensors, meta = {}, {"step": self.step, "agent": self.name}
+        if self.optimizer is not None:
+            optimizer, meta["optimizer"] = optimizer_tensors(self.optimizer)
+            tensors.update(optimizer)
+        tensors["torch_generator"] = self.generator.get_state()
+        meta.update({"numpy_rng": self.rng.bit_generator.state, "best_val": self.best_val,
+                     "oracle_pairs": self.oracle_pairs, "config": asdict(self.config)})
+        extra_tensors, extra_meta = self.extra_state()
+        tensors.update(extra_tensors)
+        meta.update(extra_meta)
+        return tensors, meta
+
+    def load_state(self, path) -> None:
+        """Continue from a state file that `save_checkpoint` wrote."""
+        tensors, meta = load_state(path)
+        owner = meta.get("agent", "reinforce")  # state files name their agent; before that, only REINFORCE's existed
+        if owner != self.name:
+            raise ValueError(f"{path} holds a {owner} run, not {self.name}")
+        if self.optimizer is not None:
+            restore_optimizer(self.optimizer, tensors, meta["optimizer"])
+        self.generator.set_state(tensors["torch_generator"])
+        self.rng.bit_generator.state = meta["numpy_rng"]
+        self.best_val = meta["best_val"] if meta["best_val"] is not None else -math.inf
+        self.oracle_pairs, self.step = meta["oracle_pairs"], meta["step"]
+        self.load_extra_state(tensors, meta)
+
+    def save_checkpoint(self) -> None:
+        if self.run is None:
+            return
+        self.save_prompt(POLICY_LAST)
+        tensors, meta = self.state_tensors()
+        save_state(self.run.path / STATE_LAST, tensors, meta)
+
+    # ---- the loop -------------------------------------------------------------------------------------
+
+    def train(self, progress: bool = True, callbacks: Iterable[Callback] = ()) -> dict:
+        """Train from `self.step` to `config.steps` (or until a callback stops it); returns a summary."""
+        from tqdm.auto import tqdm
+
+        cfg, callbacks = self.config, list(callbacks)
+        start = time.perf_counter()
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.name, unit="step",
+                   disable=not progress or self.step >= cfg.steps)
+        while self.step < cfg.steps:
+            metrics = self.update()
+            if self.validation_due():
+                metrics["val_accuracy"] = self.validate()
+                self.keep_if_best(metrics["val_accuracy"])
+            self.complete_metrics(metrics)
+            metrics["wall_s"] = time.perf_counter() - start
+            self.history.append(metrics)
+            if self.run is not None:
+                self.run.log_metrics(metrics)
+            bar.set_postfix(**self.progress_postfix(metrics))
+            bar.update(1)
+            self.step += 1
+            stop = any([bool(callback(self, metrics)) for callback in callbacks])  # a list: every callback is called
+            if self.run is not None and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or stop):
+                self.save_checkpoint()
+            if stop:
+                break
+        bar.close()
+        extra = self.finish()
+        return {"steps": self.step, "oracle_pairs": self.oracle_pairs, "best_val_accuracy": self.best_val,
+                "wall_s": time.perf_counter() - start, **extra}

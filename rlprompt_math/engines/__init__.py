@@ -1,0 +1,35 @@
+"""The frozen LLM behind one interface (`Engine`: render, generate, answer log-probs, features).
+
+  * `base`          -- the interface, `Trace`, `EngineStats` and the errors; imports no engine;
+  * `transformers`  -- `TransformersEngine`, the model in this process (`--engine transformers`);
+  * `openai`        -- `OpenAIEngine`, OpenAI-compatible servers (`--engine openai`).
+
+`load_engine` is the only place that knows every engine. It imports them when called, so importing
+this package (for the interface) does not load `transformers`.
+"""
+
+from __future__ import annotations
+
+from ..config import EngineConfig
+from .base import (CHAT_PREFIX, DEFAULT_CONTENT_TEMPLATE, Engine, EngineCapabilityError, EngineError,
+                   EngineStats, Trace)
+
+__all__ = ["CHAT_PREFIX", "DEFAULT_CONTENT_TEMPLATE", "Engine", "EngineCapabilityError", "EngineError",
+           "EngineStats", "Trace", "load_engine"]
+
+
+def load_engine(config: EngineConfig) -> Engine:
+    """The engine the `[engine]` settings describe (`--engine transformers` or `--engine openai`)."""
+    from .transformers import TransformersEngine
+
+    local_settings = dict(model=config.model, device=config.device, dtype=config.dtype,
+                          load_in_8bit=config.load_in_8bit, template=config.template)
+    if config.engine == "transformers":
+        return TransformersEngine.load(**local_settings)
+    from .openai import OpenAIEngine
+
+    # The local model supplies the tokenizer, the chat template and the question features.
+    local = TransformersEngine.load(**local_settings)
+    return OpenAIEngine(list(config.base_url), served_model=config.served_model, local=local,
+                        timeout=config.request_timeout, max_retries=config.max_retries,
+                        concurrency=config.concurrency, prompts_per_request=config.prompts_per_request)
