@@ -47,8 +47,9 @@ from rlprompt_math.checkpoint import (
 )
 from rlprompt_math.config import AlgorithmConfig
 from rlprompt_math.policies import PromptPolicy, build_policy, prompts_for
+from rlprompt_math.prompt_space import PromptSpace
 
-__all__ = ["Agent", "Callback", "NonFiniteError", "check_finite", "policy_for"]
+__all__ = ["Agent", "Callback", "NonFiniteError", "check_finite", "policy_for", "prompt_space"]
 
 Callback = Callable[["Agent", dict], Optional[bool]]  # called after each step; True stops training
 
@@ -63,21 +64,28 @@ def check_finite(name: str, value: torch.Tensor, where: str) -> None:
         raise NonFiniteError(f"non-finite {name} at {where}: {value.detach().flatten()[:8].tolist()}")
 
 
+def prompt_space(env) -> PromptSpace:
+    """The env's prompt space; an env-like object without one (vocab and prompt_length only) writes
+    instruction slots only."""
+    space = getattr(env, "space", None)
+    return space if space is not None else PromptSpace(env.vocab, env.prompt_length)
+
+
 def policy_for(config, env, engine) -> PromptPolicy:
-    """The run config's trainable policy, writing the env's prompt length over the env's action vocabulary
-    (one route for both: the agents check they agree)."""
-    return build_policy(config.policy.policy, engine=engine, vocab=env.vocab, prompt_length=env.prompt_length,
-                        width=config.policy.policy_width)
+    """The run config's trainable policy over the env's prompt space (its slots, its action vocabulary; one
+    route for both: the agents check they agree)."""
+    return build_policy(config.policy.policy, engine=engine, space=prompt_space(env), width=config.policy.policy_width)
 
 
 class Agent:
     """Trains a prompt source on a PromptRefineEnv (or anything with problems, vocab, prompt_length,
-    observe and score); see the module docstring for the loop."""
+    observe and score, and optionally a prompt space); see the module docstring for the loop."""
 
     name = "agent"  # the --agent name; also the progress bar's label and the state file's owner
 
     def __init__(self, env, config: AlgorithmConfig, *, run=None, val_problems=None, engine=None):
         self.env, self.config, self.run = env, config, run
+        self.space = prompt_space(env)  # what an action means: decodes prompts, shapes policies
         self.val_problems = list(val_problems or [])
         self.engine = engine if engine is not None else getattr(env, "engine", None)
         self.rng = np.random.default_rng(config.seed)  # which questions each step draws
@@ -149,7 +157,7 @@ class Agent:
         if not self.val_problems:
             return float("nan")
         policy = self.prompt_policy().eval()
-        prompts = prompts_for(policy, self.env.vocab, self._observe(policy, self.val_problems))
+        prompts = prompts_for(policy, self.space, self._observe(policy, self.val_problems))
         _, infos = self.env.score(self.val_problems, None, prompts=prompts, batch_label="validation")
         self.oracle_pairs += len(prompts)
         return float(np.mean([i["correct"] for i in infos]))
@@ -162,7 +170,7 @@ class Agent:
     def save_prompt(self, name: str, policy: PromptPolicy | None = None, **extra) -> None:
         """Save `policy` (default: `prompt_policy()`) as the run directory's file `name`."""
         if self.run is not None:
-            save_policy(self.run.path / name, policy if policy is not None else self.prompt_policy(), self.env.vocab,
+            save_policy(self.run.path / name, policy if policy is not None else self.prompt_policy(), self.space,
                         self.engine, step=self.step, **self.policy_metadata(), **extra)
 
     # ---- checkpoints ----------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .base import prompt_space
+
 
 def ranked_prompts(prompt_rewards: dict[tuple, list[float]]) -> list[tuple[tuple, list[float]]]:
     """(actions, rewards) pairs, the best mean training reward first (ties: scored on more questions)."""
@@ -18,14 +20,15 @@ def ranked_prompts(prompt_rewards: dict[tuple, list[float]]) -> list[tuple[tuple
 def validate_finalists(env, val_problems, prompt_rewards: dict[tuple, list[float]], n: int) -> list[dict]:
     """Score the `n` prompts with the best mean training reward on `val_problems` (ties: more questions).
 
-    Returns one dict per finalist, best training reward first: prompt, actions, train_reward,
-    train_questions, val_accuracy, and the oracle pairs spent under "pairs".
+    Returns one dict per finalist, best training reward first: prompt (its label: the text, or a structured
+    prompt's `str`), actions, train_reward, train_questions, val_accuracy, and the oracle pairs spent under
+    "pairs".
     """
-    scored = []
+    space, scored = prompt_space(env), []
     for actions, rewards in ranked_prompts(prompt_rewards)[:n]:
-        text = env.vocab.decode(list(actions))
-        _, infos = env.score(val_problems, None, prompts=[text] * len(val_problems), batch_label="validation")
-        scored.append({"prompt": text, "actions": list(actions), "train_reward": float(np.mean(rewards)),
+        prompt = space.decode(list(actions))
+        _, infos = env.score(val_problems, None, prompts=[prompt] * len(val_problems), batch_label="validation")
+        scored.append({"prompt": str(prompt), "actions": list(actions), "train_reward": float(np.mean(rewards)),
                        "train_questions": len(rewards), "pairs": len(val_problems),
                        "val_accuracy": float(np.mean([i["correct"] for i in infos]))})
     return scored

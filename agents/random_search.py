@@ -1,6 +1,7 @@
 """Random search over prompts, on the same oracle budget as REINFORCE.
 
-Each step draws K uniformly random prompts from the action vocabulary and scores each on the
+Each step draws K uniformly random prompts from the prompt space (each slot uniform: instruction
+tokens, and with --shots the exemplars and their answer form) and scores each on the
 step's `batch_size` questions: K x batch_size oracle pairs, exactly what REINFORCE spends per step.
 The prompt with the best mean reward so far (ties: the one scored on more questions) wins; the
 `config.finalists` candidates (0: off) are then compared on the validation questions and the best
@@ -36,7 +37,7 @@ class RandomSearchAgent(Agent):
         cfg, env = self.config, self.env
         index = self.rng.choice(len(env.problems), size=min(cfg.batch_size, len(env.problems)), replace=False)
         problems = [env.problems[i] for i in index]
-        candidates = self.rng.integers(0, len(env.vocab), size=(cfg.prompts_per_question, env.prompt_length))
+        candidates = self.space.sample(self.rng, cfg.prompts_per_question)
         actions = np.repeat(candidates, len(problems), axis=0)
         pairs = [p for _ in range(len(candidates)) for p in problems]
         rewards, infos = env.score(pairs, actions, batch_label=f"step {self.step}")
@@ -54,7 +55,7 @@ class RandomSearchAgent(Agent):
         return False  # candidates meet the validation questions only at the end, as finalists
 
     def fixed_prompt(self, actions: list[int]) -> FixedPrompt:
-        return FixedPrompt(self.env.vocab.decode(actions), self.env.prompt_length, len(self.env.vocab),
+        return FixedPrompt(self.space.decode(actions), self.env.prompt_length, len(self.env.vocab),
                            actions=actions)
 
     def prompt_policy(self) -> FixedPrompt:

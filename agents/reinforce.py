@@ -115,10 +115,10 @@ class ReinforceAgent(Agent):
     def __init__(self, env, policy: PromptPolicy, config: AlgorithmConfig, *, run=None,
                  val_problems=None, engine=None):
         config.validate()
-        if (policy.prompt_length, policy.vocab_size) != (env.prompt_length, len(env.vocab)):
-            raise ValueError(f"the policy writes {policy.prompt_length} tokens of {policy.vocab_size} actions; "
-                             f"the env takes {env.prompt_length} of {len(env.vocab)}")
         super().__init__(env, config, run=run, val_problems=val_problems, engine=engine)
+        if policy.slot_sizes != self.space.slot_sizes:
+            raise ValueError(f"the policy writes {len(policy.slot_sizes)} slots of sizes {policy.slot_sizes}; the env "
+                             f"takes {len(self.space)} ({self.space.describe()}: sizes {self.space.slot_sizes})")
         self.policy = policy
         optimizer = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[config.optimizer]
         self.optimizer = optimizer(policy.parameters(), lr=config.lr)
@@ -138,7 +138,7 @@ class ReinforceAgent(Agent):
 
     def initial_prompt(self, probe_problems):
         probe = list(probe_problems)[:1]
-        return policy_prompts(self.policy, self.env.vocab, probe, self.engine)[0] if probe else None
+        return str(policy_prompts(self.policy, self.space, probe, self.engine)[0]) if probe else None
 
     def _observe(self, policy, problems) -> torch.Tensor:
         if self.value_head is not None:  # the learned baseline reads every question's features
@@ -200,7 +200,7 @@ class ReinforceAgent(Agent):
 
         correct = np.array([info["correct"] for info in infos], dtype=float)
         metrics = {"step": step, "reward": float(rewards_np.mean()), "accuracy": float(correct.mean()),
-                   "entropy": float(entropy.detach().mean()) / max(self.policy.prompt_length, 1),
+                   "entropy": float(entropy.detach().mean()) / max(len(self.policy.slot_sizes), 1),
                    "entropy_coef": coef, "loss": float(loss.detach()), "grad_norm": grad_norm,
                    "oracle_pairs": self.oracle_pairs}
         best = int(np.argmax(rewards_np))
@@ -225,7 +225,7 @@ class ReinforceAgent(Agent):
         best = max(scored, key=lambda f: f["val_accuracy"])
         if best["val_accuracy"] > self.best_val:
             self.best_val = best["val_accuracy"]
-            policy = FixedPrompt(best["prompt"], self.policy.prompt_length, len(self.env.vocab),
+            policy = FixedPrompt(self.space.decode(best["actions"]), self.policy.prompt_length, len(self.env.vocab),
                                  actions=best["actions"])
             self.save_prompt(POLICY_BEST, policy, val_accuracy=self.best_val)
             best = {**best, "kept": True}

@@ -8,7 +8,8 @@
 
 The registered entry points are the factories `make_env` / `make_seq_env`: `engine` may be a loaded
 TransformersEngine (shared, never copied) or a model name/path to load. `PromptRefineEnv(engine, problems, vocab,
-reward_mix, decoding, prompt_length=...)` builds one from loaded objects.
+reward_mix, decoding, prompt_length=...)` builds one from loaded objects; `space=PromptSpace(...)` instead of
+`prompt_length` adds exemplar slots (`make_env(..., shots=2)` draws their pool from the training split).
 """
 
 import gymnasium

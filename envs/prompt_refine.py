@@ -1,11 +1,14 @@
 """Gymnasium environments: the frozen LLM as a reward oracle for discrete prompts.
 
 `PromptRefineEnv` (a contextual bandit): `reset` draws a problem and observes its question
-(hidden-state features from the engine, or token ids); the action is `prompt_length` indices into
-the action vocabulary; `step` decodes them to prompt text, renders it with the question, asks the
-oracle, grades the completion with the configured reward functions, and ends the episode.
+(hidden-state features from the engine, or token ids); the action is one index per slot of the prompt
+space (`prompt_space.PromptSpace`: exemplar slots and the answer form when `shots` > 0, then
+`prompt_length` indices into the action vocabulary), one `MultiDiscrete(space.nvec)`; `step` decodes
+it to a prompt, renders it with the question, asks the oracle, grades the completion with the
+configured reward functions, and ends the episode.
 
-`PromptRefineSeqEnv`: the same task one token per step, the reward arriving at the last token.
+`PromptRefineSeqEnv`: the same task one token per step, the reward arriving at the last token
+(instruction slots only).
 
 Our agents use the batched fast path `PromptRefineEnv.score(problems, actions)`; `step` is that
 same call on one pair, so both give the same reward.
@@ -23,7 +26,9 @@ from rlprompt_math.config import DataConfig, OracleConfig, PolicyConfig
 from rlprompt_math.data import Problem, load_problems, problems_from_config, split_problems
 from rlprompt_math.engines import Engine
 from rlprompt_math.oracle import Decoding, score_pairs
+from rlprompt_math.prompt_space import PromptSpace, draw_pool
 from rlprompt_math.rewards import RewardMix
+from rlprompt_math.templates import PromptLike
 from rlprompt_math.vocab import ActionVocab
 
 
@@ -31,20 +36,26 @@ class PromptRefineEnv(gym.Env):
     """One episode = one problem and one prompt. See the module docstring.
 
     Built from loaded objects (shared, never copied); `make_env` (the registered entry point) loads
-    them from names and settings.
+    them from names and settings. `space` (a PromptSpace over `vocab`) gives the action's slots; without
+    it, the space is `prompt_length` instruction slots of `vocab` (default PolicyConfig.prompt_length).
     """
 
     metadata = {"render_modes": ["ansi"]}
 
     def __init__(self, engine: Engine, problems: Sequence[Problem], vocab: ActionVocab, reward_mix: RewardMix,
-                 decoding: Decoding = Decoding(), *, prompt_length: int = PolicyConfig.prompt_length,
+                 decoding: Decoding = Decoding(), *, prompt_length: int | None = None, space: PromptSpace | None = None,
                  observation: str = "features", max_question_tokens: int = 128, counters_in_info: bool = False,
                  render_mode: str | None = None):
+        if space is None:
+            space = PromptSpace(vocab, PolicyConfig.prompt_length if prompt_length is None else prompt_length)
+        elif space.vocab is not vocab or prompt_length not in (None, space.prompt_length):
+            raise ValueError("the prompt space's vocabulary and prompt length must be the env's")
         self.engine, self.vocab, self.reward_mix, self.decoding = engine, vocab, reward_mix, decoding
+        self.space = space
         self.problems = list(problems)
         if not self.problems:
             raise ValueError("the environment needs at least one problem")
-        self.prompt_length = int(prompt_length)
+        self.prompt_length = space.prompt_length
         self.observation_kind = observation
         self.max_question_tokens = int(max_question_tokens)
         self.render_mode = render_mode
@@ -52,7 +63,7 @@ class PromptRefineEnv(gym.Env):
         # identical steps would differ (the second is a cache hit) and check_env's determinism check
         # fails. They are read with `engine_stats()`; `counters_in_info=True` also puts them in `info`.
         self.counters_in_info = counters_in_info
-        self.action_space = spaces.MultiDiscrete([len(self.vocab)] * self.prompt_length)
+        self.action_space = spaces.MultiDiscrete(space.nvec)
         if observation == "features":
             self.observation_space = spaces.Box(-np.inf, np.inf, (self.engine.hidden_size,), np.float32)
         elif observation == "tokens":
@@ -93,14 +104,15 @@ class PromptRefineEnv(gym.Env):
 
     # ---- the batched fast path -----------------------------------------------------------------
 
-    def prompt_texts(self, actions: np.ndarray) -> list[str]:
-        return [self.vocab.decode(row) for row in np.asarray(actions).reshape(-1, self.prompt_length)]
+    def prompt_texts(self, actions: np.ndarray) -> list[PromptLike]:
+        """The prompt each action row means (text, or a `Prompt` with exemplars): `space.decode`."""
+        return [self.space.decode(row) for row in np.asarray(actions).reshape(-1, len(self.space))]
 
-    def score(self, problems: Sequence[Problem], actions: np.ndarray, *, prompts: Sequence[str] | None = None,
+    def score(self, problems: Sequence[Problem], actions: np.ndarray, *, prompts: Sequence[PromptLike] | None = None,
               seed: int | None = None, batch_label: str = "") -> tuple[np.ndarray, list[dict]]:
         """Rewards and infos for many (problem, prompt) pairs in one oracle call.
 
-        `prompts` (text) may replace `actions`, for reference prompts scored the same way.
+        `prompts` (text or `Prompt`s) may replace `actions`, for reference prompts scored the same way.
         """
         if prompts is None:
             prompts = self.prompt_texts(actions)
@@ -126,7 +138,7 @@ class PromptRefineEnv(gym.Env):
     def step(self, action):
         if self._problem is None:
             raise RuntimeError("call reset() before step()")
-        action = np.asarray(action, dtype=np.int64).reshape(1, self.prompt_length)
+        action = np.asarray(action, dtype=np.int64).reshape(1, len(self.space))
         # Sampling decodes draw on np_random, so a seeded env is reproducible at any temperature.
         seed = int(self.np_random.integers(2**31 - 1)) if self.decoding.temperature > 0 else None
         rewards, infos = self.score([self._problem], action, seed=seed)
@@ -153,6 +165,9 @@ class PromptRefineSeqEnv(gym.Env):
     metadata = PromptRefineEnv.metadata
 
     def __init__(self, base: PromptRefineEnv):
+        if base.space.shots:
+            raise ValueError("the token-by-token env writes instruction tokens only: use PromptRefineEnv (one "
+                             "MultiDiscrete action) for exemplar slots")
         self.base = base
         self.vocab = self.base.vocab
         self.prompt_length = self.base.prompt_length
@@ -186,18 +201,19 @@ class PromptRefineSeqEnv(gym.Env):
 # ---- the factory: names and settings in, an environment out (the registered entry points) ---------
 
 
-def _problems(dataset, split: str | None, split_seed: int) -> list[Problem]:
+def _problems(dataset, split: str | None, split_seed: int) -> tuple[list[Problem], dict[str, list[Problem]]]:
+    """(the problems `split` asks for, every hashed split of the dataset)."""
     if dataset is None:  # the built-in generator with the default data settings
         problems, splits, _ = problems_from_config(DataConfig(), split_seed)
     else:
         problems = load_problems(dataset)[0] if isinstance(dataset, str) else list(dataset)
-        splits = None
+        splits = split_problems(problems, split_seed)
     if split in (None, "all"):
-        return problems
-    chosen = (splits or split_problems(problems, split_seed))[split]
+        return problems, splits
+    chosen = splits[split]
     if not chosen:
         raise ValueError(f"the {split!r} split is empty ({len(problems)} problems in all)")
-    return chosen
+    return chosen, splits
 
 
 def make_env(engine: Engine | str | None = None, dataset: str | Sequence[Problem] | None = None, *,
@@ -205,12 +221,16 @@ def make_env(engine: Engine | str | None = None, dataset: str | Sequence[Problem
              empty_action: bool = PolicyConfig.empty_action, rewards: Sequence | RewardMix = OracleConfig.rewards,
              max_new_tokens: int = OracleConfig.max_new_tokens, stop_at_answer: bool = OracleConfig.stop_at_answer,
              temperature: float = Decoding.temperature, stop: Sequence[str] | None = None,
-             split: str | None = "train", split_seed: int = 0, **env_kwargs) -> PromptRefineEnv:
+             split: str | None = "train", split_seed: int = 0, shots: int = PolicyConfig.shots,
+             exemplar_pool: int = PolicyConfig.exemplar_pool, answer_forms: Sequence[str] = PolicyConfig.answer_forms,
+             **env_kwargs) -> PromptRefineEnv:
     """A PromptRefineEnv from names and settings: loads what is not loaded yet.
 
     `engine`: a loaded engine (shared) or a model name/path (None: the default model, in process). `dataset`:
     problems, a file or hub id, or None for the built-in generator; `split` picks one of its hashed
-    splits (None or "all": every problem). Other keyword arguments go to `PromptRefineEnv`.
+    splits (None or "all": every problem). `shots` > 0 adds exemplar slots over `exemplar_pool` problems
+    of the dataset's training split (never validation or test, whatever `split` is). Other keyword
+    arguments go to `PromptRefineEnv`.
     """
     if not isinstance(engine, Engine):
         from rlprompt_math.engines.transformers import TransformersEngine
@@ -221,8 +241,13 @@ def make_env(engine: Engine | str | None = None, dataset: str | Sequence[Problem
     reward_mix = rewards if isinstance(rewards, RewardMix) else RewardMix(list(rewards), engine=engine)
     decoding = Decoding(int(max_new_tokens), float(temperature), None, tuple(stop or ()),
                         stop_at_answer=bool(stop_at_answer))
-    return PromptRefineEnv(engine, _problems(dataset, split, split_seed), vocab, reward_mix, decoding,
-                           prompt_length=prompt_length, **env_kwargs)
+    problems, splits = _problems(dataset, split, split_seed)
+    pool = None
+    if shots:
+        pool, _ = draw_pool(splits, size=exemplar_pool, seed=split_seed, forms=answer_forms, engine=engine,
+                            decoding=decoding)
+    space = PromptSpace(vocab, prompt_length, pool, shots, answer_forms)
+    return PromptRefineEnv(engine, problems, vocab, reward_mix, decoding, space=space, **env_kwargs)
 
 
 def make_seq_env(engine=None, dataset=None, **kwargs) -> PromptRefineSeqEnv:

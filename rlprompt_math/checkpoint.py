@@ -5,8 +5,9 @@ metadata), written to a temporary file, flushed to disk, then moved over the old
 `os.replace`, which is atomic: a crash mid-write leaves the previous checkpoint whole.
 
 A policy file records the toolkit version, the model fingerprint (name, vocabulary size and hash,
-hidden size) and the action vocabulary; loading it for another model or vocabulary fails with a
-message that says what differs.
+hidden size) and the action vocabulary (with exemplar slots, also the prompt space: shots, answer forms
+and the exemplar pool itself, so the file decodes its prompts on its own); loading it for another model
+or vocabulary fails with a message that says what differs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from safetensors.torch import save_file
 from . import __version__
 from .config import PolicyConfig
 from .policies import FixedPrompt, PromptPolicy, build_policy
+from .prompt_space import PromptSpace
+from .templates import Prompt
 from .vocab import ActionVocab
 
 POLICY_FORMAT = "rlprompt-math-policy"
@@ -42,6 +45,8 @@ POLICY_FILES = {"best": POLICY_BEST, "last": POLICY_LAST}  # `run.py evaluate --
 LEARNING_CURVE = "learning_curve.png"
 SUMMARY = "summary.json"  # what training returned
 FINAL_EVAL = "final_eval"  # a directory: the held-out comparison at the end of training
+EXEMPLARS = "exemplars.json"  # the exemplar pool (--shots > 0): --resume reads it instead of asking the model
+PROMPT = "prompt.json"  # the kept prompt as chat messages a user can paste into any chat API
 
 
 class CheckpointError(RuntimeError):
@@ -85,10 +90,14 @@ def read(path: str | Path, expected_format: str) -> tuple[dict[str, torch.Tensor
 # ---- policies ------------------------------------------------------------------------------------
 
 
-def save_policy(path, policy: PromptPolicy, vocab: ActionVocab, engine, **extra) -> None:
+def save_policy(path, policy: PromptPolicy, space: PromptSpace | ActionVocab, engine, **extra) -> None:
+    """`space`: the prompt space the policy writes in (or, for instruction slots only, its vocabulary)."""
+    vocab = space.vocab if isinstance(space, PromptSpace) else space
     metadata = {"format": POLICY_FORMAT, "format_version": FORMAT_VERSION, "toolkit_version": __version__,
                 "policy": policy.config(), "model": engine.fingerprint(), "vocab": vocab.to_dict(),
                 "prompt_example": None, **extra}
+    if isinstance(space, PromptSpace) and space.shots:
+        metadata["space"] = space.to_dict()
     atomic_save(path, dict(policy.state_dict()), metadata)
 
 
@@ -115,26 +124,33 @@ def _policy_settings(metadata: dict) -> dict:
     return {renamed.get(key, key): value for key, value in settings.items()}
 
 
-def load_policy(path, engine, *, check: bool = True) -> tuple[PromptPolicy, ActionVocab, dict]:
-    """(policy, action vocabulary, metadata) from a policy file, for this engine's LLM."""
+def load_policy(path, engine, *, check: bool = True) -> tuple[PromptPolicy, PromptSpace, dict]:
+    """(policy, the prompt space it writes in, metadata) from a policy file, for this engine's LLM. The space
+    decodes the policy's actions (`policy.prompts(obs, space)`); `space.vocab` is the action vocabulary."""
     tensors, metadata = read(path, POLICY_FORMAT)
     config = _policy_settings(metadata)
     metadata = {**metadata, "policy": config}
     if check and config["kind"] != "fixed":
         check_model(metadata, engine, path)
     vocab = ActionVocab(engine.tokenizer, metadata["vocab"]["token_ids"], metadata["vocab"]["spec"])
+    space = (PromptSpace.from_dict(vocab, metadata["space"]) if "space" in metadata
+             else PromptSpace(vocab, config["prompt_length"]))
     if config["kind"] == "fixed":
-        return FixedPrompt(config["text"], config["prompt_length"], config["vocab_size"],
-                           actions=config.get("actions")), vocab, metadata
+        prompt = Prompt.from_dict(config["prompt"]) if "prompt" in config else config["text"]
+        return FixedPrompt(prompt, config["prompt_length"], config["vocab_size"],
+                           actions=config.get("actions")), space, metadata
     if vocab.fingerprint() != metadata["vocab"]["fingerprint"]:
         raise CheckpointError(f"{path}: action vocabulary does not match its recorded fingerprint")
-    policy = build_policy(config["kind"], engine=engine, vocab=vocab, prompt_length=config["prompt_length"],
+    if config.get("factor_sizes", []) != space.factor_sizes:
+        raise CheckpointError(f"{path}: the policy's exemplar and answer-form slots {config.get('factor_sizes')} do "
+                              f"not match its recorded prompt space {space.factor_sizes}")
+    policy = build_policy(config["kind"], engine=engine, space=space,
                           width=config.get("width", PolicyConfig.policy_width))
     try:
         policy.load_state_dict(tensors)
     except RuntimeError as error:
         raise CheckpointError(f"{path}: weights do not fit a {config['kind']} policy: {error}") from error
-    return policy.eval(), vocab, metadata
+    return policy.eval(), space, metadata
 
 
 # ---- training state (optimizer, RNGs, counters) --------------------------------------------------

@@ -131,15 +131,18 @@ def _given(name: str) -> bool:
               help="One more hand-written reference prompt to compare with (repeatable).")
 @click.option("--no-default-references", is_flag=True,
               help="Leave out the default reference prompts: only those given with --reference-prompt.")
+@click.option("--reference-shots", type=click.IntRange(min=0), default=None, metavar="K",
+              help="Add the few-shot reference: the first K training problems of the run, answers in the model's "
+                   "own form (0: none). Default: the run's --reference-shots.")
 @click.option("--model", default=None, help="Score the prompts on another model (transfer).")
 @click.option("--max-new-tokens", default=None, type=int, help="Default: the run's setting.")
 @click.option("--output-dir", "--output", "output", default=None, type=click.Path(file_okay=False),
               help="Report directory (default: RUN_DIR/eval-<split>[-<model>]).")
 @click.option("--quiet", is_flag=True)
 def evaluate(run_dir, checkpoint, dataset, question_field, answer_field, split, limit, reference_prompts,
-             no_default_references, model, max_new_tokens, output, quiet):
-    """Score a saved policy against the hand-written reference prompts on held-out problems (paired, same
-    decoding)."""
+             no_default_references, reference_shots, model, max_new_tokens, output, quiet):
+    """Score a saved policy against the hand-written reference prompts and the few-shot reference on held-out
+    problems (paired, same decoding)."""
     from .data import load_problems
     from .evaluation import evaluate_run, format_table
     from .train import USER_ERRORS
@@ -150,8 +153,8 @@ def evaluate(run_dir, checkpoint, dataset, question_field, answer_field, split, 
             problems, _ = load_problems(dataset, question_field=question_field, answer_field=answer_field)
         references = ([] if no_default_references else list(REFERENCE_PROMPTS)) + list(reference_prompts)
         report = evaluate_run(run_dir, checkpoint=checkpoint, problems=problems, split=split, limit=limit,
-                              reference_prompts=references, model=model, max_new_tokens=max_new_tokens,
-                              output=output, progress=not quiet, log=click.echo)
+                              reference_prompts=references, reference_shots=reference_shots, model=model,
+                              max_new_tokens=max_new_tokens, output=output, progress=not quiet, log=click.echo)
     except USER_ERRORS as error:
         raise click.ClickException(str(error)) from error
     click.echo(format_table(report))

@@ -18,10 +18,14 @@ import functools
 import inspect
 import textwrap
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:
+    from .templates import PromptLike
 
 AGENTS = ("reinforce", "random", "fixed", "soft-prompt", "pez", "gumbel")
 GRADIENT_AGENTS = ("soft-prompt", "pez", "gumbel")  # trained by gradients through the frozen LLM
+EXEMPLAR_AGENTS = ("reinforce", "random")  # the agents that choose exemplars (--shots); fixed ignores --shots
 SOFT_INITS = ("text", "random")
 LOSS_TARGETS = ("gold", "own")
 POLICY_KINDS = ("unconditioned", "refiner", "autoregressive")
@@ -32,6 +36,7 @@ DATA_FORMATS = ("auto", "gsm8k", "openmath", "math", "fields")
 ENGINES = ("transformers", "openai")
 GENERATOR_KINDS = ("arithmetic", "order_of_operations", "fractions", "decimals", "percentages", "word_one_step",
                    "word_two_step", "linear_equation")  # the built-in generator's problem kinds (data.GENERATORS)
+ANSWER_FORMS = ("bare", "equation", "completion")  # how an exemplar's answer is written (exemplars.py)
 ENGINE_CACHE_SIZE = 50_000  # greedy completions an engine keeps, least recently used dropped first
 
 # The hand-written reference prompts that every comparison includes (training's final comparison,
@@ -47,9 +52,10 @@ class ConfigError(ValueError):
     """A setting out of range or inconsistent with another; the message names it."""
 
 
-def prompt_label(prompt: str) -> str:
-    """How a hand-written prompt is named in reports: its text, or NO_PROMPT for the empty one."""
-    return prompt or NO_PROMPT
+def prompt_label(prompt: "PromptLike") -> str:
+    """How a prompt is named in reports: its text (a structured `templates.Prompt`: its label, exemplars
+    then instruction), or NO_PROMPT for the empty one."""
+    return str(prompt) or NO_PROMPT
 
 
 def opt(default: Any = None, **cli) -> Any:
@@ -166,6 +172,15 @@ class PolicyConfig:
     the frozen LLM's hidden size."""
     fixed_prompt: str = "Answer with only the final number."
     """The prompt of --agent fixed."""
+    shots: int = 0
+    """Exemplar slots: each picks a training problem from the pool, or none (--agent reinforce and random;
+    0: instruction words only)."""
+    exemplar_pool: int = 32
+    """Training problems the exemplar slots choose from (drawn from the training split only)."""
+    answer_forms: tuple[str, ...] = opt(ANSWER_FORMS, flag="--answer-form", multiple=True, choices=ANSWER_FORMS)
+    """How exemplar answers may be written (the policy chooses one per prompt): bare (the gold answer), equation
+    (the model's own form, `36+32 = 68`), completion (the model's own correct completion; costs one oracle
+    pair per pool problem, once). Repeat the option to give several."""
 
 
 @dataclass
@@ -288,6 +303,9 @@ class RunConfig:
     """Validation questions."""
     test_size: int = 200
     """Held-out test questions in the final comparison."""
+    reference_shots: int = 2
+    """Few-shot reference in the final comparison: the first K training problems with answers in the model's
+    own form (0: none)."""
     output_dir: str = opt("runs", path="dir")
     """Parent directory of run directories."""
     name: str | None = None
@@ -319,6 +337,8 @@ class RunConfig:
             raise ConfigError("--prompt-length must be >= 1")
         if self.algorithm.finalists < 0:
             raise ConfigError("--finalists must be >= 0 (0: off)")
+        if self.reference_shots < 0:
+            raise ConfigError("--reference-shots must be >= 0 (0: no few-shot reference)")
         if self.agent == "reinforce":
             self.algorithm.validate()
         if self.agent in GRADIENT_AGENTS:
@@ -329,10 +349,29 @@ class RunConfig:
         if self.agent in GRADIENT_AGENTS and self.engine.engine != "transformers":
             raise ConfigError(f"--agent {self.agent} trains by gradients through the frozen LLM, which needs its "
                               "weights in this process: use --engine transformers (the default)")
+        self._validate_shots()
         if self.agent == "gumbel" and self.policy.policy == "autoregressive":
             raise ConfigError("--agent gumbel trains --policy unconditioned or refiner (the autoregressive "
                               "policy samples slot by slot; use --agent reinforce for it)")
         return self
+
+    def _validate_shots(self):
+        policy = self.policy
+        if policy.shots < 0:
+            raise ConfigError("--shots must be >= 0 (0: instruction words only)")
+        if not policy.shots:
+            return
+        if policy.exemplar_pool < 1:
+            raise ConfigError("--exemplar-pool must be >= 1 when --shots > 0")
+        unknown = [f for f in policy.answer_forms if f not in ANSWER_FORMS]
+        if not policy.answer_forms or unknown or len(set(policy.answer_forms)) != len(policy.answer_forms):
+            raise ConfigError(f"--answer-form takes distinct values of {ANSWER_FORMS}, not {policy.answer_forms}")
+        if self.agent in GRADIENT_AGENTS:
+            raise ConfigError(f"--agent {self.agent} trains instruction tokens or embeddings by gradients, not "
+                              "exemplar choices: use --shots 0, or --agent reinforce or random for exemplars")
+        if self.agent == "reinforce" and policy.policy == "autoregressive":
+            raise ConfigError("--policy autoregressive writes instruction tokens only: with --shots > 0 use "
+                              "--policy unconditioned or refiner")
 
     # ---- the flat view: CLI options, --config YAML keys, config.yaml ---------------------------
 
@@ -361,7 +400,7 @@ class RunConfig:
 
 
 # Settings that run directories written before they existed ran with (read when resuming or evaluating).
-LEGACY_DEFAULTS = {"stop_at_answer": False, "finalists": 0}
+LEGACY_DEFAULTS = {"stop_at_answer": False, "finalists": 0, "reference_shots": 0, "shots": 0}
 # Settings renamed since (so that "temperature" and "hidden size" mean only the LLM's): a key in an older run's
 # config.yaml -> its name now.
 LEGACY_NAMES = {"hidden_size": "policy_width", "temperature": "sample_temperature", "top_k": "sample_top_k",

@@ -1,5 +1,11 @@
 """Scoring saved policies against the hand-written reference prompts on the same held-out problems.
 
+The references are the hand-written instruction prompts (`config.REFERENCE_PROMPTS`) and the few-shot
+prompt a person writes in a minute (`exemplars.few_shot_reference`: the first K training problems with
+answers in the model's own form, `RunConfig.reference_shots`). A prompt is text or a structured
+`templates.Prompt`: tables and the per-question CSV show its label (`str(prompt)`), report.json also
+its exemplars and instruction (`Prompt.to_dict`).
+
 Every system (the policy's greedy prompts, each reference prompt) is scored by the same oracle path
 (`oracle.score_pairs`) with the same decoding on the same problems, so the comparison is paired:
   * accuracy with a 95% percentile-bootstrap interval (2,000 resamples of the problems, seeded);
@@ -24,14 +30,17 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .config import NO_PROMPT, REFERENCE_PROMPTS, RunConfig, prompt_label
+from .config import NO_PROMPT, REFERENCE_PROMPTS, ConfigError, RunConfig, prompt_label
 from .data import Problem
+from .exemplars import few_shot_reference, reference_name
 from .oracle import Decoding, decoding_from, score_pairs
 from .policies import PromptPolicy
 from .rewards import RewardMix
+from .templates import Prompt, PromptLike
 
-__all__ = ["NO_PROMPT", "bootstrap_ci", "compare_systems", "evaluate_run", "format_table",
-           "mcnemar_p", "paired_comparison", "policy_prompts", "reference_systems", "score_system", "write_report"]
+__all__ = ["NO_PROMPT", "bootstrap_ci", "compare_systems", "evaluate_run", "few_shot_system", "format_table",
+           "mcnemar_p", "paired_comparison", "policy_prompts", "reference_systems", "run_train_problems",
+           "score_system", "write_report"]
 
 
 def bootstrap_ci(values: Sequence[float], *, resamples: int = 2000, seed: int = 0, level: float = 0.95):
@@ -71,7 +80,7 @@ def paired_comparison(system: Sequence[bool], reference: Sequence[bool]) -> dict
 @dataclass
 class SystemResult:
     name: str
-    prompts: list[str]
+    prompts: list[PromptLike]
     infos: list[dict]
     wall_s: float
     oracle_rows: int
@@ -89,10 +98,18 @@ class SystemResult:
                 "extraction_rate": float(np.mean([i["extracted"] is not None for i in self.infos])),
                 "mean_completion_tokens": float(np.mean(self.completion_tokens)) if self.completion_tokens else None,
                 "oracle_rows": self.oracle_rows, "wall_s": self.wall_s,
-                "prompts": [{"prompt": p, "count": n} for p, n in Counter(self.prompts).most_common(5)]}
+                "prompts": [_prompt_entry(p, n) for p, n in Counter(self.prompts).most_common(5)]}
 
 
-def score_system(name: str, engine, reward_mix: RewardMix, problems: Sequence[Problem], prompts: Sequence[str],
+def _prompt_entry(prompt: PromptLike, count: int) -> dict:
+    """A prompt in report.json: its label, and for a structured prompt its exemplars and instruction."""
+    entry = {"prompt": str(prompt), "count": count}
+    if isinstance(prompt, Prompt):
+        entry["structured"] = prompt.to_dict()
+    return entry
+
+
+def score_system(name: str, engine, reward_mix: RewardMix, problems: Sequence[Problem], prompts: Sequence[PromptLike],
                  decoding: Decoding) -> SystemResult:
     rows_before = engine.stats.generated_rows
     start = time.perf_counter()
@@ -102,15 +119,16 @@ def score_system(name: str, engine, reward_mix: RewardMix, problems: Sequence[Pr
     return SystemResult(name, list(prompts), infos, wall, engine.stats.generated_rows - rows_before, lengths)
 
 
-def policy_prompts(policy: PromptPolicy, vocab, problems: Sequence[Problem], feature_engine) -> list[str]:
-    """Greedy prompt text per problem. Question-conditioned policies need their own model's features."""
+def policy_prompts(policy: PromptPolicy, space, problems: Sequence[Problem], feature_engine) -> list[PromptLike]:
+    """Greedy prompt per problem (`space` decodes the policy's actions: its `PromptSpace`, or an
+    `ActionVocab`). Question-conditioned policies need their own model's features."""
     if not policy.uses_observation:
-        return policy.prompts(torch.zeros(len(problems), 1), vocab)
+        return policy.prompts(torch.zeros(len(problems), 1), space)
     texts = [feature_engine.render("", p.question) for p in problems]
-    return policy.prompts(feature_engine.features(texts), vocab)
+    return policy.prompts(feature_engine.features(texts), space)
 
 
-def compare_systems(engine, reward_mix: RewardMix, problems: Sequence[Problem], systems: dict[str, list[str]],
+def compare_systems(engine, reward_mix: RewardMix, problems: Sequence[Problem], systems: dict[str, list[PromptLike]],
                     decoding: Decoding, *, reference: str | None = None, progress: bool = True) -> dict:
     """Score each system's prompts; paired tests of `reference` (default: the first) against the rest."""
     from tqdm.auto import tqdm
@@ -144,7 +162,7 @@ def write_report(report: dict, problems: Sequence[Problem], out_dir: str | Path)
                          "correct", "credit"])
         for name, result in results.items():
             for problem, prompt, info in zip(problems, result.prompts, result.infos):
-                writer.writerow([problem.id, problem.question, problem.answer, name, prompt, info["completion"],
+                writer.writerow([problem.id, problem.question, problem.answer, name, str(prompt), info["completion"],
                                  info["extracted"], int(info["correct"]), f"{info['credit']:.4f}"])
     _bar_chart(clean, paths["chart"])
     return paths
@@ -174,30 +192,66 @@ def _bar_chart(report: dict, path: Path) -> None:
 
 
 def format_table(report: dict) -> str:
-    lines = [f"{'system':38s} {'accuracy':>9s} {'95% CI':>15s} {'credit':>7s} {'extracted':>9s} {'p vs ref':>9s}"]
+    # Names up to 52 characters in full (the few-shot reference's), longer ones cut.
+    width = min(52, max([38, *map(len, report["systems"])]))
+    lines = [f"{'system':{width}s} {'accuracy':>9s} {'95% CI':>15s} {'credit':>7s} {'extracted':>9s} {'p vs ref':>9s}"]
     for name, s in report["systems"].items():
         p = s.get("vs_reference", {}).get("mcnemar_p")
-        lines.append(f"{(name[:36] + '..') if len(name) > 38 else name:38s} {s['accuracy']:9.1%} "
+        lines.append(f"{(name[:width - 2] + '..') if len(name) > width else name:{width}s} {s['accuracy']:9.1%} "
                      f"[{s['ci95'][0]:5.1%}, {s['ci95'][1]:5.1%}] {s['mean_credit']:7.3f} "
                      f"{s['extraction_rate']:9.1%} {'' if p is None else f'{p:9.3g}'}")
     return "\n".join(lines)
 
 
-def reference_systems(learned: Sequence[str], reference_prompts: Sequence[str] = REFERENCE_PROMPTS) -> dict:
-    """The systems of a comparison: the learned policy's prompts, then each reference prompt."""
+def reference_systems(learned: Sequence[PromptLike], reference_prompts: Sequence[PromptLike] = REFERENCE_PROMPTS,
+                      named: dict[str, PromptLike] | None = None) -> dict:
+    """The systems of a comparison: the learned policy's prompts, then each reference prompt (named by
+    its label), then the `named` references (e.g. the few-shot reference under `exemplars.reference_name`)."""
     systems = {"learned policy": list(learned)}
-    for text in dict.fromkeys(reference_prompts):
-        systems[prompt_label(text)] = [text] * len(learned)
+    for prompt in dict.fromkeys(reference_prompts):
+        systems[prompt_label(prompt)] = [prompt] * len(learned)
+    for name, prompt in (named or {}).items():
+        systems[name] = [prompt] * len(learned)
     return systems
+
+
+def few_shot_system(train_problems: Sequence[Problem], shots: int, form: str = "equation") -> dict[str, Prompt]:
+    """{name: prompt} of the few-shot reference (`exemplars.few_shot_reference`), or {} for 0 shots."""
+    if shots == 0:
+        return {}
+    if shots < 0 or shots > len(train_problems):
+        raise ConfigError(f"--reference-shots {shots}: the run has {len(train_problems)} training problems")
+    return {reference_name(shots, form): few_shot_reference(train_problems, shots, form)}
+
+
+def run_train_problems(run_dir: Path, config: RunConfig) -> list[Problem]:
+    """The run's training split, as its settings give it, checked against the run's split manifest
+    (splits.json) where it has one: the few-shot reference must show the problems the run trained on."""
+    from .checkpoint import SPLITS, CheckpointError
+    from .data import problems_from_config
+
+    _, splits, _ = problems_from_config(config.data, config.seed)
+    train = splits["train"]
+    manifest = Path(run_dir) / SPLITS
+    if manifest.exists():
+        recorded = json.loads(manifest.read_text())["splits"]["train"]
+        if [p.id for p in train] != recorded:
+            raise CheckpointError(f"{manifest}: the run's training problems are not what its data settings give now "
+                                  "(the dataset changed?); the few-shot reference cannot show them")
+    return train
 
 
 def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", problems: Sequence[Problem] | None = None,
                  split: str = "test", limit: int | None = RunConfig.test_size,
-                 reference_prompts: Sequence[str] = REFERENCE_PROMPTS, model: str | None = None,
-                 max_new_tokens: int | None = None, output: str | Path | None = None, progress: bool = True,
-                 log=print, config: RunConfig | None = None, engine=None) -> dict:
+                 reference_prompts: Sequence[PromptLike] = REFERENCE_PROMPTS, reference_shots: int | None = None,
+                 model: str | None = None, max_new_tokens: int | None = None, output: str | Path | None = None,
+                 progress: bool = True, log=print, config: RunConfig | None = None, engine=None,
+                 train_problems: Sequence[Problem] | None = None) -> dict:
     """Evaluate a saved run's policy against the reference prompts (the Python form of `run.py evaluate`,
     and training's final comparison).
+
+    `reference_shots` (default: the run's `reference_shots`; 0: none) adds the few-shot reference: the
+    first K of `train_problems` (default: the run's training split) with answers in equation form.
 
     `problems` defaults to the run's own `split`. `model` scores the prompts on another model: prompt
     text is re-tokenised for it; a question-conditioned policy still writes its prompts from the
@@ -218,7 +272,7 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", problems: Seq
         problems = splits[split]
     problems = list(problems)[:limit]
     train_engine = engine if engine is not None else load_engine(config.engine)
-    policy, vocab, _ = load_policy(run_dir / POLICY_FILES[checkpoint], train_engine)
+    policy, space, _ = load_policy(run_dir / POLICY_FILES[checkpoint], train_engine)
     target = train_engine
     if model and policy.kind == "soft":
         from .checkpoint import CheckpointError
@@ -231,7 +285,11 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", problems: Seq
         if policy.uses_observation:
             log(f"note: the {policy.kind} policy writes its prompts from {train_engine.name}'s features; "
                 f"they are scored on {target.name}.")
-    systems = reference_systems(policy_prompts(policy, vocab, problems, train_engine), reference_prompts)
+    shots = config.reference_shots if reference_shots is None else reference_shots
+    if shots and train_problems is None:
+        train_problems = run_train_problems(run_dir, config)
+    systems = reference_systems(policy_prompts(policy, space, problems, train_engine), reference_prompts,
+                                few_shot_system(list(train_problems or ()), shots))
     decoding = decoding_from(config.oracle, max_new_tokens)
     report = compare_systems(target, RewardMix(list(config.oracle.rewards), engine=target), problems, systems, decoding,
                              progress=progress)

@@ -1,7 +1,8 @@
 """Scoring (prompt, problem) pairs with the frozen LLM: the one reward path.
 
 The environment's `step` and batched `score`, the agents and the evaluation all call
-`score_pairs`, so a reward never depends on which of them asked.
+`score_pairs`, so a reward never depends on which of them asked. A prompt is text or a structured
+`templates.Prompt` (instruction and exemplars); the engine renders either through `templates.render`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .data import Problem
 from .grading import answer_is_complete
 from .engines import Engine
 from .rewards import RewardMix, cached_grade
+from .templates import PromptLike
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,13 @@ class Decoding:
     stop_at_answer: bool = OracleConfig.stop_at_answer
 
 
-def score_pairs(engine: Engine, reward_mix: RewardMix, problems: Sequence[Problem], prompts: Sequence[str],
+def score_pairs(engine: Engine, reward_mix: RewardMix, problems: Sequence[Problem], prompts: Sequence[PromptLike],
                 decoding: Decoding = Decoding(), *, seed: int | None = None,
                 batch_label: str = "") -> tuple[np.ndarray, list[dict]]:
-    """Total reward and an info dict per pair, from one batched oracle call."""
+    """Total reward and an info dict per pair, from one batched oracle call.
+
+    Each info's "prompt" is the prompt's label (`str(prompt)`: the text itself for a plain prompt), so
+    infos stay JSON-safe; the rendered text the model saw is what the rewards receive."""
     if len(prompts) != len(problems):
         raise ValueError(f"{len(prompts)} prompts for {len(problems)} problems")
     rendered = [engine.render(prompt, p.question) for prompt, p in zip(prompts, problems)]
@@ -54,7 +59,7 @@ def score_pairs(engine: Engine, reward_mix: RewardMix, problems: Sequence[Proble
     infos = []
     for i, problem in enumerate(problems):
         graded = cached_grade(completions[i], problem.answer)
-        infos.append({"prompt": prompts[i], "problem_id": problem.id, "question": problem.question,
+        infos.append({"prompt": str(prompts[i]), "problem_id": problem.id, "question": problem.question,
                       "gold": problem.answer, "completion": completions[i], "extracted": graded.extracted,
                       "correct": graded.correct, "credit": graded.credit,
                       "rewards": {name: values[i] for name, values in per_reward.items()}})

@@ -1,4 +1,4 @@
-"""Prompt policies: distributions over `prompt_length` tokens of an action vocabulary.
+"""Prompt policies: distributions over the slots of a prompt space (`prompt_space.PromptSpace`).
 
 The seed project's Refiner (hidden states -> pooled -> MLP -> token logits -> argmax) could not
 train because argmax has no gradient. Here every policy is a *distribution*: the agent samples
@@ -17,17 +17,27 @@ Policies (all start at, or near, the uniform distribution, so early exploration 
                   "text" is the frozen LLM's marker for them (`TransformersEngine.soft_prompt_text`), which the
                   LLM turns back into the embeddings wherever the template puts the prompt.
 
-Every policy is a prompt source: `prompts(obs, vocab)` gives the greedy prompt text per observation,
-which is what validation, finalists and evaluation score; a fixed prompt returns its text.
+Every policy is a prompt source: `prompts(obs, space)` gives the greedy prompt per observation (text,
+or a `templates.Prompt` with exemplars), which is what validation, finalists and evaluation score; a
+fixed prompt returns its prompt.
+
+Slots: `prompt_length` instruction-token slots over the action vocabulary, after any other factors of
+the prompt space (`factor_sizes`: exemplar slots and the answer form, each its own size). The logits are
+[B, slots, max slot size], the entries past a slot's size masked to -inf, so a policy never samples an
+index its slot does not have, and sampling, log-probabilities, entropy and greedy work unchanged.
+With no other factors (the default) every policy is exactly what it was before they existed.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import nn
 from torch.distributions import Categorical
 
 from .config import POLICY_KINDS, PolicyConfig
+from .templates import Prompt, PromptLike
 from .vocab import EMPTY, ActionVocab
 
 __all__ = ["POLICY_KINDS", "AutoregressiveRefiner", "FixedPrompt", "PromptPolicy", "Refiner", "SoftPrompt",
@@ -44,7 +54,7 @@ def _tied_embeddings(engine, vocab: ActionVocab) -> torch.Tensor:
 
 
 class PromptPolicy(nn.Module):
-    """Base class. Subclasses define `logits(obs, actions=None) -> [B, T, V]`.
+    """Base class. Subclasses define `logits(obs, actions=None) -> [B, S, max slot size]` (masked: `_mask`).
 
     For factorised policies the logits do not depend on `actions`; the autoregressive policy uses
     `actions` (teacher forcing) to score given prompts, and samples slot by slot.
@@ -54,13 +64,27 @@ class PromptPolicy(nn.Module):
     autoregressive = False
     uses_observation = True  # False: the agent need not ask the engine for question features
 
-    def __init__(self, prompt_length: int, vocab_size: int):
+    def __init__(self, prompt_length: int, vocab_size: int, factor_sizes: Sequence[int] = ()):
         super().__init__()
         self.prompt_length = prompt_length
         self.vocab_size = vocab_size
+        self.factor_sizes = [int(n) for n in factor_sizes]  # the slots before the instruction tokens
+        self.slot_sizes = self.factor_sizes + [vocab_size] * prompt_length
+        sizes = torch.tensor(self.slot_sizes, dtype=torch.long)
+        width = max(self.slot_sizes, default=0)
+        # valid[s, i]: slot s has an index i. Rebuilt from the sizes, never saved.
+        self.register_buffer("valid", torch.arange(width) < sizes[:, None], persistent=False)
+        self.masked = bool(len(set(self.slot_sizes)) > 1)
 
     def config(self) -> dict:
-        return {"kind": self.kind, "prompt_length": self.prompt_length, "vocab_size": self.vocab_size}
+        config = {"kind": self.kind, "prompt_length": self.prompt_length, "vocab_size": self.vocab_size}
+        if self.factor_sizes:  # absent from instruction-only policies: their files are as before
+            config["factor_sizes"] = self.factor_sizes
+        return config
+
+    def _mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """-inf wherever a slot has no such index (nothing to do when every slot has the same size)."""
+        return logits.masked_fill(~self.valid, float("-inf")) if self.masked else logits
 
     @staticmethod
     def _filter(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:
@@ -92,9 +116,10 @@ class PromptPolicy(nn.Module):
                 return self._sample_autoregressive(obs, 0.0, None, None)
             return self.logits(obs).argmax(-1)
 
-    def prompts(self, obs: torch.Tensor, vocab: ActionVocab) -> list[str]:
-        """The greedy prompt text for each observation: what the user sees and what evaluation scores."""
-        return [vocab.decode(row) for row in self.greedy(obs).tolist()]
+    def prompts(self, obs: torch.Tensor, space) -> list[PromptLike]:
+        """The greedy prompt for each observation: what the user sees and what evaluation scores.
+        `space` decodes an action row: the `PromptSpace` (or, for instruction slots only, the `ActionVocab`)."""
+        return [space.decode(row) for row in self.greedy(obs).tolist()]
 
     def _sample_autoregressive(self, obs, temperature, top_k, generator):
         raise NotImplementedError
@@ -106,22 +131,24 @@ class Unconditioned(PromptPolicy):
     kind = "unconditioned"
     uses_observation = False
 
-    def __init__(self, prompt_length: int, vocab_size: int, **_):
-        super().__init__(prompt_length, vocab_size)
-        self.slot_logits = nn.Parameter(torch.zeros(prompt_length, vocab_size))
+    def __init__(self, prompt_length: int, vocab_size: int, factor_sizes: Sequence[int] = (), **_):
+        super().__init__(prompt_length, vocab_size, factor_sizes)
+        self.slot_logits = nn.Parameter(torch.zeros(len(self.slot_sizes), max(self.slot_sizes)))
 
     def logits(self, obs, actions=None):
-        return self.slot_logits.unsqueeze(0).expand(obs.shape[0], -1, -1)
+        return self._mask(self.slot_logits).unsqueeze(0).expand(obs.shape[0], -1, -1)
 
 
 class Refiner(PromptPolicy):
-    """The seed's Refiner, made trainable: features -> MLP -> per-slot vectors -> tied logits."""
+    """The seed's Refiner, made trainable: features -> MLP -> per-slot vectors -> tied logits for the
+    instruction slots; every other factor (an exemplar slot, the answer form) its own linear head on the
+    same hidden layer, so each choice is conditioned on the question."""
 
     kind = "refiner"
 
     def __init__(self, prompt_length: int, vocab_size: int, *, feature_dim: int, embeddings: torch.Tensor,
-                 width: int = PolicyConfig.policy_width):
-        super().__init__(prompt_length, vocab_size)
+                 width: int = PolicyConfig.policy_width, factor_sizes: Sequence[int] = ()):
+        super().__init__(prompt_length, vocab_size, factor_sizes)
         self.feature_dim, self.width = feature_dim, width
         self.register_buffer("embeddings", embeddings, persistent=False)  # frozen; rebuilt from the LLM
         emb_dim = embeddings.shape[1]
@@ -132,13 +159,24 @@ class Refiner(PromptPolicy):
         nn.init.zeros_(self.slots.bias)
         self.slot_bias = nn.Parameter(torch.zeros(prompt_length, vocab_size))
         self.scale = nn.Parameter(torch.tensor(float(emb_dim) ** 0.5))
+        self.factor_heads = nn.ModuleList(nn.Linear(width, size) for size in self.factor_sizes)
+        for head in self.factor_heads:  # start uniform, as the instruction slots do
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
 
     def config(self):
         return {**super().config(), "feature_dim": self.feature_dim, "width": self.width}
 
     def logits(self, obs, actions=None):
-        vectors = self.slots(self.body(self.norm(obs))).view(obs.shape[0], self.prompt_length, -1)
-        return self.scale * vectors @ self.embeddings.T + self.slot_bias
+        hidden = self.body(self.norm(obs))
+        vectors = self.slots(hidden).view(obs.shape[0], self.prompt_length, -1)
+        words = self.scale * vectors @ self.embeddings.T + self.slot_bias
+        if not self.factor_heads:
+            return words
+        widest = max(self.slot_sizes)
+        factors = [nn.functional.pad(head(hidden), (0, widest - head.out_features)) for head in self.factor_heads]
+        words = nn.functional.pad(words, (0, widest - self.vocab_size))
+        return self._mask(torch.cat([torch.stack(factors, 1), words], 1))
 
 
 class AutoregressiveRefiner(PromptPolicy):
@@ -148,7 +186,10 @@ class AutoregressiveRefiner(PromptPolicy):
     autoregressive = True
 
     def __init__(self, prompt_length: int, vocab_size: int, *, feature_dim: int, embeddings: torch.Tensor,
-                 width: int = PolicyConfig.policy_width):
+                 width: int = PolicyConfig.policy_width, factor_sizes: Sequence[int] = ()):
+        if factor_sizes:
+            raise ValueError("the autoregressive policy writes instruction tokens only, not exemplar or "
+                             "answer-form choices: with shots > 0 use the unconditioned or refiner policy")
         super().__init__(prompt_length, vocab_size)
         self.feature_dim, self.width = feature_dim, width
         self.register_buffer("embeddings", embeddings, persistent=False)
@@ -198,18 +239,24 @@ class AutoregressiveRefiner(PromptPolicy):
 
 
 class FixedPrompt(PromptPolicy):
-    """A given prompt text for every question (hand-written, or the best one random search found)."""
+    """A given prompt for every question (hand-written, or the best one random search found): text, or a
+    structured `Prompt` with exemplars (`text` is then its label, and the policy file holds it whole)."""
 
     kind = "fixed"
     uses_observation = False
 
-    def __init__(self, text: str, prompt_length: int = 0, vocab_size: int = 0, actions=None, **_):
+    def __init__(self, prompt: PromptLike, prompt_length: int = 0, vocab_size: int = 0, actions=None, **_):
         super().__init__(prompt_length, vocab_size)
-        self.text = text
+        # A Prompt without exemplars is its instruction text: plain prompts stay str everywhere.
+        self.prompt: PromptLike = prompt if isinstance(prompt, Prompt) and prompt.exemplars else str(prompt)
+        self.text = str(self.prompt)
         self.actions = list(actions) if actions is not None else None
 
     def config(self):
-        return {**super().config(), "text": self.text, "actions": self.actions}
+        config = {**super().config(), "text": self.text, "actions": self.actions}
+        if isinstance(self.prompt, Prompt):
+            config["prompt"] = self.prompt.to_dict()
+        return config
 
     def logits(self, obs, actions=None):
         raise TypeError("a fixed prompt is not a distribution: it cannot be sampled or trained")
@@ -219,8 +266,8 @@ class FixedPrompt(PromptPolicy):
             raise TypeError(f"the fixed prompt {self.text!r} was given as text, not as actions")
         return torch.tensor([self.actions] * obs.shape[0], dtype=torch.long)
 
-    def prompts(self, obs: torch.Tensor, vocab: ActionVocab | None = None) -> list[str]:
-        return [self.text] * obs.shape[0]
+    def prompts(self, obs: torch.Tensor, space=None) -> list[PromptLike]:
+        return [self.prompt] * obs.shape[0]
 
 
 class SoftPrompt(PromptPolicy):
@@ -240,7 +287,7 @@ class SoftPrompt(PromptPolicy):
     def logits(self, obs, actions=None):
         raise TypeError("a soft prompt is not a distribution over tokens: it cannot be sampled")
 
-    def prompts(self, obs: torch.Tensor, vocab: ActionVocab | None = None) -> list[str]:
+    def prompts(self, obs: torch.Tensor, space=None) -> list[str]:
         return [self.engine.soft_prompt_text(self.embeddings)] * obs.shape[0]
 
     def reading(self) -> str:
@@ -255,23 +302,30 @@ def nearest_tokens(rows: torch.Tensor, table: torch.Tensor) -> list[int]:
     return (rows @ table.T).argmax(-1).tolist()
 
 
-def build_policy(kind: str, *, engine, vocab: ActionVocab, prompt_length: int,
-                 width: int = PolicyConfig.policy_width, text: str | None = None, actions=None) -> PromptPolicy:
-    """A fresh policy of `kind` for this engine's LLM and action vocabulary (`soft`: zero embeddings, to load
-    into); `width` is the refiners' hidden layer."""
+def build_policy(kind: str, *, engine, vocab: ActionVocab | None = None, prompt_length: int | None = None,
+                 space=None, width: int = PolicyConfig.policy_width, text: PromptLike | None = None,
+                 actions=None) -> PromptPolicy:
+    """A fresh policy of `kind` for this engine's LLM over `space` (a `PromptSpace`: its vocabulary, prompt
+    length and other factors), or over `prompt_length` slots of `vocab` (instruction tokens only). `soft`:
+    zero embeddings, to load into; `width` is the refiners' hidden layer."""
+    factor_sizes = []
+    if space is not None:
+        vocab, prompt_length, factor_sizes = space.vocab, space.prompt_length, space.factor_sizes
+    if vocab is None or prompt_length is None:
+        raise TypeError("build_policy needs a space, or a vocab and a prompt_length")
     if kind == "soft":
         return SoftPrompt(engine, torch.zeros(prompt_length, engine.hidden_size), len(vocab))
     if kind == "unconditioned":
-        return Unconditioned(prompt_length, len(vocab))
+        return Unconditioned(prompt_length, len(vocab), factor_sizes)
     if kind == "fixed":
         return FixedPrompt(text or "", prompt_length, len(vocab), actions=actions)
     if kind not in POLICY_KINDS:
         raise ValueError(f"unknown policy {kind!r}; choose from {', '.join(POLICY_KINDS)}")
     cls = Refiner if kind == "refiner" else AutoregressiveRefiner
     return cls(prompt_length, len(vocab), feature_dim=engine.hidden_size, embeddings=_tied_embeddings(engine, vocab),
-               width=width)
+               width=width, factor_sizes=factor_sizes)
 
 
-def prompts_for(policy: PromptPolicy, vocab: ActionVocab, obs: torch.Tensor) -> list[str]:
-    """The greedy prompt text for each observation (any prompt source: see `PromptPolicy.prompts`)."""
-    return policy.prompts(obs, vocab)
+def prompts_for(policy: PromptPolicy, space, obs: torch.Tensor) -> list[PromptLike]:
+    """The greedy prompt for each observation (any prompt source: see `PromptPolicy.prompts`)."""
+    return policy.prompts(obs, space)

@@ -24,14 +24,29 @@ from typing import Callable
 
 import torch
 
-from .checkpoint import FINAL_EVAL, SPLITS, STATE_LAST, SUMMARY, CheckpointError, load_state
-from .config import GRADIENT_AGENTS, ConfigError, RunConfig, saved_config
+from .checkpoint import (
+    EXEMPLARS,
+    FINAL_EVAL,
+    POLICY_BEST,
+    POLICY_LAST,
+    PROMPT,
+    SPLITS,
+    STATE_LAST,
+    SUMMARY,
+    CheckpointError,
+    load_policy,
+    load_state,
+)
+from .config import EXEMPLAR_AGENTS, GRADIENT_AGENTS, ConfigError, RunConfig, saved_config
 from .data import DataError, Problem, problems_from_config, write_split_manifest
 from .engines import Engine, EngineError, load_engine
 from .engines.transformers.loading import ModelLoadError
+from .exemplars import ExemplarPool
 from .oracle import decoding_from
+from .prompt_space import PromptSpace, draw_pool
 from .rewards import RewardError, RewardMix
 from .runlog import RunDir
+from .templates import CHAT_PREFIX, DEFAULT_CONTENT_TEMPLATE, as_prompt
 from .vocab import ActionVocab, VocabError
 
 
@@ -81,8 +96,9 @@ def resume_config(run_dir: str | Path, *, steps: int | None = None, quiet: bool 
     return config
 
 
-def build_env(config: RunConfig, engine: Engine, problems: list[Problem]):
-    """The training environment: the config's vocabulary, rewards, decoding and prompt length."""
+def build_env(config: RunConfig, engine: Engine, problems: list[Problem], *, pool: ExemplarPool | None = None):
+    """The training environment: the config's vocabulary, rewards, decoding and prompt space (its prompt
+    length; with `pool`, the config's exemplar slots and answer forms over it: see `exemplar_pool`)."""
     from .envs import PromptRefineEnv
 
     vocab = ActionVocab.from_spec(engine.tokenizer, config.policy.action_vocab, empty=config.policy.empty_action)
@@ -90,8 +106,27 @@ def build_env(config: RunConfig, engine: Engine, problems: list[Problem]):
     if reward_mix.needs_engine and engine.kind != "transformers":
         # Fail before training, not at the first step: a served engine may have no prompt log-probs.
         engine.answer_logprobs([engine.render("", problems[0].question)], [problems[0].answer])
-    return PromptRefineEnv(engine, problems, vocab, reward_mix, decoding_from(config.oracle),
-                           prompt_length=config.policy.prompt_length)
+    space = (PromptSpace(vocab, config.policy.prompt_length, pool, config.policy.shots, config.policy.answer_forms)
+             if pool is not None else PromptSpace(vocab, config.policy.prompt_length))
+    return PromptRefineEnv(engine, problems, vocab, reward_mix, decoding_from(config.oracle), space=space)
+
+
+def exemplar_pool(config: RunConfig, engine: Engine, splits: dict[str, list[Problem]], run: RunDir, *,
+                  log: Callable[[str], None] = print) -> tuple[ExemplarPool | None, int]:
+    """(the run's exemplar pool, the oracle pairs spent on it): None without exemplar slots (--shots 0, or an
+    agent that does not choose exemplars). Drawn from the training split only and saved in the run
+    directory (EXEMPLARS); a resumed run reads it back and asks the engine for nothing."""
+    if not config.policy.shots or config.agent not in EXEMPLAR_AGENTS:
+        return None, 0
+    path = run.path / EXEMPLARS
+    if config.resume and path.exists():
+        return ExemplarPool.from_dict(json.loads(path.read_text())), 0
+    pool, pairs = draw_pool(splits, size=config.policy.exemplar_pool, seed=config.seed,
+                            forms=config.policy.answer_forms, engine=engine, decoding=decoding_from(config.oracle))
+    path.write_text(json.dumps(pool.to_dict(), indent=2))
+    log(f"exemplar pool: {len(pool)} training problems"
+        + (f"; the model's own completions cost {pairs} oracle pairs" if pairs else ""))
+    return pool, pairs
 
 
 def make_agent(config: RunConfig, env, *, engine: Engine, run: RunDir | None = None,
@@ -134,6 +169,9 @@ def build(config: RunConfig, *, engine: Engine | None = None, splits: dict[str, 
             log(f"skipped {len(bad)} bad rows, e.g. {bad[0]}")
         write_split_manifest(run.path / SPLITS, splits, config.seed)
     log(f"problems: {sum(map(len, splits.values()))} ({', '.join(f'{k} {len(v)}' for k, v in splits.items())})")
+    if not config.no_final_eval and config.reference_shots > len(splits["train"]):  # fail now, not after training
+        raise ConfigError(f"--reference-shots {config.reference_shots}: the run has {len(splits['train'])} training "
+                          "problems (--reference-shots 0: no few-shot reference)")
     if engine is None:
         start = time.perf_counter()
         engine = load_engine(config.engine)
@@ -141,23 +179,56 @@ def build(config: RunConfig, *, engine: Engine | None = None, splits: dict[str, 
                  else f"{engine.dtype}, {engine.device}")
         log(f"model: {engine.name} ({where}) loaded in {time.perf_counter() - start:.1f} s")
 
-    env = build_env(config, engine, splits["train"])
+    pool, pool_pairs = exemplar_pool(config, engine, splits, run, log=log)
+    env = build_env(config, engine, splits["train"], pool=pool)
     log(f"action vocabulary: {len(env.vocab)} tokens ({config.policy.action_vocab}); "
         f"rewards: {env.reward_mix.describe()}")
+    if env.space.shots:
+        log(f"prompt space: {env.space.describe()}")
     val, test = splits["validation"][: config.val_size], splits["test"][: config.test_size]
     agent, initial_prompt = make_agent(config, env, engine=engine, run=run, val_problems=val, probe_problems=test)
+    agent.oracle_pairs += pool_pairs  # a resumed run's count (restored below) already holds them
     if resume_step is not None:
         agent.load_state(run.path / STATE_LAST)
         log(f"resumed {run.path} at step {agent.step}")
     return Built(config, engine, splits, env, agent, run, val, test, initial_prompt, resume_step)
 
 
+def write_kept_prompt(built: Built) -> dict | None:
+    """The kept prompt as chat messages a user can paste into any chat API (PROMPT in the run directory):
+    {"instruction", "exemplars", "messages_for_a_question"}. A question-conditioned policy writes a prompt
+    per question: the file holds the one for the first test question, and says so. None for a soft prompt
+    (embeddings, not text) or a run that saved no policy."""
+    from .evaluation import policy_prompts
+
+    path = next((built.run.path / name for name in (POLICY_BEST, POLICY_LAST) if (built.run.path / name).exists()),
+                None)
+    if path is None:
+        return None
+    policy, space, _ = load_policy(path, built.engine)
+    if policy.kind == "soft":
+        return None
+    probe = (built.test_problems or built.val_problems or built.splits["train"])[:1]
+    prompt = as_prompt(policy_prompts(policy, space, probe, built.engine)[0])
+    template = built.config.engine.template
+    content = template[len(CHAT_PREFIX):] if template and template.startswith(CHAT_PREFIX) else DEFAULT_CONTENT_TEMPLATE
+    record = {**prompt.to_dict(), "messages_for_a_question": prompt.messages("<question>", content)}
+    if policy.uses_observation:
+        record["for_question"] = probe[0].question
+        record["note"] = (f"the {policy.kind} policy writes a prompt per question; this is the one for "
+                          "for_question (run.py evaluate scores it on every question)")
+    (built.run.path / PROMPT).write_text(json.dumps(record, indent=2))
+    return record
+
+
 def final_comparison(built: Built, *, log: Callable[[str], None] = print) -> dict:
-    """The held-out comparison at the end of training: `evaluation.evaluate_run` on the run's test problems."""
+    """The held-out comparison at the end of training: `evaluation.evaluate_run` on the run's test problems,
+    with the few-shot reference drawn from the run's training split (`RunConfig.reference_shots`)."""
     from .evaluation import evaluate_run, format_table
 
     report = evaluate_run(built.run.path, config=built.config, problems=built.test_problems, engine=built.engine,
-                          output=built.run.path / FINAL_EVAL, progress=not built.config.quiet, log=log)
+                          train_problems=built.splits["train"], output=built.run.path / FINAL_EVAL,
+                          progress=not built.config.quiet, log=log)
     top = report["systems"]["learned policy"]["prompts"]
     log("\nlearned prompt(s): " + "; ".join(f"{p['prompt']!r} (x{p['count']})" for p in top))
     log(f"held-out comparison on {len(built.test_problems)} test problems:\n{format_table(report)}")
@@ -182,6 +253,7 @@ def train(config: RunConfig, *, engine: Engine | None = None, splits: dict[str, 
         summary["initial_prompt"] = built.initial_prompt
         log(f"the untrained policy's greedy prompt: {built.initial_prompt!r}")
     (built.run.path / SUMMARY).write_text(json.dumps(summary, indent=2))
+    write_kept_prompt(built)
     report = None if config.no_final_eval else final_comparison(built, log=log)
     log(f"run directory: {built.run.path}")
     return TrainResult(built, summary, report)

@@ -164,9 +164,10 @@ def test_policies_start_uniform_and_round_trip(kind, tiny_engine, tmp_path):
             parameter.add_(torch.randn_like(parameter) * 0.5)
     path = tmp_path / "p.safetensors"
     save_policy(path, policy, vocab, tiny_engine)
-    loaded, loaded_vocab, meta = load_policy(path, tiny_engine)
+    loaded, loaded_space, meta = load_policy(path, tiny_engine)
     assert torch.equal(loaded.greedy(obs), policy.greedy(obs))
-    assert loaded_vocab.token_ids == vocab.token_ids and meta["policy"]["kind"] == kind
+    assert loaded_space.vocab.token_ids == vocab.token_ids and meta["policy"]["kind"] == kind
+    assert loaded_space.slot_sizes == [len(vocab)] * 3 and "factor_sizes" not in meta["policy"]
     # Greedy is slot-by-slot argmax through the scoring path: each slot given the slots before it (the same
     # logits at every slot for factorised policies, the GRU fed its own choices for the autoregressive one).
     greedy = policy.greedy(obs)

@@ -64,9 +64,9 @@ def test_three_step_run_resume_and_evaluate(tiny_model_dir, tmp_path):
     report = json.loads((run / "eval-test" / "report.json").read_text())
     assert set(report["systems"]) == {"learned policy", "(no prompt)", "Let's think step by step.",
                                       "Answer with only the final number.", "Give the answer as a single number.",
-                                      "Be exact."}
+                                      "Be exact.", "2-shot (first 2 training problems, equation form)"}
     with open(run / "eval-test" / "per_question.csv") as handle:
-        assert len(list(csv.DictReader(handle))) == 6 * 5
+        assert len(list(csv.DictReader(handle))) == 7 * 5
 
 
 def test_random_and_fixed_agents_and_config_file(tiny_model_dir, tmp_path):

@@ -129,3 +129,17 @@ def test_sb3_ppo_runs_without_adapter(tiny_engine):
     model.learn(total_timesteps=256)
     action, _ = model.predict(env.reset(seed=0)[0], deterministic=True)
     assert env.action_space.contains(action)
+
+
+def test_sb3_ppo_trains_the_exemplar_slots_too(tiny_engine):
+    """With --shots the action is still one MultiDiscrete: exemplar slots, answer form, instruction tokens."""
+    from stable_baselines3 import PPO
+
+    env = gym.make("rlprompt_math/PromptRefine-v0", engine=tiny_engine, dataset=PROBLEMS, prompt_length=2,
+                   max_new_tokens=4, split="train", rewards=["partial"], shots=2, exemplar_pool=4,
+                   answer_forms=("bare", "equation"))
+    assert env.action_space.nvec.tolist() == [5, 5, 2] + [len(env.unwrapped.vocab)] * 2
+    model = PPO("MlpPolicy", env, n_steps=32, batch_size=16, n_epochs=1, seed=0, verbose=0, device="cpu")
+    model.learn(total_timesteps=64)
+    action, _ = model.predict(env.reset(seed=0)[0], deterministic=True)
+    assert env.action_space.contains(action)

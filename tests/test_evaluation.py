@@ -52,3 +52,103 @@ def test_report_consistent(tiny_engine, tmp_path):
     with open(paths["per_question"]) as handle:
         assert len(list(csv.DictReader(handle))) == 12 * 3
     assert paths["chart"].stat().st_size > 1000
+
+
+def test_structured_prompts_in_tables_csv_and_report(tiny_engine, tmp_path):
+    """Systems whose prompts are `Prompt` objects: labels in the table and the CSV, the exemplars and
+    instruction in report.json, McNemar against the reference like any system."""
+    from rlprompt_math.evaluation import format_table, reference_systems
+    from rlprompt_math.exemplars import few_shot_reference, reference_name
+
+    problems = generate_problems(6, seed=1, kinds=["arithmetic"])
+    shots = few_shot_reference(generate_problems(20, seed=2, kinds=["arithmetic"]), 2)
+    systems = reference_systems([shots] * 6, ["", "Be exact."], named={reference_name(2): shots})
+    assert list(systems) == ["learned policy", "(no prompt)", "Be exact.", reference_name(2)]
+    assert systems[reference_name(2)] == [shots] * 6
+    report = compare_systems(tiny_engine, RewardMix(["correct"]), problems, systems, Decoding(4), progress=False)
+    paths = write_report(report, problems, tmp_path)
+    data = json.loads(paths["report"].read_text())
+    few = data["systems"][reference_name(2)]
+    assert few["prompts"] == [{"prompt": str(shots), "count": 6, "structured": shots.to_dict()}]
+    assert few["vs_reference"] == paired_comparison(report["_results"][reference_name(2)].correct,
+                                                    report["_results"]["learned policy"].correct)
+    assert few["vs_reference"]["mcnemar_p"] == 1.0  # the same prompt as the learned one
+    assert data["systems"]["Be exact."]["prompts"] == [{"prompt": "Be exact.", "count": 6}]  # text: as before
+    with open(paths["per_question"]) as handle:
+        rows = [r for r in csv.DictReader(handle) if r["system"] == reference_name(2)]
+    assert len(rows) == 6 and {r["prompt"] for r in rows} == {str(shots)}
+    table = format_table(report)
+    assert reference_name(2) in table  # named in full, not cut
+
+
+def _saved_run(run_dir, model_dir, engine, **settings):
+    """A run directory as training leaves it, holding a fixed prompt (no training needed)."""
+    from rlprompt_math.checkpoint import CONFIG, POLICY_BEST, SPLITS, save_policy
+    from rlprompt_math.config import RunConfig
+    from rlprompt_math.data import problems_from_config, write_split_manifest
+    from rlprompt_math.policies import FixedPrompt
+    from rlprompt_math.runlog import RunDir
+    from rlprompt_math.vocab import ActionVocab
+
+    config = RunConfig.from_flat({"model": str(model_dir), "dtype": "float32", "num_problems": 80,
+                                  "max_new_tokens": 4, **settings})
+    run = RunDir(run_dir)
+    run.write_config(config.to_flat())
+    _, splits, _ = problems_from_config(config.data, config.seed)
+    write_split_manifest(run.path / SPLITS, splits, config.seed)
+    save_policy(run.path / POLICY_BEST, FixedPrompt("Be exact."), ActionVocab.from_spec(engine.tokenizer), engine)
+    assert (run.path / CONFIG).exists()
+    return config, splits
+
+
+def test_evaluate_reference_shots_adds_the_few_shot_reference(tiny_model_dir, tiny_engine, tmp_path):
+    """`run.py evaluate --reference-shots K`: the first K of the run's training problems, answers in
+    equation form, as one more reference with its paired McNemar row; default: the run's setting."""
+    from click.testing import CliRunner
+
+    from rlprompt_math.cli import main
+    from rlprompt_math.exemplars import few_shot_reference, reference_name
+
+    run = tmp_path / "run"
+    _, splits = _saved_run(run, tiny_model_dir, tiny_engine, reference_shots=1)
+
+    def evaluate(*args):
+        result = CliRunner().invoke(main, ["evaluate", str(run), "--limit", "3", "--quiet", "--no-default-references",
+                                           "--reference-prompt", "Be brief.", *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output, json.loads((run / "eval-test" / "report.json").read_text())
+
+    output, report = evaluate("--reference-shots", "3")
+    name = reference_name(3)
+    assert list(report["systems"]) == ["learned policy", "Be brief.", name]
+    expected = few_shot_reference(splits["train"], 3)
+    assert [e.question for e in expected.exemplars] == [p.question for p in splits["train"][:3]]
+    few = report["systems"][name]
+    assert few["prompts"] == [{"prompt": str(expected), "count": 3, "structured": expected.to_dict()}]
+    assert set(few["vs_reference"]) == {"accuracy_difference", "mcnemar_p", "reference_only_correct",
+                                        "this_only_correct"}
+    assert name in output and "p vs ref" in output
+    with open(run / "eval-test" / "per_question.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 3 * 3
+
+    assert list(evaluate()[1]["systems"]) == ["learned policy", "Be brief.", reference_name(1)]  # the run's setting
+    assert list(evaluate("--reference-shots", "0")[1]["systems"]) == ["learned policy", "Be brief."]
+    result = CliRunner().invoke(main, ["evaluate", str(run), "--limit", "3", "--quiet", "--reference-shots", "9999"])
+    assert result.exit_code == 1 and "training problems" in result.output.strip().splitlines()[-1]
+
+
+def test_evaluate_refuses_a_few_shot_reference_from_changed_data(tiny_model_dir, tiny_engine, tmp_path):
+    """The few-shot reference shows the run's own training problems: a split manifest that no longer
+    matches the data settings stops it with one line, not other problems in its place."""
+    from click.testing import CliRunner
+
+    from rlprompt_math.checkpoint import SPLITS
+    from rlprompt_math.cli import main
+
+    run = tmp_path / "run"
+    _saved_run(run, tiny_model_dir, tiny_engine)
+    manifest = json.loads((run / SPLITS).read_text())
+    manifest["splits"]["train"] = manifest["splits"]["train"][::-1]
+    (run / SPLITS).write_text(json.dumps(manifest))
+    result = CliRunner().invoke(main, ["evaluate", str(run), "--limit", "3", "--quiet"])
+    assert result.exit_code == 1 and "dataset changed" in result.output, result.output

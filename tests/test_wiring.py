@@ -17,6 +17,7 @@ from rlprompt_math.cli import main
 from rlprompt_math.cli import train as train_command
 from rlprompt_math.config import (
     AGENTS,
+    EXEMPLAR_AGENTS,
     GRADIENT_AGENTS,
     REFERENCE_PROMPTS,
     AlgorithmConfig,
@@ -198,6 +199,8 @@ NON_DEFAULT = {
     "seed": ("3", lambda b: b.config.seed == 3 and b.config.algorithm.seed == 3),
     "val_size": ("5", lambda b: len(b.val_problems) == 5 and len(b.agent.val_problems) == 5),
     "test_size": ("7", lambda b: len(b.test_problems) == 7),
+    # The final comparison's few-shot reference (what it adds: test_evaluation, test_cli).
+    "reference_shots": ("1", lambda b: b.config.reference_shots == 1),
     "name": ("wired", lambda b: b.run.path.name == "wired"),
     "num_problems": ("150", lambda b: sum(map(len, b.splits.values())) == 150),
     "kinds": ("fractions", lambda b: {p.extra["kind"] for p in b.splits["train"]} == {"fractions"}),
@@ -208,7 +211,10 @@ NON_DEFAULT = {
     "rewards": ("correct", lambda b: b.env.reward_mix.names == ["correct"]),
     "max_new_tokens": ("5", lambda b: b.env.decoding.max_new_tokens == 5),
     "stop_at_answer": (None, lambda b: b.env.decoding.stop_at_answer is False),
-    "prompt_length": ("3", lambda b: b.env.prompt_length == 3 and b.env.action_space.shape == (3,)),
+    # After the exemplar and answer-form slots, if any (EXEMPLAR_FLAGS): 3 instruction slots.
+    "prompt_length": ("3", lambda b: b.env.prompt_length == 3
+                      and b.env.action_space.shape == (len(b.env.space.factor_sizes) + 3,)
+                      and b.env.space.slot_sizes[-3:] == [len(b.env.vocab)] * 3),
     "action_vocab": ("frequent:50", lambda b: b.env.vocab.spec.startswith("frequent:50")),
     "empty_action": (None, lambda b: EMPTY not in b.env.vocab.token_ids),
 }
@@ -217,6 +223,14 @@ POLICY_FLAGS = {  # reinforce only: the policy it trains
     "policy_width": ("16", lambda b: b.agent.policy.width == 16),
 }
 FIXED_FLAGS = {"fixed_prompt": ("Be exact.", lambda b: b.agent.policy.text == "Be exact.")}
+EXEMPLAR_FLAGS = {  # reinforce and random: the prompt space's exemplar slots (config.EXEMPLAR_AGENTS)
+    "shots": ("2", lambda b: b.env.space.shots == 2 and b.env.space.factor_sizes == [4, 4, 1]
+              and b.env.action_space.shape == (2 + 1 + 3,)
+              and (b.agent.policy is None or b.agent.policy.slot_sizes == b.env.space.slot_sizes)),
+    "exemplar_pool": ("3", lambda b: len(b.env.space.pool) == 3
+                      and {p.id for p in b.env.space.pool.problems} <= {p.id for p in b.splits["train"]}),
+    "answer_forms": ("bare", lambda b: b.env.space.forms == ("bare",)),
+}
 # The differentiable routes (soft-prompt, pez, gumbel): `--soft-init random` starts from --prompt-length rows.
 GRADIENT_VALUES = {"grad_lr": 0.05, "gumbel_lr": 0.002, "soft_init": "random", "init_text": "Be exact.",
                    "loss_target": "own", "target_questions": 7, "gumbel_tau": 2.0, "gumbel_tau_end": 0.5}
@@ -246,8 +260,8 @@ def _flag(name, value):
 @pytest.mark.parametrize("agent", AGENTS)
 def test_every_flag_reaches_the_object_it_configures(agent, tiny_model_dir, tmp_path, monkeypatch):
     algorithm = {f.name for f in dataclasses.fields(RunConfig().algorithm) if f.metadata.get("cli", True)}
-    covered = (set(NON_DEFAULT) | set(POLICY_FLAGS) | set(FIXED_FLAGS) | set(ALGORITHM_VALUES) | set(GRADIENT_VALUES)
-               | ELSEWHERE)
+    covered = (set(NON_DEFAULT) | set(POLICY_FLAGS) | set(FIXED_FLAGS) | set(EXEMPLAR_FLAGS) | set(ALGORITHM_VALUES)
+               | set(GRADIENT_VALUES) | ELSEWHERE)
     assert covered == set(flat_field_names()) and set(ALGORITHM_VALUES) == algorithm  # a new flag needs a check
 
     captured, real_build = {}, training.build
@@ -261,7 +275,7 @@ def test_every_flag_reaches_the_object_it_configures(agent, tiny_model_dir, tmp_
 
     monkeypatch.setattr(training, "build", build_and_stop)
     flags = {**NON_DEFAULT, **(POLICY_FLAGS if agent in ("reinforce", "gumbel") else {}),
-             **(FIXED_FLAGS if agent == "fixed" else {})}
+             **(FIXED_FLAGS if agent == "fixed" else {}), **(EXEMPLAR_FLAGS if agent in EXEMPLAR_AGENTS else {})}
     args = ["--agent", agent, "--model", str(tiny_model_dir), "--output-dir", str(tmp_path), "--quiet"]
     for name, (value, _) in flags.items():
         args += _flag(name, value)

@@ -11,11 +11,9 @@ this package (for the interface) does not load `transformers`.
 from __future__ import annotations
 
 from ..config import EngineConfig
-from .base import (CHAT_PREFIX, DEFAULT_CONTENT_TEMPLATE, Engine, EngineCapabilityError, EngineError,
-                   EngineStats, Trace)
+from .base import Engine, EngineCapabilityError, EngineError, EngineStats, Trace
 
-__all__ = ["CHAT_PREFIX", "DEFAULT_CONTENT_TEMPLATE", "Engine", "EngineCapabilityError", "EngineError",
-           "EngineStats", "Trace", "load_engine"]
+__all__ = ["Engine", "EngineCapabilityError", "EngineError", "EngineStats", "Trace", "load_engine"]
 
 
 def load_engine(config: EngineConfig) -> Engine:

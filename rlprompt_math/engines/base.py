@@ -33,11 +33,8 @@ from typing import Callable, Sequence
 import torch
 
 from ..config import ENGINE_CACHE_SIZE, OracleConfig
+from ..templates import PromptLike, render
 
-# How a prompt and a question are combined into the user message when no template is given.
-# The prompt goes after the question (measured on the default model: see issue 8's table).
-DEFAULT_CONTENT_TEMPLATE = "{question}\n{prompt}"
-CHAT_PREFIX = "chat:"
 
 
 class EngineError(RuntimeError):
@@ -138,30 +135,9 @@ class Engine:
 
     # ---- text the LLM sees -------------------------------------------------------------------
 
-    def render(self, prompt: str, question: str) -> str:
-        """The text the LLM sees for (prompt, question).
-
-        * `template=None`: the model's chat template, one user message `question\\nprompt`
-          (just `question` when the prompt is empty), followed by the assistant header.
-        * `template="chat:{prompt} {question}"`: that content inside the chat template.
-        * any other string, e.g. `"{question}\\n{prompt}"`: used as raw text, no chat template.
-        """
-        template = self.template
-        use_chat = template is None or template.startswith(CHAT_PREFIX)
-        if template is None:
-            template = DEFAULT_CONTENT_TEMPLATE
-        elif use_chat:
-            template = template[len(CHAT_PREFIX):]
-        content = template.replace("{prompt}", prompt).replace("{question}", question)
-        if not prompt:
-            content = content.strip()
-        if use_chat:
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise ValueError(f"{self.name} has no chat template; pass a template string such as "
-                                 "'{question}\\n{prompt}'")
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
-        return content
+    def render(self, prompt: PromptLike, question: str) -> str:
+        """The text the LLM sees for (prompt, question): `templates.render` with this engine's template."""
+        return render(self.tokenizer, self.template, prompt, question, name=self.name)
 
     # ---- generation ----------------------------------------------------------------------------
 
