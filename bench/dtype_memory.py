@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -30,17 +29,6 @@ VARIANTS = {
     "bfloat16, malloc mmap threshold 1 MiB": ("bfloat16", {"MALLOC_MMAP_THRESHOLD_": str(2**20)}),
     "bfloat16, one malloc arena": ("bfloat16", {"MALLOC_ARENA_MAX": "1"}),
 }
-
-
-def cpu_description() -> str:
-    """The CPU's model name and the flags that decide bf16 speed, from /proc/cpuinfo where there is one."""
-    try:
-        info = open("/proc/cpuinfo").read().splitlines()
-    except OSError:
-        return f"{platform.processor() or platform.machine()} (?)"
-    name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.machine())
-    flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
-    return f"{name} ({','.join(f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f in flags)})"
 
 
 def child(dtype: str, pairs: int, max_new_tokens: int, random_weights: str | None) -> dict:
@@ -80,6 +68,8 @@ def main(pairs, max_new_tokens, threads, random_weights, variants, child_dtype):
     if child_dtype:
         print(json.dumps(child(child_dtype, pairs, max_new_tokens, random_weights)))
         return
+    from rlprompt_math.engines.transformers.loading import cpu_description
+
     print(f"machine: {cpu_description()}, {os.cpu_count()} cores; {threads} threads; {pairs} pairs, "
           f"{max_new_tokens} new tokens" + (f"; random weights from {random_weights}" if random_weights else ""))
     for label in variants.split(";"):

@@ -28,7 +28,6 @@ or the model file is missing, those rows say so.
 from __future__ import annotations
 
 import os
-import platform
 import resource
 import time
 
@@ -36,19 +35,9 @@ import click
 import torch
 
 from rlprompt_math.config import REFERENCE_PROMPTS
+from rlprompt_math.engines.transformers.loading import cpu_description
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def cpu_description() -> str:
-    """The CPU's model name and the flags that decide bf16 speed, from /proc/cpuinfo where there is one."""
-    try:
-        info = open("/proc/cpuinfo").read().splitlines()
-    except OSError:
-        return f"{platform.processor() or platform.machine()} (?)"
-    name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.machine())
-    flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
-    return f"{name} ({','.join(f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f in flags)})"
 
 
 def pairs(num_questions: int, seed: int = 0):

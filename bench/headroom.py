@@ -52,6 +52,7 @@ import click
 import numpy as np
 
 from rlprompt_math.config import field_default
+from rlprompt_math.engines.transformers.loading import cpu_description
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -99,15 +100,6 @@ def paired_difference(a: np.ndarray, b: np.ndarray, *, seed: int = 0, resamples:
     boot = [d[np.ix_(rng.integers(0, d.shape[0], d.shape[0]), rng.integers(0, d.shape[1], d.shape[1]))].mean()
             for _ in range(resamples)]
     return {"difference": float(d.mean()), "ci95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))]}
-
-
-def cpu_name() -> str:
-    """The CPU's model name, from /proc/cpuinfo where there is one."""
-    try:
-        lines = open("/proc/cpuinfo").read().splitlines()
-    except OSError:
-        return platform.processor() or platform.machine()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
 
 
 def factor_landscape(engine, splits: dict, vocab, mix, decoding, *, questions: int, sets: int, prompt_length: int,
@@ -206,7 +198,7 @@ def factor_landscape(engine, splits: dict, vocab, mix, decoding, *, questions: i
     hand = {name: {"accuracy": float(c.mean()), "reward": float(r.mean())}
             for name, c, r in zip(references, correct["references"], reward["references"])}
 
-    machine = (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+    machine = (f"{cpu_description()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                f"{str(engine.dtype).removeprefix('torch.')}, {engine.device}")
     # draw_pool does not return how many completions were correct: count those that differ from the fallback
     completions_own = sum(pool.answer(i, "completion") != pool.answer(i, "equation") for i in range(len(pool)))

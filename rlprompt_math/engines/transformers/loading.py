@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import platform
 import time
 from pathlib import Path
 
@@ -161,6 +162,18 @@ def _synchronize(device: torch.device) -> None:
 
 
 @functools.lru_cache(maxsize=None)
+def cpu_description() -> str:
+    """The CPU's model name and the flags that decide bf16 speed, from /proc/cpuinfo where there is one
+    (benchmarks name the machine they ran on)."""
+    try:
+        info = open("/proc/cpuinfo").read().splitlines()
+    except OSError:
+        return f"{platform.processor() or platform.machine()} (?)"
+    name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.machine())
+    flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    return f"{name} ({','.join(f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f in flags)})"
+
+
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU runs the oracle's decode step faster in bf16 than in fp32, by measurement (once).
 
