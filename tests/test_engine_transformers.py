@@ -35,14 +35,14 @@ def test_greedy_matches_transformers_generate(tiny_engine):
 
 
 def test_shared_prefix_path_matches_plain_decoding(tiny_engine):
-    from rlprompt_math.engines.transformers import decoding
+    from rlprompt_math.engines.transformers import prefixes
 
     long_header = "You are a careful assistant. You solve math problems exactly and state the final number. "
     oracle = TransformersEngine(tiny_engine.model, tiny_engine.tokenizer, name="t",
                                 template=long_header + "{question}\n{prompt}")
     texts = [oracle.render(p, q) for q in QUESTIONS for p in ("Be exact.", "")]
     rows = oracle.encode(texts)
-    assert decoding._common_prefix_length(rows) >= decoding.MIN_SHARED_PREFIX  # the path under test
+    assert prefixes.common_prefix_length(rows) >= prefixes.MIN_SHARED_PREFIX  # the path under test
     batched = oracle.generate(texts, max_new_tokens=12, use_cache=False)
     single = [oracle.generate([t], max_new_tokens=12, use_cache=False)[0] for t in texts]
     assert batched == single

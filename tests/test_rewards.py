@@ -146,3 +146,40 @@ def test_answer_likelihood_reads_the_decode_and_stops_at_the_departure(tiny_engi
     trace = tiny_engine.trace(text)
     expected = [trace.logprob(4, [other]), trace.logprob(4, [own[4], other]), trace.logprob(4, own[4:7])]
     assert rewards.tolist() == pytest.approx([math.exp(v) for v in expected], rel=1e-5)
+
+
+def test_trace_token_index_bisects_to_the_token_a_linear_scan_finds(tiny_engine):
+    import random
+
+    import torch
+
+    from rlprompt_math.engines.base import Trace
+
+    tok = tiny_engine.tokenizer
+    # Multi-byte characters split over byte-level tokens, and special tokens that decode to nothing.
+    text = "Préférez 3×4 = 12 ✓ — so the answer is 12. 東京 ½ "
+    ids = tok(text * 3, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    decodes = []
+
+    class Counting:
+        def decode(self, token_ids, **kwargs):
+            decodes.append(1)
+            return tok.decode(token_ids, **kwargs)
+
+    def linear(trace, completion, position):
+        for k in range(len(trace.token_ids) + 1):
+            decoded = tok.decode(trace.token_ids[:k], skip_special_tokens=True)
+            if len(decoded) >= position:
+                return k if decoded == completion[:position] else None
+        return None
+
+    rng = random.Random(0)
+    for _ in range(40):
+        start = rng.randrange(len(ids) // 2)
+        trace = Trace(tuple(ids[start:start + rng.randrange(1, 60)]), (), torch.zeros(0, 0))
+        completion = tok.decode(trace.token_ids, skip_special_tokens=True)
+        for position in {0, 1, len(completion) // 3, len(completion) // 2, len(completion), len(completion) + 2}:
+            for written in (completion, "x" + completion):
+                decodes.clear()
+                assert trace.token_index(Counting(), written, position) == linear(trace, written, position)
+                assert len(decodes) <= 3 + len(trace.token_ids).bit_length()

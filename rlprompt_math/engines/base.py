@@ -59,6 +59,8 @@ class EngineStats:
     requests: int = 0             # HTTP requests sent (served engines; retries included)
     retries: int = 0              # requests sent again after a connection error or a 5xx
     prompt_tokens: int = 0        # prompt tokens the server reports having read (served engines)
+    prefill_tokens: int = 0       # prompt tokens run through the model (in-process engine; padding excluded)
+    reused_prefix_tokens: int = 0  # prompt tokens whose KV was computed once for several rows instead
     engine_seconds: float = 0.0   # wall time spent in the engine's decoding and scoring
 
 
@@ -81,12 +83,23 @@ class Trace:
 
     def token_index(self, tokenizer, completion: str, char_position: int) -> int | None:
         """The generated token at which this decode reaches `completion[:char_position]`, or None when
-        that is no token boundary or the decode did not write that text (another decode of the prompt)."""
-        for k in range(len(self.token_ids) + 1):
-            decoded = tokenizer.decode(self.token_ids[:k], skip_special_tokens=True)
-            if len(decoded) >= char_position:
-                return k if decoded == completion[:char_position] else None
-        return None
+        that is no token boundary or the decode did not write that text (another decode of the prompt).
+
+        A bisection over the decoded length of the first k tokens (it grows with k): a few decodes
+        instead of one per token, each of a growing prefix."""
+        def decoded(k: int) -> str:
+            return tokenizer.decode(self.token_ids[:k], skip_special_tokens=True)
+
+        low, high = 0, len(self.token_ids)
+        if len(decoded(high)) < char_position:
+            return None
+        while low < high:  # the first k whose text reaches char_position
+            middle = (low + high) // 2
+            if len(decoded(middle)) >= char_position:
+                high = middle
+            else:
+                low = middle + 1
+        return low if decoded(low) == completion[:char_position] else None
 
     def logprob(self, start: int, ids: Sequence[int]) -> float | None:
         """log p(ids) from step `start` on, given the model's own tokens before each (None: not recorded)."""

@@ -10,6 +10,7 @@ registered with `soft_prompt_text` and then used as any prompt text (see SOFT_PR
 
   * `loading`       -- what `TransformersEngine.load` accepts, the default GGUF, device and dtype;
   * `decoding`      -- the continuous-batching decoder (`generate`'s work) and its batching helpers;
+  * `prefixes`      -- which prompt tokens a prefill shares between rows (computed once);
   * `soft_prompts`  -- the soft-prompt registry and `prompt_loss`;
   * here            -- the engine: construction, encoding, teacher-forced log-probabilities, features.
 """
@@ -26,6 +27,7 @@ from ...config import ENGINE_CACHE_SIZE
 from ..base import Engine
 from .decoding import BatchedDecoding
 from .loading import ModelLoadError, contiguous_input, load_model
+from .prefixes import SHARING_MODES
 from .soft_prompts import SOFT_PROMPT_END, SOFT_PROMPT_MARK, SoftPrompts
 
 __all__ = ["ModelLoadError", "TransformersEngine"]
@@ -39,8 +41,11 @@ class TransformersEngine(SoftPrompts, BatchedDecoding, Engine):
     records_traces = True
 
     def __init__(self, model, tokenizer, *, name: str, template: str | None = None,
-                 cache_size: int = ENGINE_CACHE_SIZE):
+                 cache_size: int = ENGINE_CACHE_SIZE, prefix_sharing: str = "groups"):
         super().__init__(tokenizer, name=name, template=template, cache_size=cache_size)
+        if prefix_sharing not in SHARING_MODES:
+            raise ValueError(f"prefix_sharing {prefix_sharing!r}: choose one of {', '.join(SHARING_MODES)}")
+        self.prefix_sharing = prefix_sharing  # which shared prompt tokens a prefill computes once (prefixes.py)
         self.model = model.eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)

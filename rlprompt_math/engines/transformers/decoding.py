@@ -2,10 +2,11 @@
 
 Rows go in sorted by length. Finished rows leave the batch (and the KV cache) at once; waiting rows
 are prefilled and joined to the running batch (`_join_left_padded`), and columns that became padding
-for every row are dropped (`_trim_left_padding`). Tokens every row of a prefill shares (the chat
-template's header) are computed once (`_forward_rows`). `BatchedDecoding` is a mixin of
-`TransformersEngine`: it uses the engine's `model`, `tokenizer`, `device`, `stats`, `encode`, `_inputs`
-(soft prompts) and `_line_breaks`.
+for every row are dropped (`_trim_left_padding`). Tokens that rows of a prefill share (the chat
+template's header, a question's K prompts, a prompt's exemplar turns) are computed once (`_forward_rows`,
+planned by `prefixes.plan_prefill`). `BatchedDecoding` is a mixin of `TransformersEngine`: it uses the
+engine's `model`, `tokenizer`, `device`, `stats`, `encode`, `_inputs` (soft prompts), `_line_breaks`
+and `prefix_sharing`.
 """
 
 from __future__ import annotations
@@ -15,19 +16,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from ..base import Trace
-
-MIN_SHARED_PREFIX = 8  # shorter shared prefixes are not worth a separate forward pass
-
-
-def _common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
-    first = rows[0]
-    length = min(len(r) for r in rows)
-    for row in rows[1:]:
-        k = 0
-        while k < length and row[k] == first[k]:
-            k += 1
-        length = k
-    return length
+from .prefixes import plan_prefill
 
 
 def _join_left_padded(cache, mask: torch.Tensor, other, other_mask: torch.Tensor) -> torch.Tensor:
@@ -209,25 +198,49 @@ class BatchedDecoding:
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run token rows into `cache`; return (logits of the last `keep` positions, mask, positions).
 
-        The tokens every row shares (the chat template's system header, at least) are computed
-        once and their KV cache repeated for each row; the rest goes in as
-        [shared prefix][left padding][own suffix], positions counted over real tokens only.
-        Only the last `keep` positions get logits: the LM head is ~20% of a token's FLOPs.
+        Shared prefixes are computed once (`prefixes.plan_prefill`): the prefix every row shares at batch
+        size 1, then one row per group of rows that share more (a question's K prompts, a prompt's
+        exemplar turns), then each row's own tokens. The KV rows are [common][group prefix][own tokens],
+        each part left-padded, positions counted over real tokens only, so a row sees exactly the
+        tokens it would see alone. Only the last `keep` positions get logits: the LM head is ~20% of a
+        token's FLOPs. The returned mask covers the whole cache; positions only the own tokens.
         """
-        shared = _common_prefix_length(rows)
-        shared = min(shared, min(len(r) for r in rows) - keep)  # each row keeps `keep` tokens of its own
-        n = len(rows)
-        if shared >= MIN_SHARED_PREFIX and n > 1:
-            prefix = torch.tensor([rows[0][:shared]], device=self.device)
-            self.model(**self._inputs(prefix), position_ids=torch.arange(shared, device=self.device)[None],
+        plan = plan_prefill(rows, keep, self.prefix_sharing)
+        n, common = len(rows), plan.common
+        self.stats.prefill_tokens += plan.computed_tokens
+        self.stats.reused_prefix_tokens += plan.reused_tokens
+        device = self.device
+        if common:
+            prefix = torch.tensor([rows[0][:common]], device=device)
+            self.model(**self._inputs(prefix), position_ids=torch.arange(common, device=device)[None],
                        past_key_values=cache, use_cache=True, logits_to_keep=1)
+        before = torch.ones((n, common), dtype=torch.long, device=device)  # the mask over the cache so far
+        starts = [common] * n  # where each row's own tokens begin
+        if plan.groups:
+            first_rows = [members[0] for _, members in plan.groups]
+            segments = [rows[r][common:common + length] for r, (length, _) in zip(first_rows, plan.groups)]
+            if common:
+                cache.batch_repeat_interleave(len(segments))
+            ids, segment_mask = self._pad_left(segments)
+            group_mask = torch.cat([before[:len(segments)], segment_mask], 1)
+            self.model(**self._inputs(ids), attention_mask=group_mask,
+                       position_ids=self._positions(group_mask)[:, common:], past_key_values=cache,
+                       use_cache=True, logits_to_keep=1)
+            # Every row takes its group's KV row; a row in no group takes the first group's, with the
+            # group columns masked out.
+            group_of = [0] * n
+            before = torch.cat([before, torch.zeros((n, segment_mask.shape[1]), dtype=torch.long, device=device)], 1)
+            for g, (length, members) in enumerate(plan.groups):
+                for r in members:
+                    group_of[r] = g
+                    starts[r] = common + length
+                    before[r] = group_mask[g]
+            cache.batch_select_indices(torch.tensor(group_of, device=device))
+        elif common:
             cache.batch_repeat_interleave(n)
-            ids, own = self._pad_left([r[shared:] for r in rows])
-            mask = torch.cat([torch.ones((n, shared), dtype=own.dtype, device=own.device), own], 1)
-            positions = shared + self._positions(own)
-        else:
-            ids, mask = self._pad_left(rows)
-            positions = self._positions(mask)
+        ids, own = self._pad_left([row[s:] for row, s in zip(rows, starts)])
+        mask = torch.cat([before, own], 1)
+        positions = self._positions(mask)[:, before.shape[1]:]
         logits = self.model(**self._inputs(ids), attention_mask=mask, position_ids=positions, past_key_values=cache,
                             use_cache=True, logits_to_keep=keep).logits
         return logits, mask, positions

@@ -1,0 +1,137 @@
+"""Shared prefixes in the in-process engine: pairs/s with and without them, in one run, on the same pairs.
+
+    python bench/prefixes.py [--dtype float32] [--questions 32] [--prompts 4] [--shots 4] [--repeats 2]
+
+Three batch shapes, each scored as training scores them (`oracle.score_pairs` with the default rewards
+and decoding: greedy, stop at the answer, the likelihood reward read from the decode's trace):
+
+  * bare:   `--questions` generated questions x `--prompts` random 5-word prompts (the prompt after
+            the question, so the K prompts of a question share the header and the question);
+  * N-shot: the same pairs, each prompt with its own `--shots` exemplar turns before the question
+            (training problems, answers in the model's own form `36+32 = 68`), so the questions of a
+            prompt share the exemplar turns;
+  * step:   the default training step, 8 questions x 8 prompts (`AlgorithmConfig` batch_size and
+            prompts_per_question).
+
+and each with the engine's three prefix-sharing modes (`prefixes.SHARING_MODES`): `off` (every row
+computes every token), `common` (the prefix that all rows of a prefill share: the engine before group
+prefixes) and `groups` (the default). Printed per row: pairs/s of the oracle call (best of `--repeats`),
+the same for teacher-forced answer log-probs (`answer_logprobs`, the likelihood path without traces),
+prompt tokens computed and reused per pair, and the completions identical to `off`'s. Ratios: each
+mode against `common` (before/after), and N-shot against bare pairs/s within a mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import time
+
+import click
+import numpy as np
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def best_of(repeats: int, fn):
+    """(result of the last call, the shortest wall time) of `repeats` calls."""
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return out, best
+
+
+@click.command()
+@click.option("--questions", default=32, show_default=True, help="questions in the bare and N-shot batches")
+@click.option("--prompts", default=4, show_default=True, help="prompts per question in the bare and N-shot batches")
+@click.option("--shots", default=4, show_default=True, help="exemplar turns per prompt in the N-shot batch")
+@click.option("--dtype", default="float32", show_default=True)
+@click.option("--model", default=None, help="model (default: the embedded SmolLM2-135M-Instruct)")
+@click.option("--repeats", default=2, show_default=True, help="timed runs per row (the best is printed)")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--to-the-limit", is_flag=True,
+              help="decode every row to the token limit (no stop at the answer), so the shapes generate the same "
+                   "number of tokens and only the prompt's cost differs")
+def main(questions, prompts, shots, dtype, model, repeats, seed, to_the_limit):
+    from rlprompt_math.config import AlgorithmConfig, RunConfig
+    from rlprompt_math.data import generate_problems
+    from rlprompt_math.engines.transformers import TransformersEngine
+    from rlprompt_math.engines.transformers.loading import cpu_description
+    from rlprompt_math.engines.transformers.prefixes import SHARING_MODES
+    from rlprompt_math.exemplars import equation_form
+    from rlprompt_math.oracle import decoding_from, score_pairs
+    from rlprompt_math.rewards import RewardMix
+    from rlprompt_math.templates import Exemplar, Prompt
+    from rlprompt_math.vocab import ActionVocab
+
+    torch.manual_seed(seed)
+    base = TransformersEngine.load(model, device="cpu", dtype=dtype)
+    engines = {mode: TransformersEngine(base.model, base.tokenizer, name=base.name, prefix_sharing=mode)
+               for mode in SHARING_MODES}
+    config = RunConfig()
+    decoding = decoding_from(config.oracle)
+    if to_the_limit:
+        decoding = dataclasses.replace(decoding, stop_at_answer=False)
+    print(f"machine: {cpu_description()}; torch {torch.__version__}; model {base.name}, {base.dtype}; "
+          f"decoding: greedy, {decoding.max_new_tokens} new tokens, stop at answer {decoding.stop_at_answer}; "
+          f"rewards {', '.join(config.oracle.rewards)}")
+
+    rng = np.random.default_rng(seed)
+    vocab = ActionVocab.from_spec(base.tokenizer, "words")
+    words = [vocab.decode(rng.integers(0, len(vocab), 5)) for _ in range(max(prompts, 8))]
+    problems = generate_problems(questions, seed=seed, kinds=["arithmetic"], difficulty=[1, 2])
+    pool = generate_problems(shots * prompts, seed=seed + 1000, kinds=["arithmetic"], difficulty=[1, 2])
+    with_shots = [Prompt(words[i], tuple(Exemplar(p.question, equation_form(p.question, p.answer))
+                                         for p in pool[i * shots:(i + 1) * shots])) for i in range(prompts)]
+    step = AlgorithmConfig()
+    shapes = {
+        "bare": [(w, p) for p in problems for w in words[:prompts]],
+        f"{shots}-shot": [(s, p) for p in problems for s in with_shots],
+        "step": [(w, p) for p in problems[:step.batch_size] for w in words[:step.prompts_per_question]],
+    }
+    print(f"pairs: bare and {shots}-shot {questions} questions x {prompts} prompts; step {step.batch_size} "
+          f"questions x {step.prompts_per_question} prompts; best of {repeats} runs; one process, nothing else running")
+    print(f"{'shape':8s} {'sharing':8s} {'pairs':>5s} {'oracle pairs/s':>14s} {'logprob pairs/s':>15s} "
+          f"{'computed/pair':>13s} {'reused/pair':>11s} {'new tok/pair':>12s} {'same as off':>11s}")
+    results: dict[tuple[str, str], float] = {}
+    for shape, pairs in shapes.items():
+        answers = [p.answer for _, p in pairs]
+        texts = [base.render(prompt, p.question) for prompt, p in pairs]
+        reference = None
+        for mode in SHARING_MODES:
+            engine = engines[mode]
+            rewards = RewardMix(list(config.oracle.rewards), engine=engine)
+
+            def oracle():
+                engine._cache.clear()
+                engine._traces.clear()
+                return score_pairs(engine, rewards, [p for _, p in pairs], [q for q, _ in pairs], decoding)
+
+            engine.generate(texts[:8], max_new_tokens=4, use_cache=False)  # warm-up
+            before = (engine.stats.prefill_tokens, engine.stats.reused_prefix_tokens, engine.stats.new_tokens)
+            (_, infos), wall = best_of(repeats, oracle)
+            computed = (engine.stats.prefill_tokens - before[0]) / repeats
+            reused = (engine.stats.reused_prefix_tokens - before[1]) / repeats
+            new_tokens = (engine.stats.new_tokens - before[2]) / repeats
+            _, lp_wall = best_of(repeats, lambda: engine.answer_logprobs(texts, answers))
+            completions = [info["completion"] for info in infos]
+            reference = reference or completions
+            same = np.mean([a == b for a, b in zip(completions, reference)])
+            results[shape, mode] = len(pairs) / wall
+            print(f"{shape:8s} {mode:8s} {len(pairs):5d} {len(pairs) / wall:14.2f} {len(pairs) / lp_wall:15.2f} "
+                  f"{computed / len(pairs):13.1f} {reused / len(pairs):11.1f} {new_tokens / len(pairs):12.1f} {same:11.1%}",
+                  flush=True)
+    for shape in shapes:
+        print(f"{shape}: groups vs common (before) {results[shape, 'groups'] / results[shape, 'common']:.2f}x, "
+              f"groups vs off {results[shape, 'groups'] / results[shape, 'off']:.2f}x")
+    for mode in SHARING_MODES:
+        print(f"{shots}-shot / bare pairs/s, sharing {mode}: {results[f'{shots}-shot', mode] / results['bare', mode]:.2f}x")
+    print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
