@@ -4,6 +4,8 @@
     python bench/headline.py --grid all           # ... then every comparison variant (seed 0)
     python bench/headline.py --grid random,refiner --grid-steps 12
     python bench/headline.py --routes all         # ... and every route beside REINFORCE, each seed
+    python bench/headline.py --shots 2 --budgets 8,16   # structured prompts; REINFORCE vs random search
+                                                        # at 8, 16 and --steps steps, every seed
 
 One process, one model load. Problems come from the built-in generator: two-operand integer
 arithmetic (difficulty 1-2) split by hash into train / validation / test; the test problems are
@@ -20,6 +22,10 @@ forward and backward passes through the LLM counted), each with the gold-answer 
 the loss on the model's own correct completions. Every row gives its accuracy with a 95% bootstrap
 interval, McNemar p against the best hand-written prompt and against the same seed's REINFORCE, and
 its budget: oracle pairs, LLM forward/backward rows and wall time.
+
+`--shots K` gives the learned prompts K exemplar slots (and answer forms); every system is also compared
+with the few-shot reference (`--reference-shots`). `--budgets` trains REINFORCE and random search on every
+seed at each budget on the same oracle pairs and plots held-out accuracy against pairs (budget_curves.png).
 
 Every number of the README's Results section comes from this script. It writes, under --out:
 results.md (the tables), results.json, routes_curves.png (with --routes: validation accuracy, loss
@@ -159,16 +165,25 @@ def _train_one(engine, splits, settings: dict, seed: int, run_dir: Path, reuse: 
               help="Steps of the differentiable routes.")
 @click.option("--route-batch-size", default=field_default("batch_size"), show_default=True,
               help="Questions per step of the differentiable routes.")
+@click.option("--shots", default=field_default("shots"), show_default=True,
+              help="Exemplar slots of the learned prompts (0: instruction words only).")
+@click.option("--reference-shots", default=field_default("reference_shots"), show_default=True,
+              help="The few-shot reference every system is compared with: the first K training problems, answers "
+                   "in the model's own form (0: none).")
+@click.option("--budgets", default="", help="Comma-separated step budgets, e.g. 8,16: REINFORCE and random search "
+              "on every seed at each budget (and at --steps) on the same oracle pairs; writes budget_curves.png.")
 @click.option("--reuse", is_flag=True, help="Load, instead of training again, each run already finished under --out "
               "with the same settings (its train time is the one recorded then); the scoring is redone.")
 @click.option("--out", default="runs/headline", show_default=True, type=click.Path(file_okay=False))
 @click.option("--render-only", is_flag=True, help="Rewrite results.md from --out's results.json and exit.")
 def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, finalists, val_size, test_size, hard_size,
-         max_new_tokens, grid, grid_steps, routes, route_steps, route_batch_size, reuse, out, render_only):
+         max_new_tokens, grid, grid_steps, routes, route_steps, route_batch_size, shots, reference_shots, budgets, reuse,
+         out, render_only):
     from rlprompt_math.config import DataConfig, RunConfig
     from rlprompt_math.data import generate_problems, problems_from_config
     from rlprompt_math.evaluation import SystemResult, paired_comparison, score_system
     from rlprompt_math.engines.transformers import TransformersEngine
+    from rlprompt_math.exemplars import few_shot_reference, reference_name
     from rlprompt_math.oracle import Decoding
     from rlprompt_math.rewards import RewardMix
 
@@ -177,6 +192,7 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
         results = json.loads((out / "results.json").read_text())
         (out / "results.md").write_text(render(results))
         plot_routes(results, out)
+        plot_budgets(results, out)
         click.echo((out / "results.md").read_text())
         return
     out.mkdir(parents=True, exist_ok=True)
@@ -191,12 +207,12 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
     defaults = RunConfig().to_flat()  # the headline setting: the defaults, with these budgets
     base = {**{k: defaults[k] for k in ("agent", "policy", "action_vocab", "rewards", "baseline", "entropy_coef")},
             "prompt_length": prompt_length, "lr": lr, "steps": steps, "batch_size": batch_size, "prompts_per_question": prompts_per_question,
-            "finalists": finalists, "val_size": val_size, "max_new_tokens": max_new_tokens}
+            "finalists": finalists, "val_size": val_size, "max_new_tokens": max_new_tokens, "shots": shots}
     decoding = Decoding(max_new_tokens)
     grader = RewardMix(["correct"])
     results = {"machine": machine, "model": engine.name, "settings": base, "n_test": len(test),
                "n_train": len(splits["train"]), "hand_written": {}, "seeds": [], "hard": {}, "grid": [],
-               "grid_steps": grid_steps, "routes": [], "route_settings": {"steps": route_steps,
+               "grid_steps": grid_steps, "budgets": [], "routes": [], "route_settings": {"steps": route_steps,
                                                                              "batch_size": route_batch_size}}
     route_keys = list(ROUTES) if routes == "all" else [r.strip() for r in routes.split(",") if r.strip()]
     unknown = set(route_keys) - set(ROUTES)
@@ -220,6 +236,7 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
         (out / "results.md").write_text(render(results))
         plot_routes(results, out)
+        plot_budgets(results, out)
 
     click.echo(f"machine: {machine}; train {len(splits['train'])}, test {len(test)} problems")
     hand = {}
@@ -229,6 +246,12 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
         click.echo(f"hand-written {_label(prompt)}: {_pct(hand[prompt].correct.mean())}")
     best_hand = max(HAND_WRITTEN, key=lambda p: hand[p].correct.mean())
     results["best_hand_written"] = best_hand
+    few_shot = None  # the few-shot reference: compared with, but not a "hand-written instruction"
+    if reference_shots:
+        name = reference_name(reference_shots)
+        few_shot = score(test, [few_shot_reference(splits["train"], reference_shots)] * len(test), name)
+        results["few_shot_reference"] = {"name": name, "accuracy": float(few_shot.correct.mean())}
+        click.echo(f"{name}: {_pct(few_shot.correct.mean())}")
     write()
 
     trained = {}
@@ -239,9 +262,10 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
         trained[seed] = item
         finals = item["summary"].get("finalists")
         results["seeds"].append({
-            "seed": seed, "prompt": prompts[0], "accuracy": float(scored.correct.mean()),
+            "seed": seed, "prompt": str(prompts[0]), "accuracy": float(scored.correct.mean()),
             "p_vs_best_hand_written": p_value(scored, hand[best_hand]),
             "p_vs_no_prompt": p_value(scored, hand[""]),
+            "p_vs_few_shot": p_value(scored, few_shot) if few_shot is not None else None,
             "val_accuracy": item["summary"]["best_val_accuracy"], "oracle_pairs": item["summary"]["oracle_pairs"],
             "train_wall_s": item["wall_s"], "chosen_from": "finalist" if finals and finals["chosen"].get("kept")
             else "greedy policy"})
@@ -261,6 +285,33 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
             results["routes"].append(_route_row(name, seed, route, route_prompts, route_scored, hand[best_hand],
                                                 scored))
             click.echo(f"{name}, seed {seed}: {_pct(route_scored.correct.mean())}")
+            write()
+
+    budget_steps = sorted({int(b) for b in budgets.split(",") if b.strip()} | ({steps} if budgets else set()))
+    for seed in [int(s) for s in seeds.split(",") if s.strip()]:
+        for budget in budget_steps:
+            settings = {**base, "steps": budget}
+            reinforce = trained[seed] if budget == steps else _train_one(
+                engine, splits, settings, seed, out / f"budget{budget}-reinforce-s{seed}", reuse)
+            validations = len(range(0, budget, max(1, budget // 3)))  # REINFORCE's validations (_train_one)
+            # Random search validates only its finalists: as many as REINFORCE's validations and finalists,
+            # so both spend the same oracle pairs.
+            search = _train_one(engine, splits, {**settings, "agent": "random", "finalists": validations + finalists},
+                                seed, out / f"budget{budget}-random-s{seed}", reuse)
+            scored = {}
+            for agent, item in (("REINFORCE", reinforce), ("random search", search)):
+                scored[agent] = score(test, item["prompts_of"](test), f"{agent}, {budget} steps, seed {seed}")
+            for agent, item in (("REINFORCE", reinforce), ("random search", search)):
+                other = scored["random search" if agent == "REINFORCE" else "REINFORCE"]
+                stats = scored[agent].summary()
+                results["budgets"].append({
+                    "agent": agent, "seed": seed, "steps": budget, "prompt": str(scored[agent].prompts[0]),
+                    "accuracy": stats["accuracy"], "ci95": stats["ci95"],
+                    "oracle_pairs": item["summary"]["oracle_pairs"], "train_wall_s": item["wall_s"],
+                    "p_vs_best_hand_written": p_value(scored[agent], hand[best_hand]),
+                    "p_vs_other": p_value(scored[agent], other)})
+            click.echo(f"budget {budget} steps, seed {seed}: REINFORCE {_pct(scored['REINFORCE'].correct.mean())}, "
+                       f"random search {_pct(scored['random search'].correct.mean())}")
             write()
 
     for kind, kind_problems in hard.items():
@@ -298,9 +349,9 @@ def _route_row(system, seed, item, prompts, scored, best_hand, reinforce) -> dic
     from rlprompt_math.evaluation import paired_comparison
 
     summary, stats = item["summary"], scored.summary()
-    shown = item["reading"] if prompts[0].startswith("\u27e6soft-prompt") else prompts[0]
+    shown = item["reading"] if str(prompts[0]).startswith("\u27e6soft-prompt") else str(prompts[0])
     if len(set(prompts)) > 1:
-        shown = f"{len(set(prompts))} distinct prompts, e.g. {prompts[0]!r}"
+        shown = f"{len(set(prompts))} distinct prompts, e.g. {str(prompts[0])!r}"
     return {"system": system, "seed": seed, "prompt": shown, "accuracy": stats["accuracy"], "ci95": stats["ci95"],
             "p_vs_best_hand_written": paired_comparison(scored.correct, best_hand.correct)["mcnemar_p"],
             "p_vs_reinforce": (None if reinforce is None
@@ -364,6 +415,68 @@ def plot_routes(r: dict, out: Path) -> Path | None:
     return path
 
 
+def plot_budgets(r: dict, out: Path) -> Path | None:
+    """budget_curves.png: held-out accuracy against the oracle pairs spent, REINFORCE and random search, every
+    seed (points) and the mean over seeds (line), with the best hand-written prompt and the few-shot reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not r.get("budgets"):
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    for k, agent in enumerate(dict.fromkeys(row["agent"] for row in r["budgets"])):
+        rows = [row for row in r["budgets"] if row["agent"] == agent]
+        ax.scatter([row["oracle_pairs"] for row in rows], [100 * row["accuracy"] for row in rows], color=f"C{k}",
+                   alpha=0.5, s=18)
+        steps = sorted({row["steps"] for row in rows})
+        means = [(np.mean([row["oracle_pairs"] for row in rows if row["steps"] == b]),
+                  100 * np.mean([row["accuracy"] for row in rows if row["steps"] == b])) for b in steps]
+        ax.plot(*zip(*means), marker="o", color=f"C{k}", label=f"{agent} (mean of {len(rows) // len(steps)} seeds)")
+    best = r.get("best_hand_written")
+    ax.axhline(100 * r["hand_written"][best], color="k", ls="--", lw=1, label=f"best hand-written {_label(best)}")
+    if r.get("few_shot_reference"):
+        ax.axhline(100 * r["few_shot_reference"]["accuracy"], color="grey", ls=":", lw=1,
+                   label=r["few_shot_reference"]["name"])
+    ax.set(xlabel="oracle pairs (training + validation)", ylabel=f"held-out accuracy, % ({r['n_test']} problems)",
+           title="REINFORCE against random search at the same oracle budget")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "budget_curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def render_budgets(r: dict) -> list[str]:
+    lines = ["", "REINFORCE against random search at equal oracle budgets (the same steps x prompts x questions; "
+             "random search validates as many finalists as REINFORCE's validations and finalists). p: exact "
+             "McNemar against the other agent at the same budget and seed, and against the best hand-written prompt.",
+             "", "| steps | seed | agent | kept prompt | held-out accuracy [95% CI] | p vs the other agent "
+             "| p vs best hand-written | oracle pairs | train time |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in sorted(r["budgets"], key=lambda row: (row["steps"], row["seed"], row["agent"])):
+        lo, hi = row["ci95"]
+        lines.append(f"| {row['steps']} | {row['seed']} | {row['agent']} | {row['prompt']!r} | {_pct(row['accuracy'])} "
+                     f"[{100 * lo:.1f}, {100 * hi:.1f}] | {row['p_vs_other']:.2g} | {row['p_vs_best_hand_written']:.2g} "
+                     f"| {row['oracle_pairs']} | {row['train_wall_s']:.0f} s |")
+    lines += ["", "| steps | REINFORCE, mean ± sd | random search, mean ± sd | REINFORCE ahead in seeds "
+              "(at p < 0.05) |", "| --- | --- | --- | --- |"]
+    for steps in sorted({row["steps"] for row in r["budgets"]}):
+        acc = {agent: np.array([row["accuracy"] for row in r["budgets"] if row["steps"] == steps and row["agent"] == agent])
+               for agent in ("REINFORCE", "random search")}
+        ahead = [row for row in r["budgets"] if row["steps"] == steps and row["agent"] == "REINFORCE"]
+        wins = sum(row["accuracy"] > other["accuracy"] for row in ahead for other in r["budgets"]
+                   if other["agent"] == "random search" and other["steps"] == steps and other["seed"] == row["seed"])
+        significant = sum(row["p_vs_other"] < 0.05 and row["accuracy"] > other["accuracy"] for row in ahead
+                          for other in r["budgets"] if other["agent"] == "random search" and other["steps"] == steps
+                          and other["seed"] == row["seed"])
+        lines.append(f"| {steps} | " + " | ".join(
+            f"{_pct(a.mean())} ± {100 * a.std(ddof=1) if len(a) > 1 else 0:.1f}" for a in acc.values())
+            + f" | {wins} of {len(ahead)} ({significant}) |")
+    return lines
+
+
 def render_routes(r: dict) -> list[str]:
     """The routes table (every seed) and the mean over seeds per system."""
     rs = r["route_settings"]
@@ -405,7 +518,7 @@ def render(r: dict) -> str:
     lines = [f"Model {r['model']}; machine: {r['machine']}. Held-out test: {r['n_test']} two-operand integer "
              f"arithmetic problems (generator, difficulty 1-2), greedy, {s['max_new_tokens']} new tokens max, "
              f"answers ended at the first line break after a stated answer. Learned: {s['policy']} policy, "
-             f"{s['prompt_length']} slots over `{s['action_vocab']}`, {s['baseline']} baseline, {s['steps']} steps x "
+             f"{s['prompt_length']} slots over `{s['action_vocab']}`, {s.get('shots', 0)} exemplar slots, {s['baseline']} baseline, {s['steps']} steps x "
              f"{s['prompts_per_question']} prompts x {s['batch_size']} questions, {s['finalists']} finalists on "
              f"{s['val_size']} validation questions.", "",
              "| system | held-out accuracy | vs best hand-written (points; McNemar p) | oracle pairs (train + val) "
@@ -419,9 +532,14 @@ def render(r: dict) -> str:
 
     for prompt, acc in r["hand_written"].items():
         lines.append(f"| hand-written {_label(prompt)}{' (best)' if prompt == best else ''} | {_pct(acc)} | | | |")
+    if r.get("few_shot_reference"):
+        few = r["few_shot_reference"]
+        lines.append(f"| few-shot reference: {few['name']} | {_pct(few['accuracy'])} | "
+                     f"{100 * (few['accuracy'] - best_acc):+.1f} | | |")
     for row in r["seeds"]:
+        against_few = f"; vs few-shot p = {row['p_vs_few_shot']:.2g}" if row.get("p_vs_few_shot") is not None else ""
         lines.append(f"| learned, seed {row['seed']}: {row['prompt']!r} ({row['chosen_from']}) | {_pct(row['accuracy'])} "
-                     f"| {versus(row)} | {row['oracle_pairs']} | {row['train_wall_s']:.0f} s |")
+                     f"| {versus(row)}{against_few} | {row['oracle_pairs']} | {row['train_wall_s']:.0f} s |")
     if r["seeds"]:
         accs = np.array([row["accuracy"] for row in r["seeds"]])
         lines.append(f"| **learned, mean ± sd over {len(accs)} seeds** | **{_pct(accs.mean())} ± "
@@ -444,6 +562,8 @@ def render(r: dict) -> str:
         for row in r["grid"]:
             lines.append(f"| {row['variant']} | {row['prompt']!r} | {_pct(row['accuracy'])} | {versus(row)} "
                          f"| {row['oracle_pairs']} | {row['train_wall_s']:.0f} s |")
+    if r.get("budgets"):
+        lines += render_budgets(r)
     if r.get("routes"):
         lines += render_routes(r)
     if "solved_by_any_system" in r:

@@ -1,4 +1,5 @@
-"""The command line: `python run.py --agent reinforce` (train, the default) and `python run.py evaluate`.
+"""The command line: `python run.py --agent reinforce` (train, the default), `python run.py evaluate` and
+`python run.py serve vllm|llama-server`.
 
 Thin: the `train` options are generated from the fields of `config.RunConfig` (name, default, choices
 and help text all come from there), parsed into a config, and handed to `train.train`.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -160,3 +162,67 @@ def evaluate(run_dir, checkpoint, dataset, question_field, answer_field, split, 
     click.echo(format_table(report))
     paths = report["_paths"]
     click.echo(f"report: {paths['report']}  per-question: {paths['per_question']}  chart: {paths['chart']}")
+
+
+# ------------------------------------------------------------------------------------------------
+# serve
+# ------------------------------------------------------------------------------------------------
+
+@main.group()
+def serve():
+    """Start an OpenAI-compatible server on 127.0.0.1 for `--engine openai --base-url URL`."""
+
+
+@serve.command("vllm")
+@click.option("--model", default=None, help="GGUF file, model directory or hub id (default: the embedded "
+              "SmolLM2-135M-Instruct, exported once for vLLM).")
+@click.option("--port", type=int, default=8000, show_default=True, help="First port (replica k gets port + k).")
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Servers on consecutive ports (on a CPU each gets cores / replicas threads).")
+@click.option("--dtype", default="float32", show_default=True, help="vLLM's --dtype (float32, bfloat16, auto).")
+@click.option("--vllm-python", default=None, help="The Python of an installed vLLM (default: this one if it imports "
+              "vllm, else vLLM's CPU build installed once under ~/.cache/rlprompt_math).")
+@click.option("--log-dir", default=None, type=click.Path(file_okay=False), help="Keep each server's log here.")
+def serve_vllm(model, port, replicas, dtype, vllm_python, log_dir):
+    """vLLM's OpenAI server (its CPU build from PyPI where no vLLM is installed). Prints the base URL(s)
+    when ready; Ctrl-C stops."""
+    from .servers import vllm
+
+    if log_dir:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        with vllm.serve(model, port=port, replicas=replicas, dtype=dtype, python=vllm_python,
+                        log_dir=Path(log_dir) if log_dir else None, log=click.echo) as servers:
+            _serving([s.base_url for s in servers], vllm.SERVED_NAME, [s.process for s in servers])
+    except vllm.VllmError as error:
+        raise click.ClickException(str(error)) from error
+
+
+@serve.command("llama-server")
+@click.option("--model", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="A GGUF file (default: the embedded SmolLM2-135M-Instruct, re-exported as F16).")
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--slots", type=int, default=16, show_default=True, help="Parallel sequences.")
+def serve_llama_server(model, port, slots):
+    """llama.cpp's llama-server (built once from PyPI sources). Prints the base URL when ready; Ctrl-C stops."""
+    from .servers import llama_cpp
+
+    try:
+        llama_cpp.build(log=click.echo)
+        with llama_cpp.serve(Path(model) if model else None, port=port, slots=slots, log=click.echo) as server:
+            _serving([server.base_url], server.alias, [server.process])
+    except llama_cpp.LlamaCppError as error:
+        raise click.ClickException(str(error)) from error
+
+
+def _serving(urls: list[str], served_model: str, processes) -> None:
+    click.echo(f"serving {served_model!r} at {' '.join(urls)}")
+    click.echo(f"train with: python run.py --agent reinforce --engine openai --served-model {served_model} "
+               + " ".join(f"--base-url {u}" for u in urls))
+    click.echo("Ctrl-C stops.")
+    try:
+        while all(p.poll() is None for p in processes):
+            time.sleep(1)
+        click.echo("a server exited; stopping", err=True)
+    except KeyboardInterrupt:
+        click.echo("\nstopping")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rlprompt_math.engines.transformers import TransformersEngine
-from rlprompt_math.engines.transformers.prefixes import MIN_SHARED_PREFIX, plan_prefill
+from rlprompt_math.engines.transformers.prefixes import MIN_SHARED_PREFIX, plan_prefill, prefix_order
 from rlprompt_math.templates import Exemplar, Prompt
 
 HEADER = list(range(1000, 1020))
@@ -73,6 +73,20 @@ def test_groups_that_cost_more_padding_than_they_save_are_dropped():
     small = [HEADER + _question(9, 5) + [1], HEADER + _question(9, 5) + [2]]
     plan = plan_prefill(big + small)
     assert [(length, members) for length, members in plan.groups] == [(40, (0, 1, 2, 3, 4))]
+
+
+def test_prefix_order_puts_each_group_together_and_sorts_by_length():
+    shots = {p: [4000 + 50 * p + t for t in range(40)] for p in range(3)}
+    rows = [HEADER + shots[p] + _question(j, 4 + j) for j in range(6) for p in range(3)]
+    rows += [HEADER + list(range(7000, 7000 + n)) for n in (3, 70)]  # loose rows, short and long
+    order = prefix_order(rows)
+    assert sorted(order) == list(range(len(rows)))
+    prompt_of = [p for j in range(6) for p in range(3)]
+    runs = [prompt_of[i] for i in order if i < 18]
+    assert runs == sorted(runs, key=runs.index)  # each prompt's rows are contiguous
+    assert order[0] == 18 and order[-1] == 19  # loose rows by length
+    within = [[len(rows[i]) for i in order if i < 18 and prompt_of[i] == p] for p in range(3)]
+    assert all(lengths == sorted(lengths) for lengths in within)
 
 
 def _mixed_texts(engine, batch):
@@ -146,11 +160,15 @@ def test_shared_prefixes_give_the_same_answer_logprobs(engines, batch):
 
 
 @pytest.mark.parametrize("batch", BATCHES)
-def test_sampling_with_shared_prefixes_is_seeded_the_same(engines, batch):
+def test_sampling_with_shared_prefixes_is_seeded(engines, batch):
     modes = engines[batch]
     texts = _mixed_texts(modes["off"], batch)
     draws = {mode: engine.generate(texts, max_new_tokens=8, temperature=1.0, seed=3) for mode, engine in modes.items()}
-    assert draws["groups"] == draws["off"] == draws["common"]
+    assert draws["off"] == draws["common"]  # the same rows in the same order draw the same numbers
+    # Group prefixes change the order rows are batched in, so a row draws other numbers, but a seed
+    # still fixes them.
+    assert modes["groups"].generate(texts, max_new_tokens=8, temperature=1.0, seed=3) == draws["groups"]
+    assert modes["groups"].generate(texts, max_new_tokens=8, temperature=1.0, seed=4) != draws["groups"]
 
 
 def test_unknown_sharing_mode_is_refused(tiny_engine):

@@ -142,7 +142,8 @@ class TransformersEngine(SoftPrompts, BatchedDecoding, Engine):
         targets = [self.tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
         rows = [c + t for c, t in zip(contexts, targets)]
         results = [0.0] * len(rows)
-        for batch in self._length_sorted_batches([len(r) for r in rows], batch_size):
+        order = self._batch_order(rows, keep=1 + max((len(t) for t in targets), default=0))
+        for batch in (order[k:k + batch_size] for k in range(0, len(order), batch_size)):
             keep = max(len(targets[i]) for i in batch) + 1  # logits only where answer tokens are predicted
             logits, _, _ = self._forward_rows([rows[i] for i in batch], DynamicCache(), keep)
             logprobs = torch.log_softmax(logits.float()[:, :-1], -1)  # position j predicts token j + 1

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from ..base import Trace
-from .prefixes import plan_prefill
+from .prefixes import plan_prefill, prefix_order
 
 
 def _join_left_padded(cache, mask: torch.Tensor, other, other_mask: torch.Tensor) -> torch.Tensor:
@@ -73,6 +73,12 @@ class BatchedDecoding:
         for start in range(0, len(order), batch_size):
             yield order[start:start + batch_size]
 
+    def _batch_order(self, rows: Sequence[Sequence[int]], keep: int = 1) -> list[int]:
+        """The order rows are cut into batches: by shared prefix, then length (`prefixes.prefix_order`)."""
+        if self.prefix_sharing != "groups":
+            return sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        return prefix_order(rows, keep)
+
     # ---- generation ----------------------------------------------------------------------------
 
     def _complete(self, texts, *, max_new_tokens, temperature, top_k, stop, stop_when, seed, batch_size, watch):
@@ -81,8 +87,9 @@ class BatchedDecoding:
         if temperature != 0:
             generator = torch.Generator(device="cpu").manual_seed(
                 seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
-        # Sorted by length, so rows decoded side by side need little padding.
-        order = sorted(range(len(encoded)), key=lambda j: len(encoded[j]))
+        # Rows that share a prefix side by side (a prefill computes it once), else by length, so rows
+        # decoded side by side need little padding.
+        order = self._batch_order(encoded)
         outs, traces = self._decode_stream([encoded[j] for j in order], max_new_tokens, temperature, top_k,
                                            stop, generator, stop_when, batch_size, watch)
         completions: list[str] = [""] * len(texts)

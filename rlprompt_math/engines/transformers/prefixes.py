@@ -26,6 +26,7 @@ from typing import Sequence
 MIN_SHARED_PREFIX = 8  # a shorter common prefix is not worth a separate forward pass
 MIN_GROUP_PREFIX = 4   # groups may share less: their forward pass is paid once for all groups
 FORWARD_COST = 32      # the fixed cost of one more forward pass, in token-rows (kernel launches, Python)
+MAX_ORDERED_ROWS = 1024  # prefix_order plans at most this many rows at once (the plan is quadratic in a group)
 SHARING_MODES = ("groups", "common", "off")
 """groups: the common prefix and group prefixes (the default); common: the common prefix only (the engine
 before group prefixes); off: every row computes all its tokens (the reference the tests compare with)."""
@@ -84,20 +85,12 @@ def _pair_prefix(a: Sequence[int], b: Sequence[int], start: int, limit: int) -> 
     return k
 
 
-def plan_prefill(rows: Sequence[Sequence[int]], keep: int = 1, mode: str = "groups") -> PrefillPlan:
-    """The prefill plan for token `rows`, each of which keeps at least `keep` tokens of its own (the
-    positions whose logits are read)."""
-    if mode not in SHARING_MODES:
-        raise ValueError(f"prefix sharing {mode!r}: choose one of {', '.join(SHARING_MODES)}")
-    lengths = tuple(len(r) for r in rows)
+def shared_groups(rows: Sequence[Sequence[int]], common: int = 0, keep: int = 1) -> list[tuple[int, tuple[int, ...]]]:
+    """Groups of two or more rows that share at least MIN_GROUP_PREFIX tokens after the first `common`,
+    chosen to save the most tokens: [(shared tokens after `common`, member rows)]; each member keeps
+    `keep` tokens of its own."""
     n = len(rows)
-    if mode == "off" or n < 2:
-        return PrefillPlan(0, (), lengths)
-    common = min(common_prefix_length(rows), min(lengths) - keep)
-    if common < MIN_SHARED_PREFIX:
-        common = 0
-    if mode == "common":
-        return PrefillPlan(common, (), lengths)
+    lengths = [len(r) for r in rows]
     limits = [length - common - keep for length in lengths]  # tokens a row may share beyond `common`
     order = sorted(range(n), key=lambda i: rows[i][common:])
     # lcp[k]: tokens the k-th and (k+1)-th sorted rows share after `common`
@@ -128,6 +121,24 @@ def plan_prefill(rows: Sequence[Sequence[int]], keep: int = 1, mode: str = "grou
             shared = min(min(lcp[i:j - 1]), min(limits[r] for r in members))
             groups.append((shared, members))
         j = i
+    return groups
+
+
+def plan_prefill(rows: Sequence[Sequence[int]], keep: int = 1, mode: str = "groups") -> PrefillPlan:
+    """The prefill plan for token `rows`, each of which keeps at least `keep` tokens of its own (the
+    positions whose logits are read)."""
+    if mode not in SHARING_MODES:
+        raise ValueError(f"prefix sharing {mode!r}: choose one of {', '.join(SHARING_MODES)}")
+    lengths = tuple(len(r) for r in rows)
+    n = len(rows)
+    if mode == "off" or n < 2:
+        return PrefillPlan(0, (), lengths)
+    common = min(common_prefix_length(rows), min(lengths) - keep)
+    if common < MIN_SHARED_PREFIX:
+        common = 0
+    if mode == "common":
+        return PrefillPlan(common, (), lengths)
+    groups = shared_groups(rows, common, keep)
     plain = PrefillPlan(common, (), lengths)
     if not groups:
         return plain
@@ -139,3 +150,19 @@ def plan_prefill(rows: Sequence[Sequence[int]], keep: int = 1, mode: str = "grou
     if pruned and len(pruned) < len(groups):
         candidates.append(PrefillPlan(common, tuple(sorted(pruned, key=lambda g: g[1])), lengths))
     return min(candidates, key=PrefillPlan.cost)
+
+
+def prefix_order(rows: Sequence[Sequence[int]], keep: int = 1) -> list[int]:
+    """An order of `rows` for cutting into batches: the rows of each group (`shared_groups` of the whole
+    set) side by side, so a batch holds few groups and computes each shared prefix once; by length
+    within a group and between groups and loose rows, so batches need little padding."""
+    lengths = [len(r) for r in rows]
+    if not 2 <= len(rows) <= MAX_ORDERED_ROWS:
+        return sorted(range(len(rows)), key=lambda i: lengths[i])
+    key = {i: (lengths[i], -1, lengths[i]) for i in range(len(rows))}
+    common = min(common_prefix_length(rows), min(lengths) - keep)
+    for g, (_, members) in enumerate(shared_groups(rows, max(common, 0), keep)):
+        shortest = min(lengths[i] for i in members)
+        for i in members:
+            key[i] = (shortest, g, lengths[i])
+    return sorted(range(len(rows)), key=key.__getitem__)
