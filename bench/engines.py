@@ -1,6 +1,7 @@
 """The engines side by side, in one run, on the same (prompt, question) pairs.
 
     python bench/engines.py                       # CPU: the transformers engine and llama-server
+    python bench/engines.py --vllm                # ... and vLLM's CPU build (fp32, bf16; 1 and 2 replicas)
     python bench/engines.py --device cuda         # a GPU: the transformers engine in bf16
     python bench/engines.py --device cuda --random-weights DIR   # no model file there (see below)
 
@@ -13,7 +14,10 @@ CPU rows, each timed twice (the same pairs; the greedy cache is off):
   * llama-server serving the Q4_1 file as shipped, and an F16 re-export of it, 16 slots with
     continuous batching, 16 requests in flight (one prompt each, as clients send them);
   * two llama-server processes with one thread each (data parallel, the `--base-url` list) against one
-    with both threads.
+    with both threads;
+  * with --vllm, vLLM's CPU build (`rlprompt_math.servers.vllm`, prefix caching on) in fp32, and in bf16
+    where the CPU has fast bf16, each beside the in-process engine in the same dtype, and two fp32
+    replicas with one thread each; generation and teacher-forced log-probs (`echo`) on the same pairs.
 "same completion" compares each engine's text with the transformers engine's.
 
 GPU rows: the transformers engine on CUDA in bf16 (the `auto` dtype there), pairs/s and generated
@@ -85,7 +89,34 @@ def gpu_rows(engine, max_new_tokens: int, batch_sizes: tuple[int, ...]) -> None:
     print(f"  peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 
 
-def cpu_rows(engine, texts, max_new_tokens: int, slots: int, skip_llama: bool) -> None:
+def vllm_rows(engines: dict, texts, max_new_tokens: int, completions: dict) -> None:
+    """vLLM's CPU build in each dtype of `engines` (one replica; the in-process engine in that dtype beside
+    it), and two replicas with one thread each in fp32; generation and teacher-forced log-probs."""
+    from rlprompt_math.engines.openai import OpenAIEngine
+    from rlprompt_math.servers import vllm
+
+    def rows(label, servers, engine, ours):
+        served = OpenAIEngine([s.base_url for s in servers], local=engine, served_model=vllm.SERVED_NAME)
+        for attempt in (1, 2):
+            out, wall, tokens = timed_generate(served, texts, max_new_tokens)
+            print(f"  {label}, run {attempt}: {len(texts) / wall:5.1f} pairs/s, {tokens / wall:5.0f} tokens/s, "
+                  f"same completion as transformers ({engine.dtype}) {same(out, ours):.0%}")
+        for attempt in (1, 2):
+            start = time.perf_counter()
+            served.answer_logprobs(texts, ["42"] * len(texts))
+            print(f"  {label} teacher-forced answer log-probs (echo), run {attempt}: "
+                  f"{len(texts) / (time.perf_counter() - start):5.1f} pairs/s")
+
+    for dtype, engine in engines.items():
+        start = time.perf_counter()
+        with vllm.serve(dtype=dtype, log=lambda *_: None) as servers:
+            print(f"  (vLLM {dtype} ready in {time.perf_counter() - start:.0f} s)")
+            rows(f"vLLM CPU {dtype}, 1 replica", servers, engine, completions[dtype])
+    with vllm.serve(dtype="float32", replicas=2, log=lambda *_: None) as servers:
+        rows("vLLM CPU float32, 2 replicas x 1 thread", servers, engines["float32"], completions["float32"])
+
+
+def cpu_rows(engine, texts, max_new_tokens: int, slots: int, skip_llama: bool) -> list[str]:
     from rlprompt_math.servers import llama_cpp
     from rlprompt_math.engines.transformers.loading import default_gguf_path
     from rlprompt_math.engines.openai import OpenAIEngine
@@ -99,13 +130,13 @@ def cpu_rows(engine, texts, max_new_tokens: int, slots: int, skip_llama: bool) -
     for attempt in (1, 2):
         start = time.perf_counter()
         engine.answer_logprobs(texts, ["42"] * len(texts))
-        print(f"  transformers teacher-forced answer log-probs, run {attempt}: "
+        print(f"  transformers teacher-forced answer log-probs ({engine.dtype}), run {attempt}: "
               f"{len(texts) / (time.perf_counter() - start):5.1f} pairs/s")
     if skip_llama:
-        return
+        return ours
     if not llama_cpp.is_built():
         print("  llama-server: not built (python -m rlprompt_math.servers.llama_cpp build); rows skipped")
-        return
+        return ours
     shipped = default_gguf_path()
     f16 = llama_cpp.export_f16(shipped, log=lambda *_: None)
     threads = os.cpu_count() or 1
@@ -125,6 +156,7 @@ def cpu_rows(engine, texts, max_new_tokens: int, slots: int, skip_llama: bool) -
         served_rows(f"2 x llama-server F16, {slots // 2} slots and 1 thread each", [a.base_url, b.base_url])
     with llama_cpp.serve(f16, slots=slots, threads=1) as one:
         served_rows(f"1 x llama-server F16, {slots} slots, 1 thread", [one.base_url])
+    return ours
 
 
 @click.command()
@@ -137,8 +169,11 @@ def cpu_rows(engine, texts, max_new_tokens: int, slots: int, skip_llama: bool) -
               help="Build the model from DIR's config and tokenizer with random weights.")
 @click.option("--slots", default=16, show_default=True, help="llama-server parallel slots and requests in flight.")
 @click.option("--batch-sizes", default="64,256", show_default=True, help="GPU batch sizes.")
-@click.option("--skip-llama", is_flag=True, help="Only the transformers engine.")
-def main(questions, max_new_tokens, device, dtype, random_weights, slots, batch_sizes, skip_llama):
+@click.option("--skip-llama", is_flag=True, help="No llama-server rows.")
+@click.option("--vllm", "with_vllm", is_flag=True,
+              help="vLLM rows (its CPU build, installed on first use): fp32, and bf16 where the CPU has it, beside the "
+                   "in-process engine in the same dtype; two replicas in fp32.")
+def main(questions, max_new_tokens, device, dtype, random_weights, slots, batch_sizes, skip_llama, with_vllm):
     from rlprompt_math.engines.transformers import TransformersEngine
     from rlprompt_math.engines.transformers.loading import load_random_weights
 
@@ -157,7 +192,18 @@ def main(questions, max_new_tokens, device, dtype, random_weights, slots, batch_
         texts = [engine.render(prompt, problem.question) for prompt, problem in pairs(questions)]
         print(f"{len(texts)} pairs ({questions} questions x {len(REFERENCE_PROMPTS)} reference prompts), greedy, "
               f"{max_new_tokens} new tokens")
-        cpu_rows(engine, texts, max_new_tokens, slots, skip_llama)
+        ours = cpu_rows(engine, texts, max_new_tokens, slots, skip_llama)
+        if with_vllm:
+            from rlprompt_math.engines.transformers.loading import cpu_has_fast_bf16
+
+            engines = {"float32": engine if engine.dtype == torch.float32 else TransformersEngine.load(None, dtype="float32")}
+            if cpu_has_fast_bf16():
+                engines["bfloat16"] = engine if engine.dtype == torch.bfloat16 else TransformersEngine.load(
+                    None, dtype="bfloat16")
+            completions = {}
+            for name, each in engines.items():
+                completions[name] = ours if each is engine else cpu_rows(each, texts, max_new_tokens, slots, True)
+            vllm_rows(engines, texts, max_new_tokens, completions)
     print(f"peak resident memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
 
 

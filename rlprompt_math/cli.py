@@ -193,7 +193,7 @@ def serve_vllm(model, port, replicas, dtype, vllm_python, log_dir):
     try:
         with vllm.serve(model, port=port, replicas=replicas, dtype=dtype, python=vllm_python,
                         log_dir=Path(log_dir) if log_dir else None, log=click.echo) as servers:
-            _serving([s.base_url for s in servers], vllm.SERVED_NAME, [s.process for s in servers])
+            _serving([s.base_url for s in servers], servers[0].served_name, [s.process for s in servers])
     except vllm.VllmError as error:
         raise click.ClickException(str(error)) from error
 

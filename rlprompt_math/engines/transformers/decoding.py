@@ -1,6 +1,6 @@
 """The `transformers` engine's decoder: continuous batching over a KV cache that it edits.
 
-Rows go in sorted by length. Finished rows leave the batch (and the KV cache) at once; waiting rows
+Rows go in grouped by shared prefix, then by length (`prefixes.prefix_order`). Finished rows leave the batch (and the KV cache) at once; waiting rows
 are prefilled and joined to the running batch (`_join_left_padded`), and columns that became padding
 for every row are dropped (`_trim_left_padding`). Tokens that rows of a prefill share (the chat
 template's header, a question's K prompts, a prompt's exemplar turns) are computed once (`_forward_rows`,
@@ -107,7 +107,7 @@ class BatchedDecoding:
                        watch: tuple[int, ...] | None = None) -> tuple[list[str], list[Trace] | None]:
         """Incremental decoding with a KV cache and continuous batching.
 
-        Rows go in in the order given (callers sort them by length). A finished row leaves the batch
+        Rows go in in the order given (callers group them by prefix and sort them by length). A finished row leaves the batch
         at once, and when a quarter of the `batch_size` slots are free the next waiting rows are
         prefilled and joined to the running batch: a decode step costs about the same for 8 rows as
         for 32 on a CPU (it is bound by reading the weights), so a full batch is most of the speed.
