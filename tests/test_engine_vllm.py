@@ -58,6 +58,7 @@ class ServeCommand:
             self.output.append(line)
             if line.startswith("serving "):
                 self.base_url = line.split(" at ")[1].split()[0]
+            if line.startswith("Ctrl-C stops"):  # the last line it prints when ready
                 return
         raise AssertionError("run.py serve vllm printed no base URL:\n" + "".join(self.output))
 
