@@ -269,7 +269,7 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
             "val_accuracy": item["summary"]["best_val_accuracy"], "oracle_pairs": item["summary"]["oracle_pairs"],
             "train_wall_s": item["wall_s"], "chosen_from": "finalist" if finals and finals["chosen"].get("kept")
             else "greedy policy"})
-        click.echo(f"seed {seed}: {prompts[0]!r} {_pct(scored.correct.mean())}")
+        click.echo(f"seed {seed}: {str(prompts[0])!r} {_pct(scored.correct.mean())}")
         results["routes"].append(_route_row("REINFORCE", seed, item, prompts, scored, hand[best_hand], None))
         write()
         for key in route_keys:

@@ -60,7 +60,7 @@ class EngineStats:
     retries: int = 0              # requests sent again after a connection error or a 5xx
     prompt_tokens: int = 0        # prompt tokens the server reports having read (served engines)
     prefill_tokens: int = 0       # prompt tokens run through the model (in-process engine; padding excluded)
-    reused_prefix_tokens: int = 0  # prompt tokens whose KV was computed once for several rows instead
+    reused_prefix_tokens: int = 0  # prompt tokens a row took from a shared prefix instead of computing them
     engine_seconds: float = 0.0   # wall time spent in the engine's decoding and scoring
 
 
