@@ -144,7 +144,7 @@ def test_a_5xx_is_retried_and_then_answered(stub, tiny_engine):
 
 
 def test_a_dead_server_gives_a_clear_error_after_the_retries(tiny_engine):
-    from rlprompt_math.servers.llama_cpp import free_port
+    from rlprompt_math.servers.process import free_port
 
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     engine = served(tiny_engine, url, served_model="m", max_retries=2)

