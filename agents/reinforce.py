@@ -121,7 +121,8 @@ class ReinforceAgent(Agent):
                              f"takes {len(self.space)} ({self.space.describe()}: sizes {self.space.slot_sizes})")
         self.policy = policy
         optimizer = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[config.optimizer]
-        self.optimizer = optimizer(policy.parameters(), lr=config.lr)
+        lr = config.network_lr if policy.uses_observation else config.lr  # a network, or a logit table
+        self.optimizer = optimizer(policy.parameters(), lr=lr)
         self.value_head = None
         if config.baseline == "learned":
             dim = env.observe(env.problems[:1]).shape[1]

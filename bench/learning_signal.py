@@ -2,6 +2,7 @@
 
     python bench/learning_signal.py                          # 40 prompts x 64 training questions
     python bench/learning_signal.py --prompts 60 --questions 96 --prompt-length 8
+    python bench/learning_signal.py --shots 2     # structured prompts: exemplars, answer form, words
 
 Scores a set of prompts (no prompt, the hand-written reference prompts, and random prompts from the
 action vocabulary, the kind a policy samples early in training) on the same training questions through
@@ -16,6 +17,12 @@ computes it. The signals of a (prompt, question) pair are those rewards' values:
   answer_likelihood         p(gold) where the model states its own answer ("36 + 32 = " -> "68"), read
                             from the greedy decode's logits
   log answer_likelihood     its log (which of the two ranks prompts better)
+
+With `--shots K` the random prompts are members of the structured space instead (`PromptSpace.sample`: K
+exemplar slots over a pool of training problems, the answer form, the instruction slots; the pool's
+problems are kept out of the questions), the few-shot reference is added, and the summary also gives,
+per answer form, each signal's mean beside the accuracy: whether a signal prefers the form that answers
+correctly more often.
 
 Then, over many random halvings of the questions, the Spearman correlation between each signal's
 per-prompt mean on one half and the prompts' greedy accuracy on the *other* half. That is what a
@@ -77,13 +84,17 @@ def _auc(score, label) -> float:
 @click.option("--halvings", default=500, show_default=True, help="Random question halvings averaged over.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=0, show_default=True, help="torch threads (0: torch's default).")
+@click.option("--shots", default=0, show_default=True,
+              help="random prompts from the structured space with this many exemplar slots (0: words only)")
 @click.option("--out", default=None, help="Write the per-pair table and the summary as JSON here.")
-def main(n_prompts, questions, prompt_length, max_new_tokens, halvings, seed, threads, out):
+def main(n_prompts, questions, prompt_length, max_new_tokens, halvings, seed, threads, shots, out):
     import torch
     from tqdm.auto import tqdm
 
     from rlprompt_math.config import REFERENCE_PROMPTS
     from rlprompt_math.data import generate_problems, split_problems
+    from rlprompt_math.exemplars import few_shot_reference
+    from rlprompt_math.prompt_space import PromptSpace, draw_pool
     from rlprompt_math.engines.transformers import TransformersEngine
     from rlprompt_math.grading import answer_position
     from rlprompt_math.oracle import Decoding, score_pairs
@@ -94,13 +105,25 @@ def main(n_prompts, questions, prompt_length, max_new_tokens, halvings, seed, th
     if threads:
         torch.set_num_threads(threads)
     engine = TransformersEngine.load()
-    problems = split_problems(generate_problems(2000, seed=seed, kinds=["arithmetic"], difficulty=[1, 2]),
-                              seed)["train"][:questions]
+    splits = split_problems(generate_problems(2000, seed=seed, kinds=["arithmetic"], difficulty=[1, 2]), seed)
     vocab = ActionVocab.from_spec(engine.tokenizer, field_default("action_vocab"), empty=field_default("empty_action"))
     rng = np.random.default_rng(seed)
-    prompts = list(REFERENCE_PROMPTS) + [vocab.decode(rng.integers(0, len(vocab), prompt_length).tolist())
-                                         for _ in range(n_prompts - len(REFERENCE_PROMPTS))]
     decoding = Decoding(max_new_tokens)
+    prompts, forms = list(REFERENCE_PROMPTS), [None] * len(REFERENCE_PROMPTS)
+    if shots:
+        pool, _ = draw_pool(splits, seed=seed, engine=engine, decoding=decoding)
+        space = PromptSpace(vocab, prompt_length, pool, shots)
+        in_pool = {p.question for p in pool.problems}
+        problems = [p for p in splits["train"] if p.question not in in_pool][:questions]
+        prompts.append(few_shot_reference(splits["train"], shots))
+        forms.append("equation")
+        for row in space.sample(rng, n_prompts - len(prompts)):
+            prompts.append(space.decode(row))
+            forms.append(space.form(row) if space.exemplar_indices(row) else None)
+    else:
+        problems = splits["train"][:questions]
+        prompts += [vocab.decode(rng.integers(0, len(vocab), prompt_length).tolist())
+                    for _ in range(n_prompts - len(prompts))]
     mix = RewardMix(list(BUILTINS), engine=engine)  # every built-in reward, computed as in training
     pairs_q = [q for _ in prompts for q in problems]
     pairs_p = [p for p in prompts for _ in problems]
@@ -136,11 +159,18 @@ def main(n_prompts, questions, prompt_length, max_new_tokens, halvings, seed, th
                            "spearman_sd": float(np.nanstd(r)),
                            "pair_auc_correct": _auc(signals[name].ravel(), correct.ravel().astype(bool))}
                     for name, r in rho.items()}}
+    if shots:  # per answer form: each signal's mean beside the accuracy (prompts without exemplars: "none")
+        by_form = {}
+        for form in dict.fromkeys(f or "none" for f in forms):
+            rows = [i for i, f in enumerate(forms) if (f or "none") == form]
+            by_form[form] = {"prompts": len(rows), **{name: float(values[rows].mean()) for name, values in signals.items()
+                                                       if name != "log answer_likelihood"}}
+        summary["by_answer_form"] = by_form
     print(json.dumps(summary, indent=2))
     if out:
         with open(out, "w") as handle:
-            json.dump({"summary": summary, "prompts": prompts,
-                       "pairs": [{"prompt": p, "question": q.question, "gold": q.answer, "completion": i["completion"],
+            json.dump({"summary": summary, "prompts": [str(p) for p in prompts], "forms": forms,
+                       "pairs": [{"prompt": str(p), "question": q.question, "gold": q.answer, "completion": i["completion"],
                                   "correct": i["correct"], "rewards": i["rewards"]}
                                  for p, q, i in zip(pairs_p, pairs_q, infos)]},
                       handle, indent=1)

@@ -195,7 +195,12 @@ class AlgorithmConfig:
     prompts_per_question: int = 8
     """K prompts sampled per question (RLOO needs K >= 2)."""
     lr: float = 1.0
-    """Policy learning rate (of --optimizer)."""
+    """Learning rate (of --optimizer) of the unconditioned policy, a table of logits: a step moves a logit by
+    about lr nats."""
+    network_lr: float = 0.01
+    """Learning rate of the question-conditioned policies (refiner, autoregressive): their logits come from
+    network weights, and the same Adam step on every weight moves a logit by hundreds of nats (at --lr 1 the
+    refiner's entropy reached 0 within 6 steps and it wrote one prompt for every question)."""
     optimizer: str = opt("adam", choices=OPTIMIZERS)
     """Policy optimizer. sgd: each logit moves by lr x its summed advantage, so evidence adds up and
     noise averages out (a gradient bandit); adam rescales every logit's step to about lr, however
@@ -241,6 +246,8 @@ class AlgorithmConfig:
             raise ConfigError("per-question normalisation needs --prompts-per-question >= 2")
         if self.finalists < 0:
             raise ConfigError("--finalists must be >= 0 (0: off)")
+        if self.lr <= 0 or self.network_lr <= 0:
+            raise ConfigError("--lr and --network-lr must be > 0")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}")
 

@@ -237,7 +237,8 @@ GRADIENT_VALUES = {"grad_lr": 0.05, "gumbel_lr": 0.002, "soft_init": "random", "
 GRADIENT_CHECKS = {"soft-prompt": lambda b: tuple(b.agent.policy.embeddings.shape) == (3, b.engine.hidden_size),
                    "pez": lambda b: len(b.agent.actions()) == 3 and b.agent.optimizer.param_groups[0]["lr"] == 0.05,
                    "gumbel": lambda b: b.agent.optimizer.param_groups[0]["lr"] == 0.002}
-ALGORITHM_VALUES = {"steps": 3, "batch_size": 2, "prompts_per_question": 3, "lr": 0.05, "baseline": "batch_mean",
+ALGORITHM_VALUES = {"steps": 3, "batch_size": 2, "prompts_per_question": 3, "lr": 0.05, "network_lr": 0.02,
+                    "baseline": "batch_mean",
                     "moving_average_decay": 0.5, "normalize_rewards": True, "entropy_coef": 0.02,
                     "entropy_schedule": "cosine", "max_grad_norm": 0.5, "sample_temperature": 0.7, "sample_top_k": 5,
                     "value_lr": 0.01, "eval_every": 2, "checkpoint_every": 2, "finalists": 2,
@@ -290,8 +291,8 @@ def test_every_flag_reaches_the_object_it_configures(agent, tiny_model_dir, tmp_
     if agent != "fixed":  # random search spends the same budget and picks finalists the same way
         for name, value in ALGORITHM_VALUES.items():
             assert getattr(built.agent.config, name) == value, name
-    if agent == "reinforce":
-        assert type(built.agent.optimizer).__name__ == "SGD" and built.agent.optimizer.param_groups[0]["lr"] == 0.05
+    if agent == "reinforce":  # the refiner (POLICY_FLAGS) is a network: --network-lr, not --lr
+        assert type(built.agent.optimizer).__name__ == "SGD" and built.agent.optimizer.param_groups[0]["lr"] == 0.02
     if agent in GRADIENT_AGENTS:
         for name, value in GRADIENT_VALUES.items():
             assert getattr(built.agent.gradient, name) == value, name
