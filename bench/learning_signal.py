@@ -19,8 +19,8 @@ computes it. The signals of a (prompt, question) pair are those rewards' values:
   log answer_likelihood     its log (which of the two ranks prompts better)
 
 With `--shots K` the random prompts are members of the structured space instead (`PromptSpace.sample`: K
-exemplar slots over a pool of training problems, the answer form, the instruction slots; the pool's
-problems are kept out of the questions), the few-shot reference is added, and the summary also gives,
+exemplar slots over a pool of training problems, the answer form, the instruction slots; the problems any
+prompt shows are kept out of the questions), the few-shot reference is added, and the summary also gives,
 per answer form, each signal's mean beside the accuracy: whether a signal prefers the form that answers
 correctly more often.
 
@@ -113,9 +113,10 @@ def main(n_prompts, questions, prompt_length, max_new_tokens, halvings, seed, th
     if shots:
         pool, _ = draw_pool(splits, seed=seed, engine=engine, decoding=decoding)
         space = PromptSpace(vocab, prompt_length, pool, shots)
-        in_pool = {p.question for p in pool.problems}
-        problems = [p for p in splits["train"] if p.question not in in_pool][:questions]
-        prompts.append(few_shot_reference(splits["train"], shots))
+        reference = few_shot_reference(splits["train"], shots)
+        shown = {p.question for p in pool.problems} | {e.question for e in reference.exemplars}
+        problems = [p for p in splits["train"] if p.question not in shown][:questions]
+        prompts.append(reference)
         forms.append("equation")
         for row in space.sample(rng, n_prompts - len(prompts)):
             prompts.append(space.decode(row))
