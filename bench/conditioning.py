@@ -64,6 +64,7 @@ def main(seeds, kinds, steps, batch_size, prompts_per_question, shots, prompt_le
     from rlprompt_math.evaluation import paired_comparison, score_system
     from rlprompt_math.exemplars import few_shot_reference, reference_name
     from rlprompt_math.oracle import Decoding
+    from rlprompt_math.rewards import RewardMix
     from rlprompt_math.templates import Prompt
 
     out = Path(out)
@@ -76,7 +77,6 @@ def main(seeds, kinds, steps, batch_size, prompts_per_question, shots, prompt_le
     test = [p for kind in kinds for p in [q for q in splits["test"] if q.extra["kind"] == kind][:per_kind]]
     test_kinds = np.array([p.extra["kind"] for p in test])
     decoding = Decoding(max_new_tokens)
-    from rlprompt_math.rewards import RewardMix
     grader = RewardMix(["correct"])
     defaults = RunConfig().to_flat()
     base = {**{k: defaults[k] for k in ("agent", "action_vocab", "rewards", "baseline", "entropy_coef", "lr",
