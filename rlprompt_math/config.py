@@ -246,8 +246,8 @@ class AlgorithmConfig:
             raise ConfigError("per-question normalisation needs --prompts-per-question >= 2")
         if self.finalists < 0:
             raise ConfigError("--finalists must be >= 0 (0: off)")
-        if self.lr <= 0 or self.network_lr <= 0:
-            raise ConfigError("--lr and --network-lr must be > 0")
+        if self.lr < 0 or self.network_lr < 0:  # 0 is allowed: a frozen policy
+            raise ConfigError("--lr and --network-lr must be >= 0")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}")
 
