@@ -23,15 +23,16 @@ Before asking a learner to find a better prompt, measure how much better a promp
 3. **Factors** (`--factors`, instead of 1 and 2). The same split for each factor of a structured prompt
    (`prompt_space.PromptSpace`), every prompt scored greedy on the same `--questions` training questions:
    * exemplars: `--prompts` random sets of `--shots` exemplars (each slot a random pool problem, never
-     none, no two the same), no instruction words, once in each answer form (bare, equation, completion);
+     none, no two the same), no instruction words, once in each answer form (bare, equation, spaced,
+     completion);
    * answer form: the same sets under each form, so forms are compared paired: each form's mean and the
      differences between forms, with a 95% interval from resampling sets and questions together;
-   * number of shots: `--prompts` random sets of each of `--shot-counts` sizes, equation form;
+   * number of shots: `--prompts` random sets of each of `--shot-counts` sizes, spaced form (the model's own);
    * words: `--prompts` random instruction prompts (what exists without exemplars, the landscape of 1);
    * the whole space: `--prompts` uniform random actions of the space with `--shots` exemplar slots (slots
      may be none, a random form, instruction words): what an untrained policy samples;
    * for reference, the hand-written prompts and the few-shot prompt a person writes in a minute (the
-     first `--shots` training problems, equation form).
+     first `--shots` training problems, spaced form).
    The pool is drawn as a run with the same `--seed` draws it (`draw_pool`: `--pool` problems from the
    training split only, the model's own completions collected once), so the bench measures what a
    learner can choose; the scored questions are other training problems (no prompt shows the question
@@ -144,8 +145,8 @@ def factor_landscape(engine, splits: dict, vocab, mix, decoding, *, questions: i
     levels: dict[str, list] = {f"exemplars {shots}-shot, {form}": decode_sets(shots, form, base_sets)
                                for form in ANSWER_FORMS}
     for k in shot_counts:
-        levels[f"shots {k}, equation"] = (levels[f"exemplars {shots}-shot, equation"] if k == shots
-                                          else decode_sets(k, "equation", exemplar_sets(k)))
+        levels[f"shots {k}, spaced"] = (levels[f"exemplars {shots}-shot, spaced"] if k == shots
+                                        else decode_sets(k, "spaced", exemplar_sets(k)))
     words = PromptSpace(vocab, prompt_length)
     levels[f"words ({prompt_length} slots)"] = [words.decode(a) for a in words.sample(rng, sets)]
     whole = PromptSpace(vocab, prompt_length, pool, shots=shots, forms=ANSWER_FORMS)
@@ -180,7 +181,7 @@ def factor_landscape(engine, splits: dict, vocab, mix, decoding, *, questions: i
                 "questions_any_prompt_changes": int(changed.sum())}
 
     form_names = [f"exemplars {shots}-shot, {form}" for form in ANSWER_FORMS]
-    count_names = [f"shots {k}, equation" for k in shot_counts]
+    count_names = [f"shots {k}, spaced" for k in shot_counts]
     rows = {name: split(correct[name], reward[name]) for name in form_names}
     rows["answer form (between forms, same sets)"] = split(np.array([correct[n].mean(0) for n in form_names]),
                                                            np.array([reward[n].mean(0) for n in form_names]),
@@ -194,24 +195,25 @@ def factor_landscape(engine, splits: dict, vocab, mix, decoding, *, questions: i
         rows[name] = split(correct[name], reward[name])
     paired = {f"{a} - {b}": paired_difference(correct[form_names[ANSWER_FORMS.index(a)]],
                                               correct[form_names[ANSWER_FORMS.index(b)]], seed=seed)
-              for a, b in (("equation", "bare"), ("completion", "bare"), ("completion", "equation"))}
+              for a, b in (("equation", "bare"), ("spaced", "bare"), ("spaced", "equation"), ("completion", "bare"),
+                           ("completion", "spaced"))}
     hand = {name: {"accuracy": float(c.mean()), "reward": float(r.mean())}
             for name, c, r in zip(references, correct["references"], reward["references"])}
 
     machine = (f"{cpu_description()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                f"{str(engine.dtype).removeprefix('torch.')}, {engine.device}")
     # draw_pool does not return how many completions were correct: count those that differ from the fallback
-    completions_own = sum(pool.answer(i, "completion") != pool.answer(i, "equation") for i in range(len(pool)))
+    completions_own = sum(pool.answer(i, "completion") != pool.answer(i, "spaced") for i in range(len(pool)))
     summary = {"model": engine.name, "machine": machine, "seed": seed, **settings,
                "questions": len(train), "sets_per_level": sets, "shots": shots, "shot_counts": shot_counts,
-               "pool": len(pool), "pool_completions_unlike_equation": completions_own, "prompt_length": prompt_length,
+               "pool": len(pool), "pool_completions_unlike_spaced": completions_own, "prompt_length": prompt_length,
                "pairs": len(unique) * len(train) + completion_pairs, "seconds": seconds,
                "factors": rows, "answer_form_paired": paired, "references": hand}
 
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
     print(f"\nmodel {engine.name}; machine: {machine}")
     print(f"{len(train)} training questions (split seed {seed}), greedy, {settings['max_new_tokens']} new tokens; "
-          f"pool {len(pool)} training problems (completion form: {completions_own} unlike the equation form); "
+          f"pool {len(pool)} training problems (completion form: {completions_own} unlike the spaced form); "
           f"{sets} random prompts per level; {summary['pairs']} pairs ({completion_pairs} for the pool's "
           f"completions), scoring {seconds:.0f} s\n")
     print("| factor | rows | mean | true sd | noise sd | observed sd | min - max | split-half r | reward true sd |")
@@ -262,7 +264,7 @@ def factor_landscape(engine, splits: dict, vocab, mix, decoding, *, questions: i
 @click.option("--shots", default=2, show_default=True,
               help="With --factors: exemplars per set for the exemplar and answer-form factors and the whole space.")
 @click.option("--shot-counts", default="1,2,4", show_default=True,
-              help="With --factors: the set sizes of the number-of-shots factor (equation form).")
+              help="With --factors: the set sizes of the number-of-shots factor (spaced form).")
 @click.option("--pool", "pool_size", default=field_default("exemplar_pool"), show_default=True,
               help="With --factors: the exemplar pool (as a run's --exemplar-pool), drawn from the training split.")
 @click.option("--out", default=None, help="Write the tables and the summary as JSON here.")

@@ -36,7 +36,7 @@ DATA_FORMATS = ("auto", "gsm8k", "openmath", "math", "fields")
 ENGINES = ("transformers", "openai")
 GENERATOR_KINDS = ("arithmetic", "order_of_operations", "fractions", "decimals", "percentages", "word_one_step",
                    "word_two_step", "linear_equation")  # the built-in generator's problem kinds (data.GENERATORS)
-ANSWER_FORMS = ("bare", "equation", "completion")  # how an exemplar's answer is written (exemplars.py)
+ANSWER_FORMS = ("bare", "equation", "spaced", "completion")  # how an exemplar's answer is written (exemplars.py)
 ENGINE_CACHE_SIZE = 50_000  # greedy completions an engine keeps, least recently used dropped first
 
 # The hand-written reference prompts that every comparison includes (training's final comparison,
@@ -179,8 +179,8 @@ class PolicyConfig:
     """Training problems the exemplar slots choose from (drawn from the training split only)."""
     answer_forms: tuple[str, ...] = opt(ANSWER_FORMS, flag="--answer-form", multiple=True, choices=ANSWER_FORMS)
     """How exemplar answers may be written (the policy chooses one per prompt): bare (the gold answer), equation
-    (the model's own form, `36+32 = 68`), completion (the model's own correct completion; costs one oracle
-    pair per pool problem, once). Repeat the option to give several."""
+    (`36+32 = 68`), spaced (the model's own form, `36 + 32 = 68`), completion (the model's own correct
+    completion; costs one oracle pair per pool problem, once). Repeat the option to give several."""
 
 
 @dataclass

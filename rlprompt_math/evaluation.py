@@ -215,7 +215,7 @@ def reference_systems(learned: Sequence[PromptLike], reference_prompts: Sequence
     return systems
 
 
-def few_shot_system(train_problems: Sequence[Problem], shots: int, form: str = "equation") -> dict[str, Prompt]:
+def few_shot_system(train_problems: Sequence[Problem], shots: int, form: str = "spaced") -> dict[str, Prompt]:
     """{name: prompt} of the few-shot reference (`exemplars.few_shot_reference`), or {} for 0 shots."""
     if shots == 0:
         return {}
@@ -251,7 +251,7 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", problems: Seq
     and training's final comparison).
 
     `reference_shots` (default: the run's `reference_shots`; 0: none) adds the few-shot reference: the
-    first K of `train_problems` (default: the run's training split) with answers in equation form.
+    first K of `train_problems` (default: the run's training split) with answers in the model's own (spaced) form.
 
     `problems` defaults to the run's own `split`. `model` scores the prompts on another model: prompt
     text is re-tokenised for it; a question-conditioned policy still writes its prompts from the

@@ -6,11 +6,14 @@ tens of points on small models (issue 22: 7% to 42.5% on the default model), so 
 The answer forms (`config.ANSWER_FORMS`):
 
   bare        the gold answer: `68`
-  equation    the model's own way of answering, `A op B = C`: the question's expression, " = ", the
-              gold answer (`36+32 = 68`, `20% of 40 = 8`; "Solve for x: ..." gives `x = 2`). A question
-              with no expression to copy (a word problem, GSM8K text) gets the bare answer.
+  equation    `A op B = C`: the question's expression as written, " = ", the gold answer (`36+32 = 68`,
+              `20% of 40 = 8`; "Solve for x: ..." gives `x = 2`). A question with no expression to copy
+              (a word problem, GSM8K text) gets the bare answer.
+  spaced      the equation with its operators spaced, `36 + 32 = 68`: how the default model writes its
+              own answers when it states one (its unprompted completions), and 2-4 points above the
+              unspaced equation on it (bench/reports/2026-12-04-spaced-form.md).
   completion  the model's own correct greedy completion of the question with no prompt, cut after its
-              answer; where the model answers wrongly, the equation form (`ExemplarPool.collect_completions`).
+              answer; where the model answers wrongly, the spaced form (`ExemplarPool.collect_completions`).
 
 Exemplars never leak: a pool is drawn from the training split only, and `ExemplarPool.from_splits`
 refuses a pool whose problem appears in validation or test (by id or by question text).
@@ -29,7 +32,7 @@ from .grading import answer_position, grade
 from .templates import Exemplar, Prompt
 
 __all__ = ["ANSWER_FORMS", "ExemplarPool", "equation_form", "expression_of", "few_shot_reference",
-           "reference_name"]
+           "reference_name", "spaced_form"]
 
 # "What is 36+32?", "Compute (3 + 4) * 5.": the span after the lead-in, when it is only arithmetic.
 _ASKED_EXPRESSION = re.compile(r"^\s*(?:what is|what's|compute|calculate|evaluate)\s+(?P<expr>.+?)\s*[?.]?\s*$",
@@ -38,6 +41,8 @@ _ARITHMETIC = re.compile(r"[\d\s.,+\-*/×÷^()]+")
 _OPERATOR = re.compile(r"\d\s*[-+*/×÷^]\s*\(?\s*-?\d")
 # "20% of 40", "12.5 % of 80"
 _PERCENT_OF = re.compile(r"-?\d+(?:\.\d+)?\s*%\s*of\s+-?\d+(?:\.\d+)?", re.IGNORECASE)
+# a binary operator: one after a digit or a closing bracket (a minus after an operator is a sign)
+_BINARY_OPERATOR = re.compile(r"(?<=[\d)])\s*([-+*/×÷^])\s*")
 # "Solve for x: 3x + 4 = 10." -> the variable
 _SOLVE_FOR = re.compile(r"^\s*solve for (?P<var>[a-zA-Z])\s*:", re.IGNORECASE)
 
@@ -55,13 +60,20 @@ def expression_of(question: str) -> str | None:
     return None
 
 
-def equation_form(question: str, answer: str) -> str:
-    """The answer as the model itself tends to write it: `36+32 = 68`, `x = 2`, else the bare answer."""
+def equation_form(question: str, answer: str, *, spaced: bool = False) -> str:
+    """The answer as an equation: `36+32 = 68` (`36 + 32 = 68` when `spaced`), `x = 2`, else the bare answer."""
     solve = _SOLVE_FOR.match(question)
     if solve:
         return f"{solve.group('var')} = {answer}"
     expr = expression_of(question)
+    if expr and spaced:
+        expr = _BINARY_OPERATOR.sub(r" \1 ", expr)
     return f"{expr} = {answer}" if expr else answer
+
+
+def spaced_form(question: str, answer: str) -> str:
+    """The equation with its operators spaced, as the default model writes them: `36 + 32 = 68`, `6 - -3 = 9`."""
+    return equation_form(question, answer, spaced=True)
 
 
 def completion_cut(completion: str, gold: str) -> str | None:
@@ -95,7 +107,8 @@ class ExemplarPool:
             raise ValueError("an exemplar pool needs at least one problem")
         self.forms_text: dict[str, list[str]] = {
             "bare": [p.answer for p in self.problems],
-            "equation": [equation_form(p.question, p.answer) for p in self.problems]}
+            "equation": [equation_form(p.question, p.answer) for p in self.problems],
+            "spaced": [spaced_form(p.question, p.answer) for p in self.problems]}
         for form, texts in (forms_text or {}).items():
             if form not in ANSWER_FORMS:
                 raise ValueError(f"unknown answer form {form!r}; choose from {ANSWER_FORMS}")
@@ -155,10 +168,10 @@ class ExemplarPool:
                                       stop=list(decoding.stop) or None,
                                       stop_when=answer_is_complete if decoding.stop_at_answer else None)
         texts, correct = [], 0
-        for problem, equation, completion in zip(self.problems, self.forms_text["equation"], completions):
+        for problem, spaced, completion in zip(self.problems, self.forms_text["spaced"], completions):
             cut = completion_cut(completion, problem.answer)
             correct += cut is not None
-            texts.append(cut if cut is not None else equation)
+            texts.append(cut if cut is not None else spaced)
         self.forms_text["completion"] = texts
         return {"oracle_pairs": len(self.problems), "correct": correct}
 
@@ -172,10 +185,11 @@ class ExemplarPool:
         return cls([Problem(**p) for p in data["problems"]], data.get("forms_text"))
 
 
-def few_shot_reference(train_problems: Sequence[Problem], k: int, form: str = "equation") -> Prompt:
+def few_shot_reference(train_problems: Sequence[Problem], k: int, form: str = "spaced") -> Prompt:
     """The few-shot prompt a person writes in a minute: the first `k` training problems, answers in
-    `form` (bare or equation: a person does not collect the model's completions), no instruction."""
-    if form not in ("bare", "equation"):
+    `form` (bare, equation or spaced, the default: the model's own form; a person does not collect the
+    model's completions), no instruction."""
+    if form not in ("bare", "equation", "spaced"):
         raise ValueError(f"a few-shot reference writes its answers bare or as equations, not {form!r}")
     problems = list(train_problems)[:k]
     if k < 1 or len(problems) < k:
@@ -184,7 +198,7 @@ def few_shot_reference(train_problems: Sequence[Problem], k: int, form: str = "e
     return Prompt("", tuple(pool.exemplar(i, form) for i in range(k)))
 
 
-def reference_name(k: int, form: str = "equation") -> str:
+def reference_name(k: int, form: str = "spaced") -> str:
     """How the few-shot reference is named in reports."""
     return f"{k}-shot (first {k} training problem{'s' if k != 1 else ''}, {form} form)"
 

@@ -69,7 +69,7 @@ def test_three_step_run_resume_and_evaluate(tiny_model_dir, tmp_path):
     report = json.loads((run / "eval-test" / "report.json").read_text())
     assert set(report["systems"]) == {"learned policy", "(no prompt)", "Let's think step by step.",
                                       "Answer with only the final number.", "Give the answer as a single number.",
-                                      "Be exact.", "2-shot (first 2 training problems, equation form)"}
+                                      "Be exact.", "2-shot (first 2 training problems, spaced form)"}
     with open(run / "eval-test" / "per_question.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 7 * 5
 

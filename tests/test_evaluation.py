@@ -103,7 +103,7 @@ def _saved_run(run_dir, model_dir, engine, **settings):
 
 def test_evaluate_reference_shots_adds_the_few_shot_reference(tiny_model_dir, tiny_engine, tmp_path):
     """`run.py evaluate --reference-shots K`: the first K of the run's training problems, answers in
-    equation form, as one more reference with its paired McNemar row; default: the run's setting."""
+    spaced form (the model's own), as one more reference with its paired McNemar row; default: the run's setting."""
     from click.testing import CliRunner
 
     from rlprompt_math.cli import main

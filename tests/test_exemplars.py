@@ -8,7 +8,7 @@ import pytest
 from rlprompt_math.config import ANSWER_FORMS, GENERATOR_KINDS
 from rlprompt_math.data import Problem, generate_problems, problem_id, split_problems
 from rlprompt_math.exemplars import (ExemplarPool, completion_cut, equation_form, expression_of, few_shot_reference,
-                                     reference_name)
+                                     reference_name, spaced_form)
 from rlprompt_math.oracle import Decoding, score_pairs
 from rlprompt_math.rewards import RewardMix
 from rlprompt_math.templates import Exemplar, Prompt
@@ -37,6 +37,21 @@ def _problem(question, answer, pid=None):
 ])
 def test_equation_form(question, answer, expected):
     assert equation_form(question, answer) == expected
+
+
+@pytest.mark.parametrize("question, answer, expected", [
+    ("What is 36+32?", "68", "36 + 32 = 68"),                           # the default model's own spacing
+    ("What is 6-35?", "-29", "6 - 35 = -29"),
+    ("What is 3 + 4 * 5?", "23", "3 + 4 * 5 = 23"),                     # already spaced: unchanged
+    ("What is (3+4)*5?", "35", "(3 + 4) * 5 = 35"),                     # after a bracket: an operator
+    ("What is -3*-4?", "12", "-3 * -4 = 12"),                           # a leading or doubled minus is a sign
+    ("What is 1.5-4.25?", "-2.75", "1.5 - 4.25 = -2.75"),
+    ("What is 20% of 40?", "8", "20% of 40 = 8"),                       # nothing to space
+    ("Solve for x: 3x+4 = 10.", "2", "x = 2"),
+    ("Ava has 3 apples and gets 5 more. How many apples does Ava have now?", "8", "8"),
+])
+def test_spaced_form(question, answer, expected):
+    assert spaced_form(question, answer) == expected
 
 
 def test_equation_form_on_every_generator_kind():
@@ -93,6 +108,7 @@ def test_pool_forms_and_round_trip():
     assert [pool.exemplar(i, "bare").answer for i in range(3)] == ["68", "4", "8"]
     assert [pool.exemplar(i, "equation").answer for i in range(3)] == ["36+32 = 68", "x = 4", "8"]
     assert pool.exemplar(0, "equation") == Exemplar("What is 36+32?", "36+32 = 68")
+    assert [pool.exemplar(i, "spaced").answer for i in range(3)] == ["36 + 32 = 68", "x = 4", "8"]
     with pytest.raises(ValueError, match="collect_completions"):
         pool.exemplar(0, "completion")
     with pytest.raises(ValueError, match="unknown answer form"):
@@ -123,18 +139,18 @@ def test_collect_completions_keeps_only_correct_ones():
                 _problem("Ava has 3 apples and gets 5 more. How many apples does Ava have now?", "8"),
                 _problem("What is 9-4?", "5")]
     engine = FakeEngine({"What is 36+32?": "36 + 32 = 68\nThe sum is large.",
-                         "What is 7*6?": "7 * 6 = 48\n",                          # wrong: the equation form
+                         "What is 7*6?": "7 * 6 = 48\n",                          # wrong: the spaced form
                          problems[2].question: "She has 3 + 5 = 8 apples. So the answer is \\boxed{8}.",
-                         "What is 9-4?": "I do not know."})                       # no answer: the equation form
+                         "What is 9-4?": "I do not know."})                       # no answer: the spaced form
     pool = ExemplarPool(problems)
     counts = pool.collect_completions(engine, Decoding(max_new_tokens=12))
     assert counts == {"oracle_pairs": 4, "correct": 2}
     assert len(engine.calls) == 1 and len(engine.calls[0][0]) == 4  # one batched call
     settings = engine.calls[0][1]
     assert settings["temperature"] == 0.0 and settings["max_new_tokens"] == 12
-    assert pool.forms_text["completion"] == ["36 + 32 = 68", "7*6 = 42",
+    assert pool.forms_text["completion"] == ["36 + 32 = 68", "7 * 6 = 42",
                                              "She has 3 + 5 = 8 apples. So the answer is \\boxed{8}",
-                                             "9-4 = 5"]
+                                             "9 - 4 = 5"]
     assert pool.exemplar(0, "completion") == Exemplar("What is 36+32?", "36 + 32 = 68")
     # Filled once: a second call (or a restored pool) asks the engine for nothing.
     assert pool.collect_completions(engine, Decoding())["oracle_pairs"] == 0 and len(engine.calls) == 1
@@ -152,16 +168,18 @@ def test_completion_cut():
 
 def test_few_shot_reference_is_the_first_k_training_problems():
     train = split_problems(generate_problems(200, seed=0), seed=0)["train"]
-    prompt = few_shot_reference(train, 2)
-    assert prompt == Prompt("", (Exemplar(train[0].question, equation_form(train[0].question, train[0].answer)),
-                                 Exemplar(train[1].question, equation_form(train[1].question, train[1].answer))))
+    prompt = few_shot_reference(train, 2)  # answers in the model's own (spaced) form
+    assert prompt == Prompt("", (Exemplar(train[0].question, spaced_form(train[0].question, train[0].answer)),
+                                 Exemplar(train[1].question, spaced_form(train[1].question, train[1].answer))))
+    assert few_shot_reference(train, 2, form="equation").exemplars[0].answer == equation_form(train[0].question,
+                                                                                               train[0].answer)
     assert [e.answer for e in few_shot_reference(train, 3, form="bare").exemplars] == [p.answer for p in train[:3]]
     with pytest.raises(ValueError, match="bare or as equations"):
         few_shot_reference(train, 2, form="completion")
     with pytest.raises(ValueError, match="needs 3 training problems"):
         few_shot_reference(train[:2], 3)
-    assert reference_name(2) == "2-shot (first 2 training problems, equation form)"
-    assert set(ANSWER_FORMS) == {"bare", "equation", "completion"}
+    assert reference_name(2) == "2-shot (first 2 training problems, spaced form)"
+    assert set(ANSWER_FORMS) == {"bare", "equation", "spaced", "completion"}
 
 
 def _captured_texts(engine, monkeypatch):
