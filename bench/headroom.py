@@ -138,7 +138,7 @@ def factor_landscape(engine, splits: dict, vocab, mix, decoding, *, questions: i
 
     def decode_sets(k: int, form: str, picks: list[list[int]]) -> list:
         space = PromptSpace(vocab, 0, pool, shots=k, forms=ANSWER_FORMS)  # exemplar slots and the form only
-        return [space.decode(row + [ANSWER_FORMS.index(form)]) for row in picks]
+        return [space.decode([i + 1 for i in row] + [ANSWER_FORMS.index(form)]) for row in picks]  # 0 is "none"
 
     # factor level -> its prompts (rows of its table), in the order the tables print
     base_sets = exemplar_sets(shots)

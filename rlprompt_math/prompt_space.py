@@ -2,12 +2,14 @@
 
 An action is one row of slot indices, in this order:
 
-    shots exemplar slots     each a pool problem's index, or `len(pool)` for "none" (a shorter prompt)
+    shots exemplar slots     each 0 for "none" (a shorter prompt), or 1 + a pool problem's index
     one answer-form slot     which of `forms` the exemplars' answers are written in (only when shots > 0)
     prompt_length slots      instruction tokens, indices into the action vocabulary (as before)
 
 so the Gymnasium environment exposes it as one `MultiDiscrete(space.nvec)`, and a policy has one
-categorical head per slot. With `shots == 0` the space is the instruction slots alone and `decode` is
+categorical head per slot. Index 0 of an exemplar slot, as of an instruction slot (the vocabulary's
+"no token"), adds nothing: the all-zeros action is the empty prompt, which is what an untrained policy
+(zero logits, ties broken toward index 0) writes greedily, so a learning curve starts from "no prompt". With `shots == 0` the space is the instruction slots alone and `decode` is
 exactly `vocab.decode`: the same actions, the same text, bit for bit.
 
     space = PromptSpace(vocab, 8, pool, shots=2)
@@ -54,10 +56,7 @@ class PromptSpace:
 
     # ---- the slots -----------------------------------------------------------------------------
 
-    @property
-    def none_index(self) -> int:
-        """The exemplar slots' "no exemplar" index (one past the pool)."""
-        return len(self.pool) if self.shots else 0
+    none_index = 0  # an exemplar slot's "no exemplar"; slot value i > 0 shows pool problem i - 1
 
     @property
     def factor_sizes(self) -> list[int]:
@@ -93,7 +92,7 @@ class PromptSpace:
     def exemplar_indices(self, row: Sequence[int]) -> list[int]:
         """The pool indices a row shows, in slot order: "none" skipped, a repeated problem shown once."""
         picks = [int(a) for a in list(row)[: self.shots]]
-        return list(dict.fromkeys(i for i in picks if i != self.none_index))
+        return list(dict.fromkeys(i - 1 for i in picks if i != self.none_index))
 
     def form(self, row: Sequence[int]) -> str | None:
         return self.forms[int(row[self.shots])] if self.shots else None

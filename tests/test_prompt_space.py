@@ -38,9 +38,9 @@ def test_slots_nvec_and_decode(vocab):
     assert space.nvec.dtype == np.int64 and space.nvec.tolist() == space.slot_sizes
     assert space.slot_kinds == ["exemplar", "exemplar", "form", "token", "token", "token"]
     words = [5, 0, 9]
-    prompt = space.decode([2, 0, 1] + words)  # problems c then a, the equation form
+    prompt = space.decode([3, 1, 1] + words)  # problems c then a (slot value 1 + pool index), the equation form
     assert prompt == Prompt(vocab.decode(words), (Exemplar("What is 9-4?", "9-4 = 5"), Exemplar("What is 36+32?", "36+32 = 68")))
-    assert space.decode([1, 1, 0] + words) == Prompt(vocab.decode(words), (Exemplar("What is 7*8?", "56"),))  # shown once
+    assert space.decode([2, 2, 0] + words) == Prompt(vocab.decode(words), (Exemplar("What is 7*8?", "56"),))  # shown once
     with pytest.raises(ValueError, match="6"):
         space.decode(words)
 
@@ -48,11 +48,13 @@ def test_slots_nvec_and_decode(vocab):
 def test_the_none_exemplar_gives_fewer_shots(vocab):
     space = _space(vocab)
     none = space.none_index
-    assert none == len(POOL)
-    assert len(space.decode([0, 1, 0, 1, 2, 3]).exemplars) == 2
-    assert len(space.decode([none, 1, 0, 1, 2, 3]).exemplars) == 1
+    assert none == 0
+    assert len(space.decode([1, 2, 0, 1, 2, 3]).exemplars) == 2
+    assert len(space.decode([none, 2, 0, 1, 2, 3]).exemplars) == 1
     # No exemplar at all: the instruction text itself, as an instruction-only prompt is.
     assert space.decode([none, none, 1, 1, 2, 3]) == vocab.decode([1, 2, 3])
+    # The all-zeros action (an untrained policy's greedy choice) is the empty prompt: "no prompt".
+    assert space.decode([0] * len(space)) == ""
 
 
 def test_no_shots_decodes_exactly_as_the_vocabulary(vocab):
@@ -198,12 +200,12 @@ def test_env_with_exemplar_slots_passes_check_env(tiny_engine):
     assert env.action_space.nvec.tolist() == env.space.slot_sizes
     check_env(env, skip_render_check=True)
     env.reset(seed=0)
-    _, _, terminated, _, info = env.step(np.array([0, 1, 1, 0, 0]))
+    _, _, terminated, _, info = env.step(np.array([1, 2, 1, 0, 0]))  # pool problems 0 and 1
     assert terminated and info["prompt"].startswith("[2-shot: ")
     pool_ids = {p.id for p in env.space.pool.problems}
     assert pool_ids <= {p.id for p in env.problems}  # the training split
     # Batched scoring is the same path: one Prompt per action row.
-    prompts = env.prompt_texts(np.array([[0, 1, 1, 0, 0], [5, 5, 0, 0, 0]]))
+    prompts = env.prompt_texts(np.array([[1, 2, 1, 0, 0], [0, 0, 0, 0, 0]]))  # 0: no exemplar
     assert isinstance(prompts[0], Prompt) and len(prompts[0].exemplars) == 2 and prompts[1] == ""
 
 
