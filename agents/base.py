@@ -1,6 +1,8 @@
 """The training loop every agent runs (Stable-Baselines3's `learn`, written out to read top to bottom).
 
-`Agent.train` repeats, until `config.steps` steps are done:
+`Agent.train` first validates the untrained policy (a fresh run that validates every `eval_every` steps: the
+learning curve's first point, logged as step -1; an untrained policy's greedy prompt is the empty prompt,
+`prompt_space.PromptSpace`), then repeats, until `config.steps` steps are done:
   1. `update()`: one training step, the agent's own (a REINFORCE update, a gradient step through the
      frozen LLM, a round of random candidates); it returns the step's metrics;
   2. every `eval_every` steps and at the last one, `validate()`: the greedy prompt's accuracy on the
@@ -49,7 +51,7 @@ from rlprompt_math.config import AlgorithmConfig
 from rlprompt_math.policies import PromptPolicy, build_policy, prompts_for
 from rlprompt_math.prompt_space import PromptSpace
 
-__all__ = ["Agent", "Callback", "NonFiniteError", "check_finite", "policy_for", "prompt_space"]
+__all__ = ["Agent", "Callback", "NonFiniteError", "check_finite", "policy_for", "prompt_space", "validations_planned"]
 
 Callback = Callable[["Agent", dict], Optional[bool]]  # called after each step; True stops training
 
@@ -62,6 +64,14 @@ def check_finite(name: str, value: torch.Tensor, where: str) -> None:
     """Stop the run with a message naming `name` and `where` if `value` holds a NaN or an infinity."""
     if not torch.isfinite(value).all():
         raise NonFiniteError(f"non-finite {name} at {where}: {value.detach().flatten()[:8].tolist()}")
+
+
+def validations_planned(steps: int, eval_every: int) -> int:
+    """How often a fresh run that validates during training (REINFORCE, the routes) validates: the untrained
+    policy, then every `eval_every` steps and the last step (`eval_every` 0: the last step only)."""
+    if not eval_every:
+        return 1
+    return 1 + len({s for s in range(steps) if (s + 1) % eval_every == 0} | {steps - 1})
 
 
 def prompt_space(env) -> PromptSpace:
@@ -82,6 +92,7 @@ class Agent:
     observe and score, and optionally a prompt space); see the module docstring for the loop."""
 
     name = "agent"  # the --agent name; also the progress bar's label and the state file's owner
+    validates_during_training = True  # False: only at the end (random search's finalists), no curve to start
 
     def __init__(self, env, config: AlgorithmConfig, *, run=None, val_problems=None, engine=None):
         self.env, self.config, self.run = env, config, run
@@ -93,6 +104,7 @@ class Agent:
         self.optimizer: torch.optim.Optimizer | None = None
         self.step = 0  # steps done
         self.best_val = -math.inf  # the kept policy's validation accuracy
+        self.untrained_val: float | None = None  # the policy's before any update (validate_untrained)
         self.oracle_pairs = 0  # (prompt, question) pairs the oracle answered, validation included
         self.history: list[dict] = []
 
@@ -152,6 +164,19 @@ class Agent:
         every = bool(cfg.eval_every) and (self.step + 1) % cfg.eval_every == 0
         return bool(self.val_problems) and (every or self.step == cfg.steps - 1)
 
+    def validate_untrained(self, start: float) -> None:
+        """The learning curve's first point: the policy before any update, validated and logged as step -1
+        (a fresh run only, and only where validation runs during training). It may be kept: a run whose
+        updates never beat its starting prompt keeps the starting prompt."""
+        cfg = self.config
+        if self.step or self.history or not (self.val_problems and cfg.eval_every and self.validates_during_training):
+            return
+        self.untrained_val = self.validate()
+        self.keep_if_best(self.untrained_val)
+        if self.run is not None:  # metrics.csv and the plot; `history` holds steps only (callbacks see those)
+            self.run.log_metrics({"step": -1, "val_accuracy": self.untrained_val, "oracle_pairs": self.oracle_pairs,
+                                  "wall_s": time.perf_counter() - start})
+
     def validate(self) -> float:
         """Greedy accuracy of `prompt_policy()` on the validation questions (the oracle's path; NaN without any)."""
         if not self.val_problems:
@@ -183,6 +208,7 @@ class Agent:
             tensors.update(optimizer)
         tensors["torch_generator"] = self.generator.get_state()
         meta.update({"numpy_rng": self.rng.bit_generator.state, "best_val": self.best_val,
+                     "untrained_val": self.untrained_val,
                      "oracle_pairs": self.oracle_pairs, "config": asdict(self.config)})
         extra_tensors, extra_meta = self.extra_state()
         tensors.update(extra_tensors)
@@ -200,6 +226,7 @@ class Agent:
         self.generator.set_state(tensors["torch_generator"])
         self.rng.bit_generator.state = meta["numpy_rng"]
         self.best_val = meta["best_val"] if meta["best_val"] is not None else -math.inf
+        self.untrained_val = meta.get("untrained_val")
         self.oracle_pairs, self.step = meta["oracle_pairs"], meta["step"]
         self.load_extra_state(tensors, meta)
 
@@ -220,6 +247,7 @@ class Agent:
         start = time.perf_counter()
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.name, unit="step",
                    disable=not progress or self.step >= cfg.steps)
+        self.validate_untrained(start)
         while self.step < cfg.steps:
             metrics = self.update()
             if self.validation_due():
@@ -241,4 +269,4 @@ class Agent:
         bar.close()
         extra = self.finish()
         return {"steps": self.step, "oracle_pairs": self.oracle_pairs, "best_val_accuracy": self.best_val,
-                "wall_s": time.perf_counter() - start, **extra}
+                "untrained_val_accuracy": self.untrained_val, "wall_s": time.perf_counter() - start, **extra}

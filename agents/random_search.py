@@ -51,8 +51,10 @@ class RandomSearchAgent(Agent):
         return {"step": self.step, "reward": float(rewards.mean()), "accuracy": float(correct.mean()),
                 "oracle_pairs": self.oracle_pairs, "sample_prompt": infos[int(np.argmax(rewards))]["prompt"]}
 
+    validates_during_training = False  # candidates meet the validation questions only at the end, as finalists
+
     def validation_due(self) -> bool:
-        return False  # candidates meet the validation questions only at the end, as finalists
+        return False
 
     def fixed_prompt(self, actions: list[int]) -> FixedPrompt:
         return FixedPrompt(self.space.decode(actions), self.env.prompt_length, len(self.env.vocab),

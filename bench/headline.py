@@ -49,6 +49,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from rlprompt_math.agents.base import validations_planned  # noqa: E402
 from rlprompt_math.config import NO_PROMPT, REFERENCE_PROMPTS, field_default  # noqa: E402
 
 # The reference prompts every comparison includes, and one more hand-written one.
@@ -275,8 +276,8 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
         for key in route_keys:
             name, overrides = ROUTES[key]
             settings = {**base, **overrides}
-            if overrides["agent"] == "random":  # REINFORCE validates at every eval_every (_train_one) steps
-                settings["finalists"] = steps // max(1, steps // 3)
+            if overrides["agent"] == "random":  # as many finalists as REINFORCE's validations (_train_one)
+                settings["finalists"] = validations_planned(steps, max(1, steps // 3))
             else:
                 settings.update(steps=route_steps, batch_size=route_batch_size)
             route = _train_one(engine, splits, settings, seed, out / f"{key}-s{seed}", reuse)
@@ -293,7 +294,7 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
             settings = {**base, "steps": budget}
             reinforce = trained[seed] if budget == steps else _train_one(
                 engine, splits, settings, seed, out / f"budget{budget}-reinforce-s{seed}", reuse)
-            validations = len(range(0, budget, max(1, budget // 3)))  # REINFORCE's validations (_train_one)
+            validations = validations_planned(budget, max(1, budget // 3))  # REINFORCE's validations (_train_one)
             # Random search validates only its finalists: as many as REINFORCE's validations and finalists,
             # so both spend the same oracle pairs.
             search = _train_one(engine, splits, {**settings, "agent": "random", "finalists": validations + finalists},

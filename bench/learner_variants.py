@@ -22,6 +22,7 @@ import click
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from headline import _train_one  # noqa: E402  (bench/ is this script's directory)
+from rlprompt_math.agents.base import validations_planned  # noqa: E402
 
 VARIANTS = {
     "default": {},
@@ -66,7 +67,7 @@ def main(variants, seeds, steps, shots, val_size, dev_size, out):
                                         "lr", "prompt_length", "max_new_tokens")},
             "steps": steps, "batch_size": 8, "prompts_per_question": 8, "finalists": 0, "val_size": val_size,
             "shots": shots}
-    validations = len(range(0, steps, max(1, steps // 3)))  # REINFORCE's validations in _train_one
+    validations = validations_planned(steps, max(1, steps // 3))  # REINFORCE's validations in _train_one
     click.echo(f"dev: validation[{val_size}:{val_size + len(dev)}], {len(dev)} questions; dtype {engine.dtype}")
     results = {}
     for seed in [int(s) for s in seeds.split(",") if s.strip()]:

@@ -95,21 +95,22 @@ class RunDir:
             rows = list(csv.DictReader(handle))
         if not rows:
             return None
-        steps = [int(r["step"]) for r in rows]
+        trained = [r for r in rows if int(r["step"]) >= 0]  # step -1: the untrained policy's validation only
+        steps = [int(r["step"]) for r in trained]
         fig, ax = plt.subplots(figsize=(7, 4))
-        window = max(1, min(10, len(rows) // 4))
+        window = max(1, min(10, len(trained) // 4))
         for key, label, color in (("reward", "train reward", "tab:blue"),
                                   ("accuracy", "train accuracy (sampled prompts)", "tab:orange")):
-            if not all(r.get(key) for r in rows):
+            if not trained or not all(r.get(key) for r in trained):
                 continue  # not logged by this agent (the differentiable routes do not decode in training)
-            values = np.array([float(r[key]) for r in rows])
+            values = np.array([float(r[key]) for r in trained])
             ax.plot(steps, values, color=color, alpha=0.25, linewidth=1)
             # A moving average: single steps are too noisy (a few questions each) to read a trend.
             smooth = np.convolve(values, np.ones(window) / window, mode="valid")
             ax.plot(steps[window - 1:], smooth, color=color, label=f"{label}, {window}-step mean")
         val = [(int(r["step"]), float(r["val_accuracy"])) for r in rows if r.get("val_accuracy")]
         if val:
-            ax.plot(*zip(*val), "o-", color="tab:green", label="validation accuracy (greedy prompt)")
+            ax.plot(*zip(*val), "o-", color="tab:green", label="validation accuracy (greedy prompt; -1: untrained)")
         ax.set_xlabel("step")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)

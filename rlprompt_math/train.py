@@ -245,7 +245,9 @@ def train(config: RunConfig, *, engine: Engine | None = None, splits: dict[str, 
     log(f"trained: {summary['steps']} steps, {summary['oracle_pairs']} oracle pairs, "
         + (f"{summary['forward_passes']} forward and {summary['backward_passes']} backward LLM rows, "
            if config.agent in GRADIENT_AGENTS else "")
-        + f"{summary['wall_s']:.0f} s; best validation accuracy {summary['best_val_accuracy']:.1%}")
+        + f"{summary['wall_s']:.0f} s; best validation accuracy {summary['best_val_accuracy']:.1%}"
+        + (f" (untrained: {summary['untrained_val_accuracy']:.1%})" if summary.get("untrained_val_accuracy") is not None
+           else ""))
     if "last_prompt" in summary:
         log(f"the last prompt{' (nearest tokens)' if config.agent == 'soft-prompt' else ''}: "
             f"{summary['last_prompt']!r}")

@@ -290,3 +290,45 @@ def test_atomic_save_keeps_previous_checkpoint(tiny_engine, tmp_path, monkeypatc
         save_policy(path, policy, vocab, tiny_engine)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["p.safetensors"]  # no temp file left behind
+
+
+def test_the_learning_curve_starts_from_the_untrained_policy_which_writes_no_prompt(tiny_engine):
+    """Before the first update the greedy prompt is validated once: with exemplar slots it is the empty prompt
+    (every slot's value 0 adds nothing), so a curve starts from "no prompt"; a resumed run does not redo it."""
+    from rlprompt_math.envs import make_env
+
+    problems = generate_problems(40, seed=0, kinds=["arithmetic"])
+    env = make_env(tiny_engine, problems[:30], split=None, prompt_length=2, max_new_tokens=4, rewards=["partial"],
+                   shots=2, exemplar_pool=4, answer_forms=("bare", "spaced"))
+    policy = build_policy("unconditioned", engine=tiny_engine, space=env.space)
+    config = AlgorithmConfig(steps=2, batch_size=2, prompts_per_question=2, eval_every=1)
+    agent = ReinforceAgent(env, policy, config, engine=tiny_engine, val_problems=problems[30:])
+    scored = []
+    score = env.score
+    env.score = lambda problems, actions, prompts=None, **kw: (scored.append(prompts),
+                                                               score(problems, actions, prompts=prompts, **kw))[1]
+    summary = agent.train(progress=False)
+    assert scored[0] == [""] * 10  # the untrained validation: the empty prompt for every validation question
+    assert 0 <= summary["untrained_val_accuracy"] <= 1 and summary["oracle_pairs"] == 3 * 10 + 2 * 2 * 2
+    assert [h["step"] for h in agent.history] == [0, 1]  # steps only: callbacks and resumes see no extra row
+    agent.config.steps, calls = 3, len(scored)
+    agent.train(progress=False)  # continuing a run: no second untrained validation
+    assert len(scored) == calls + 2
+
+
+@pytest.mark.parametrize("steps,eval_every", [(2, 1), (16, 5), (30, 10), (7, 0), (5, 9)])
+def test_validations_planned_counts_what_a_run_validates(tiny_engine, steps, eval_every):
+    """Equal-budget benches give random search as many finalists as REINFORCE validates: the count must be exact."""
+    from rlprompt_math.agents.base import validations_planned
+    from rlprompt_math.envs import make_env
+
+    problems = generate_problems(12, seed=0, kinds=["arithmetic"])
+    env = make_env(tiny_engine, problems[:8], split=None, prompt_length=1, max_new_tokens=2, rewards=["partial"])
+    policy = build_policy("unconditioned", engine=tiny_engine, vocab=env.vocab, prompt_length=1)
+    config = AlgorithmConfig(steps=steps, batch_size=1, prompts_per_question=2, eval_every=eval_every)
+    agent = ReinforceAgent(env, policy, config, engine=tiny_engine, val_problems=problems[8:])
+    calls = []
+    validate = agent.validate
+    agent.validate = lambda: (calls.append(agent.step), validate())[1]
+    agent.train(progress=False)
+    assert len(calls) == validations_planned(steps, eval_every)

@@ -56,13 +56,15 @@ def test_three_step_run_resume_and_evaluate(tiny_model_dir, tmp_path):
     assert any((run / TENSORBOARD).iterdir())
     assert "learned prompt(s):" in result.output and "(no prompt)" in result.output
     with open(run / METRICS) as handle:
-        assert [int(r["step"]) for r in csv.DictReader(handle)] == [0, 1, 2]
+        rows = list(csv.DictReader(handle))
+    # The untrained policy's validation first (step -1: the learning curve's start), then one row per step.
+    assert [int(r["step"]) for r in rows] == [-1, 0, 1, 2] and rows[0]["val_accuracy"] != "" and rows[0]["reward"] == ""
 
     result = _run(["--resume", str(run), "--steps", "5", "--quiet", "--no-final-eval"])
     assert result.exit_code == 0, result.output
     assert "resumed" in result.output
     with open(run / METRICS) as handle:
-        assert [int(r["step"]) for r in csv.DictReader(handle)] == [0, 1, 2, 3, 4]
+        assert [int(r["step"]) for r in csv.DictReader(handle)] == [-1, 0, 1, 2, 3, 4]  # kept on resume, not redone
 
     result = _run(["evaluate", str(run), "--limit", "5", "--reference-prompt", "Be exact.", "--quiet"])
     assert result.exit_code == 0, result.output

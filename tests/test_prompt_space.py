@@ -242,8 +242,9 @@ def test_a_run_with_exemplars_writes_its_prompt_and_pool_and_resumes_exactly(tin
     run = tmp_path / "whole"
     pool = ExemplarPool.from_dict(json.loads((run / EXEMPLARS).read_text()))
     assert len(pool) == 4 and pool.has_completions
-    # The pool's completions are counted: 2 steps x 2 questions x 2 prompts, 2 validations x 3, 4 pool questions.
-    assert whole.summary["oracle_pairs"] == 2 * 2 * 2 + 2 * 3 + 4
+    # The pool's completions are counted: 2 steps x 2 questions x 2 prompts, 3 validations x 3 (the untrained
+    # policy's and 2 during training), 4 pool questions.
+    assert whole.summary["oracle_pairs"] == 2 * 2 * 2 + 3 * 3 + 4
     kept = json.loads((run / PROMPT).read_text())
     assert set(kept) >= {"instruction", "exemplars", "messages_for_a_question", "for_question"}
     messages = kept["messages_for_a_question"]
@@ -279,7 +280,7 @@ def test_a_run_with_exemplars_writes_its_prompt_and_pool_and_resumes_exactly(tin
         assert torch.equal(a, b), name
     rows = [[{k: v for k, v in r.items() if k != "wall_s"} for r in _csv(tmp_path / name / METRICS)]
             for name in ("whole", "part")]
-    assert rows[0] == rows[1] and len(rows[0]) == 2
+    assert rows[0] == rows[1] and [r["step"] for r in rows[0]] == ["-1", "0", "1"]  # the untrained validation first
     assert training.write_kept_prompt(resumed) == kept
     best = [load_policy(tmp_path / name / POLICY_BEST, tiny_engine)[1] for name in ("whole", "part")]
     assert best[0].slot_sizes == best[1].slot_sizes == [5, 5, 3] + [len(whole.built.env.vocab)] * 2

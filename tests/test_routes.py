@@ -184,7 +184,8 @@ def test_a_saved_run_evaluates_like_any_policy(tiny_model_dir, tmp_path, agent_n
     assert result.exit_code == 0, result.output
     run = tmp_path / "r"
     evaluate_repeats_final_comparison(run, limit=4)
-    metrics = _metrics(run)
+    untrained, *metrics = _metrics(run)  # the untrained prompt's validation (step -1), then the steps
+    assert untrained["step"] == "-1" and untrained["val_accuracy"] != ""
     assert len(metrics) == FAST["steps"] and all(float(r["step_s"]) > 0 and float(r["loss"]) > 0 for r in metrics)
     assert [int(r["forward_passes"]) for r in metrics] == [2, 4, 6, 8] and metrics[1]["val_accuracy"] != ""
     summary = json.loads((run / SUMMARY).read_text())
