@@ -221,7 +221,7 @@ def make_env(engine: Engine | str | None = None, dataset: str | Sequence[Problem
              empty_action: bool = PolicyConfig.empty_action, rewards: Sequence | RewardMix = OracleConfig.rewards,
              max_new_tokens: int = OracleConfig.max_new_tokens, stop_at_answer: bool = OracleConfig.stop_at_answer,
              temperature: float = Decoding.temperature, stop: Sequence[str] | None = None,
-             split: str | None = "train", split_seed: int = 0, shots: int = PolicyConfig.shots,
+             split: str | None = "train", split_seed: int = 0, shots: int = 0,
              exemplar_pool: int = PolicyConfig.exemplar_pool, answer_forms: Sequence[str] = PolicyConfig.answer_forms,
              **env_kwargs) -> PromptRefineEnv:
     """A PromptRefineEnv from names and settings: loads what is not loaded yet.

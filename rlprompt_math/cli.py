@@ -54,6 +54,8 @@ def _option(f: dataclasses.Field, help_text: str):
             kwargs["type"] = click.Path(file_okay=False)
         elif meta.get("path") == "existing_dir":
             kwargs["type"] = click.Path(exists=True, file_okay=False)
+        elif "type" in meta:
+            kwargs["type"] = meta["type"]
         elif isinstance(default, (int, float)):
             kwargs["type"] = type(default)
         if meta.get("multiple"):

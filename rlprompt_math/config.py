@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 AGENTS = ("reinforce", "random", "fixed", "soft-prompt", "pez", "gumbel")
 GRADIENT_AGENTS = ("soft-prompt", "pez", "gumbel")  # trained by gradients through the frozen LLM
+DEFAULT_SHOTS = 2  # exemplar slots when --shots is not given and the agent can choose exemplars
 EXEMPLAR_AGENTS = ("reinforce", "random")  # the agents that choose exemplars (--shots); fixed ignores --shots
 SOFT_INITS = ("text", "random")
 LOSS_TARGETS = ("gold", "own")
@@ -61,8 +62,9 @@ def prompt_label(prompt: "PromptLike") -> str:
 def opt(default: Any = None, **cli) -> Any:
     """A field whose command-line option needs more than its name, type and default.
 
-    cli keys: flag (option name), choices, multiple, metavar, path ("dir" or "file"), cli=False (not
-    an option: set by the wiring), listed (the values a comma-separated setting takes, added to its help).
+    cli keys: flag (option name), choices, multiple, metavar, path ("dir" or "file"), type (where the default
+    None does not say it), cli=False (not an option: set by the wiring), listed (the values a comma-separated
+    setting takes, added to its help).
     """
     if isinstance(default, list):
         raise TypeError("use a tuple for a sequence default")
@@ -172,9 +174,10 @@ class PolicyConfig:
     the frozen LLM's hidden size."""
     fixed_prompt: str = "Answer with only the final number."
     """The prompt of --agent fixed."""
-    shots: int = 0
+    shots: int | None = opt(None, type=int)
     """Exemplar slots: each picks a training problem from the pool, or none (--agent reinforce and random;
-    0: instruction words only)."""
+    0: instruction words only). Default: 2 where the agent and policy can choose exemplars (reinforce or
+    random with the unconditioned or refiner policy), else 0."""
     exemplar_pool: int = 32
     """Training problems the exemplar slots choose from (drawn from the training split only)."""
     answer_forms: tuple[str, ...] = opt(ANSWER_FORMS, flag="--answer-form", multiple=True, choices=ANSWER_FORMS)
@@ -364,6 +367,9 @@ class RunConfig:
 
     def _validate_shots(self):
         policy = self.policy
+        if policy.shots is None:  # the default: exemplars where they can be chosen (bench/reports/2026-12-04-exemplars-by-default.md)
+            can_choose = self.agent in EXEMPLAR_AGENTS and policy.policy != "autoregressive"
+            policy.shots = DEFAULT_SHOTS if can_choose else 0
         if policy.shots < 0:
             raise ConfigError("--shots must be >= 0 (0: instruction words only)")
         if not policy.shots:

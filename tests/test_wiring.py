@@ -366,3 +366,19 @@ def test_python_users_train_through_the_same_wiring(tiny_model_dir, tmp_path):
     result = training.train(config, log=lambda _: None)
     assert result.run_dir == tmp_path / "py" and result.summary["steps"] == 2
     assert "learned policy" in result.report["systems"] and "(no prompt)" in result.report["systems"]
+
+
+@pytest.mark.parametrize("args, shots", [
+    ([], 2),                                                   # the default run: 2 exemplar slots
+    (["--agent", "random"], 2),
+    (["--policy", "refiner"], 2),
+    (["--shots", "0"], 0),                                     # instruction words only, as asked
+    (["--shots", "3"], 3),
+    (["--policy", "autoregressive"], 0),                       # writes instruction tokens only
+    (["--agent", "soft-prompt"], 0),                           # the gradient routes train tokens or embeddings
+    (["--agent", "pez"], 0),
+])
+def test_shots_default_to_exemplars_where_they_can_be_chosen(monkeypatch, args, shots):
+    config = _parsed(monkeypatch, args)
+    assert config.policy.shots is None or config.policy.shots == shots  # unset until validated
+    assert config.validate().policy.shots == shots
