@@ -60,7 +60,7 @@ def train_one(seed: int, out: Path, train_args: list[str]) -> dict:
     rss_file = out / f"{name}.maxrss"
     command = [sys.executable, "-c", _MEASURED, str(rss_file), str(ROOT / "run.py"), "--agent", "reinforce",
                "--seed", str(seed), "--name", name, "--output-dir", str(out), "--quiet", *train_args]
-    click.echo("$ " + " ".join(shlex.quote(c) for c in ["python", "run.py", *command[6:]]))
+    click.echo("$ " + " ".join(shlex.quote(c) for c in ["python", "run.py", *command[5:]]))
     start = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT)
     return {"wall_s": time.perf_counter() - start, "peak_rss_gib": int(rss_file.read_text()) / 2**20}
@@ -79,7 +79,8 @@ def curve(run: Path) -> list[tuple[int, float]]:
 @click.option("--train-args", default="", help="More run.py flags for every seed, e.g. \"--shots 0\".")
 @click.option("--out", default="runs/default-runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--reuse", is_flag=True, help="Score runs already in --out (their timing from the last results.json).")
-def main(seeds, heldout, train_args, out, reuse):
+@click.option("--report-only", is_flag=True, help="Print the table and draw the curves from --out/results.json only.")
+def main(seeds, heldout, train_args, out, reuse, report_only):
     import torch
 
     from rlprompt_math.config import saved_config
@@ -90,9 +91,13 @@ def main(seeds, heldout, train_args, out, reuse):
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
+    if report_only:
+        results = json.loads(results_path.read_text())
+        click.echo(render(results) + f"\ncurves: {plot_curves(results, out / 'validation_curves.png')}")
+        return
     previous = {r["seed"]: r for r in json.loads(results_path.read_text())["runs"]} if results_path.exists() else {}
-    results = {"machine": f"{cpu_description()}, {os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__}",
-               "train_args": train_args, "heldout": heldout, "runs": []}
+    machine = f"{cpu_description()}, {os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__}"
+    results = {"machine": machine, "train_args": train_args, "heldout": heldout, "runs": []}
     engine = None
     for seed in [int(s) for s in seeds.split(",") if s.strip()]:
         run = out / f"default-s{seed}"
@@ -111,11 +116,34 @@ def main(seeds, heldout, train_args, out, reuse):
                    for name, s in report["systems"].items()}
         summary = json.loads((run / "summary.json").read_text())
         results["runs"].append({"seed": seed, "timing": timing, "dtype": str(engine.dtype).removeprefix("torch."),
-                                "prompt": report["systems"]["learned policy"]["prompts"][0]["prompt"],
+                                "prompt": report["systems"]["learned policy"]["prompts"][0]["prompt"],  # most used
                                 "systems": systems, "curve": curve(run), "oracle_pairs": summary["oracle_pairs"]})
         results_path.write_text(json.dumps(results, indent=2, default=str))
         click.echo(f"seed {seed}: {systems['learned policy']['accuracy']:.1%}")
-    click.echo(render(results))
+    click.echo(render(results) + f"\ncurves: {plot_curves(results, out / 'validation_curves.png')}")
+
+
+def plot_curves(results: dict, path: Path) -> Path:
+    """Each seed's validation accuracy of the greedy prompt against the step (-1: the untrained policy)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for r in results["runs"]:
+        steps, values = zip(*r["curve"])
+        ax.plot(steps, [100 * v for v in values], "o-", label=f"seed {r['seed']}")
+    ax.set_xlabel("step (-1: the untrained policy, its empty prompt)")
+    ax.set_ylabel("validation accuracy, greedy prompt (%)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("The default run: validation accuracy over training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def render(results: dict) -> str:
@@ -125,9 +153,11 @@ def render(results: dict) -> str:
     for r in results["runs"]:
         learned = r["systems"]["learned policy"]
         curve_text = " -> ".join(f"{pct(v)} ({'untrained' if s < 0 else f'step {s}'})" for s, v in r["curve"])
-        lines += [f"Seed {r['seed']} ({r['dtype']}): kept prompt `{r['prompt']}`; {r['timing']['wall_s'] / 60:.1f} min, peak memory "
-                  f"{r['timing']['peak_rss_gib']:.2f} GiB, {r['oracle_pairs']} oracle pairs; validation {curve_text}.",
-                  "", "| system | accuracy [95% CI] | learned minus it (points) | McNemar p |", "| --- | --- | --- | --- |",
+        timing = r["timing"]
+        lines += [f"Seed {r['seed']} ({r['dtype']}): kept prompt `{r['prompt']}`; {timing['wall_s'] / 60:.1f} min, "
+                  f"peak memory {timing['peak_rss_gib']:.2f} GiB, {r['oracle_pairs']} oracle pairs; validation "
+                  f"{curve_text}.", "",
+                  "| system | accuracy [95% CI] | learned minus it (points) | McNemar p |", "| --- | --- | --- | --- |",
                   f"| learned | {pct(learned['accuracy'])} [{pct(learned['ci95'][0])}, {pct(learned['ci95'][1])}] | | |"]
         for name, s in r["systems"].items():
             if name == "learned policy":

@@ -166,8 +166,9 @@ def _train_one(engine, splits, settings: dict, seed: int, run_dir: Path, reuse: 
               help="Steps of the differentiable routes.")
 @click.option("--route-batch-size", default=field_default("batch_size"), show_default=True,
               help="Questions per step of the differentiable routes.")
-@click.option("--shots", default=field_default("shots"), show_default=True,
-              help="Exemplar slots of the learned prompts (0: instruction words only).")
+@click.option("--shots", default=field_default("shots"), type=int,
+              help="Exemplar slots of the learned prompts (0: instruction words only; default: the run's, 2 for "
+                   "REINFORCE and random search, 0 for the gradient routes).")
 @click.option("--reference-shots", default=field_default("reference_shots"), show_default=True,
               help="The few-shot reference every system is compared with: the first K training problems, answers "
                    "in the model's own form (0: none).")

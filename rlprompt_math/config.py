@@ -367,7 +367,7 @@ class RunConfig:
 
     def _validate_shots(self):
         policy = self.policy
-        if policy.shots is None:  # the default: exemplars where they can be chosen (bench/reports/2026-12-04-exemplars-by-default.md)
+        if policy.shots is None:  # default: exemplars where they can be chosen (2026-12-03-exemplars-by-default.md)
             can_choose = self.agent in EXEMPLAR_AGENTS and policy.policy != "autoregressive"
             policy.shots = DEFAULT_SHOTS if can_choose else 0
         if policy.shots < 0:

@@ -11,7 +11,7 @@ The answer forms (`config.ANSWER_FORMS`):
               (a word problem, GSM8K text) gets the bare answer.
   spaced      the equation with its operators spaced, `36 + 32 = 68`: how the default model writes its
               own answers when it states one (its unprompted completions), and 2-4 points above the
-              unspaced equation on it (bench/reports/2026-12-04-spaced-form.md).
+              unspaced equation on it (bench/reports/2026-12-03-exemplars-by-default.md).
   completion  the model's own correct greedy completion of the question with no prompt, cut after its
               answer; where the model answers wrongly, the spaced form (`ExemplarPool.collect_completions`).
 

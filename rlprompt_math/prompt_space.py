@@ -9,11 +9,12 @@ An action is one row of slot indices, in this order:
 so the Gymnasium environment exposes it as one `MultiDiscrete(space.nvec)`, and a policy has one
 categorical head per slot. Index 0 of an exemplar slot, as of an instruction slot (the vocabulary's
 "no token"), adds nothing: the all-zeros action is the empty prompt, which is what an untrained policy
-(zero logits, ties broken toward index 0) writes greedily, so a learning curve starts from "no prompt". With `shots == 0` the space is the instruction slots alone and `decode` is
-exactly `vocab.decode`: the same actions, the same text, bit for bit.
+(zero logits, ties broken toward index 0) writes greedily, so a learning curve starts from "no prompt".
+With `shots == 0` the space is the instruction slots alone and `decode` is exactly `vocab.decode`: the
+same actions, the same text, bit for bit.
 
     space = PromptSpace(vocab, 8, pool, shots=2)
-    space.slot_sizes      # [33, 33, 3, 107, ..., 107]
+    space.slot_sizes      # [33, 33, 4, 107, ..., 107]
     space.decode(row)     # Prompt("...", (Exemplar(q, a), ...)), or a plain str without exemplars
 
 Exemplars come only from the pool, and `ExemplarPool.from_splits` draws the pool from the training
