@@ -166,13 +166,12 @@ class Agent:
 
     def validate_untrained(self, start: float) -> None:
         """The learning curve's first point: the policy before any update, validated and logged as step -1
-        (a fresh run only, and only where validation runs during training). It may be kept: a run whose
-        updates never beat its starting prompt keeps the starting prompt."""
+        (a fresh run only, and only where validation runs during training). A point of reference, never kept:
+        the kept prompt is always a trained policy's (the final comparison shows "no prompt" beside it)."""
         cfg = self.config
         if self.step or self.history or not (self.val_problems and cfg.eval_every and self.validates_during_training):
             return
         self.untrained_val = self.validate()
-        self.keep_if_best(self.untrained_val)
         if self.run is not None:  # metrics.csv and the plot; `history` holds steps only (callbacks see those)
             self.run.log_metrics({"step": -1, "val_accuracy": self.untrained_val, "oracle_pairs": self.oracle_pairs,
                                   "wall_s": time.perf_counter() - start})

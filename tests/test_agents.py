@@ -7,8 +7,8 @@ import torch
 from rlprompt_math.agents import AlgorithmConfig, ReinforceAgent
 from rlprompt_math.agents.base import NonFiniteError
 from rlprompt_math.agents.reinforce import BASELINES, BaselineState, advantages
-from rlprompt_math.checkpoint import (POLICY_FORMAT, STATE_LAST, CheckpointError, atomic_save, load_policy, read,
-                                      save_policy)
+from rlprompt_math.checkpoint import (POLICY_BEST, POLICY_FORMAT, STATE_LAST, CheckpointError, atomic_save,
+                                      load_policy, read, save_policy)
 from rlprompt_math.data import Problem, generate_problems
 from rlprompt_math.policies import POLICY_KINDS, Unconditioned, build_policy
 from rlprompt_math.runlog import RunDir
@@ -332,3 +332,19 @@ def test_validations_planned_counts_what_a_run_validates(tiny_engine, steps, eva
     agent.validate = lambda: (calls.append(agent.step), validate())[1]
     agent.train(progress=False)
     assert len(calls) == validations_planned(steps, eval_every)
+
+
+def test_the_untrained_prompt_is_never_kept_even_when_it_validates_best(tiny_engine, tmp_path):
+    """The kept prompt is a trained policy's own greedy prompt: the untrained validation is a reference point."""
+    from rlprompt_math.envs import make_env
+
+    problems = generate_problems(20, seed=0, kinds=["arithmetic"])
+    env = make_env(tiny_engine, problems[:12], split=None, prompt_length=2, max_new_tokens=4, rewards=["partial"])
+    policy = build_policy("unconditioned", engine=tiny_engine, vocab=env.vocab, prompt_length=2)
+    agent = ReinforceAgent(env, policy, AlgorithmConfig(steps=2, batch_size=2, prompts_per_question=2, eval_every=1),
+                           run=RunDir(tmp_path / "r"), engine=tiny_engine, val_problems=problems[12:])
+    accuracies = iter([1.0, 0.0, 0.25])  # the untrained prompt validates best
+    agent.validate = lambda: next(accuracies)
+    summary = agent.train(progress=False)
+    assert summary["untrained_val_accuracy"] == 1.0 and summary["best_val_accuracy"] == 0.25
+    assert read(tmp_path / "r" / POLICY_BEST, POLICY_FORMAT)[1]["step"] == 1  # the trained prompt of step 1
