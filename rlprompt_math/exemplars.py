@@ -10,8 +10,8 @@ The answer forms (`config.ANSWER_FORMS`):
               `20% of 40 = 8`; "Solve for x: ..." gives `x = 2`). A question with no expression to copy
               (a word problem, GSM8K text) gets the bare answer.
   spaced      the equation with its operators spaced, `36 + 32 = 68`: how the default model writes its
-              own answers when it states one (its unprompted completions), and 2-4 points above the
-              unspaced equation on it (bench/reports/2026-12-03-exemplars-by-default.md).
+              own answers when it states one (its unprompted completions); about 2 points above the
+              unspaced equation on it, +2.0 (95% CI -2.1 to 6.4; bench/reports/2026-12-03-exemplars-by-default.md).
   completion  the model's own correct greedy completion of the question with no prompt, cut after its
               answer; where the model answers wrongly, the spaced form (`ExemplarPool.collect_completions`).
 
