@@ -520,7 +520,7 @@ def render(r: dict) -> str:
     lines = [f"Model {r['model']}; machine: {r['machine']}. Held-out test: {r['n_test']} two-operand integer "
              f"arithmetic problems (generator, difficulty 1-2), greedy, {s['max_new_tokens']} new tokens max, "
              f"answers ended at the first line break after a stated answer. Learned: {s['policy']} policy, "
-             f"{s['prompt_length']} slots over `{s['action_vocab']}`, {s.get('shots', 0)} exemplar slots, {s['baseline']} baseline, {s['steps']} steps x "
+             f"{s['prompt_length']} slots over `{s['action_vocab']}`, {s['shots'] if s.get('shots') is not None else 'the default number of'} exemplar slots, {s['baseline']} baseline, {s['steps']} steps x "
              f"{s['prompts_per_question']} prompts x {s['batch_size']} questions, {s['finalists']} finalists on "
              f"{s['val_size']} validation questions.", "",
              "| system | held-out accuracy | vs best hand-written (points; McNemar p) | oracle pairs (train + val) "
