@@ -3,6 +3,8 @@ that tests share (as fixtures, so no test imports this file)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -95,3 +97,30 @@ def _evaluate_repeats_final_comparison(run, limit: int) -> None:
     for name in final["systems"]:
         for key in ("accuracy", "mean_credit"):
             assert final["systems"][name][key] == later["systems"][name][key], (name, key)
+
+
+@pytest.fixture
+def server_killed_mid_run():
+    """with server_killed_mid_run(run_dir, stop) as killed: the first request a served engine sends after the
+    run's first checkpoint calls `stop()` (the real server process ends) before it goes out, once; `killed`
+    records it. Mid-run by construction, however many requests a run's setup makes first."""
+    return _server_killed_mid_run
+
+
+@contextlib.contextmanager
+def _server_killed_mid_run(run_dir, stop):
+    from unittest import mock
+
+    from rlprompt_math.checkpoint import STATE_LAST
+    from rlprompt_math.engines.openai import OpenAIEngine
+
+    killed, real_complete = [], OpenAIEngine._complete
+
+    def complete(self, texts, **kwargs):
+        if (run_dir / STATE_LAST).exists() and not killed:
+            killed.append(True)
+            stop()  # the request below meets a closed port
+        return real_complete(self, texts, **kwargs)
+
+    with mock.patch.object(OpenAIEngine, "_complete", complete):
+        yield killed

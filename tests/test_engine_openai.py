@@ -307,7 +307,9 @@ def test_a_likelihood_reward_against_llama_server_fails_before_training(llama_se
 
 
 @llama
-def test_a_server_killed_mid_run_stops_with_a_clear_error_and_resume_continues(llama_server, tmp_path):
+def test_a_server_killed_mid_run_stops_with_a_clear_error_and_resume_continues(llama_server, tmp_path,
+                                                                               server_killed_mid_run):
+    from rlprompt_math.checkpoint import STATE_LAST, load_state
     from rlprompt_math.config import RunConfig
     from rlprompt_math.train import resume_config, train
 
@@ -316,24 +318,11 @@ def test_a_server_killed_mid_run_stops_with_a_clear_error_and_resume_continues(l
                 "prompts_per_question": 2, "checkpoint_every": 1, "eval_every": 4, "num_problems": 60,
                 "val_size": 4, "test_size": 4, "no_final_eval": True, "output_dir": str(tmp_path),
                 "name": "killed", "quiet": True}
-    config = RunConfig.from_flat(settings)
-    calls = {"n": 0}
-    real_complete = OpenAIEngine._complete
-
-    def kill_on_third_call(self, texts, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            llama_server.stop()  # the real process ends; the request below meets a closed port
-        return real_complete(self, texts, **kwargs)
-
-    import unittest.mock
-
-    with unittest.mock.patch.object(OpenAIEngine, "_complete", kill_on_third_call):
-        with pytest.raises(EngineError, match="did not answer .* after 3 attempts.*--resume"):
-            train(config, log=lambda *_: None)
     run = tmp_path / "killed"
-    from rlprompt_math.checkpoint import STATE_LAST, load_state
-
+    with server_killed_mid_run(run, llama_server.stop) as killed:
+        with pytest.raises(EngineError, match="did not answer .* after 3 attempts.*--resume"):
+            train(RunConfig.from_flat(settings), log=lambda *_: None)
+    assert killed
     saved_step = load_state(run / STATE_LAST)[1]["step"]
     assert 1 <= saved_step < 4
     llama_server.start()

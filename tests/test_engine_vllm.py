@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import unittest.mock
 from pathlib import Path
 
 import pytest
@@ -132,7 +131,8 @@ def test_the_default_run_trains_and_evaluates_through_vllm(vllm_server, tmp_path
     assert report["systems"]
 
 
-def test_a_vllm_killed_mid_run_stops_with_a_clear_error_and_resume_continues(vllm_server, tmp_path):
+def test_a_vllm_killed_mid_run_stops_with_a_clear_error_and_resume_continues(vllm_server, tmp_path,
+                                                                             server_killed_mid_run):
     from rlprompt_math.checkpoint import STATE_LAST, load_state
     from rlprompt_math.config import RunConfig
     from rlprompt_math.train import resume_config, train
@@ -141,19 +141,11 @@ def test_a_vllm_killed_mid_run_stops_with_a_clear_error_and_resume_continues(vll
                 "max_retries": 2, "request_timeout": 30, "steps": 4, "batch_size": 2, "prompts_per_question": 2,
                 "checkpoint_every": 1, "eval_every": 4, "num_problems": 60, "val_size": 4, "test_size": 4,
                 "no_final_eval": True, "output_dir": str(tmp_path), "name": "killed", "quiet": True}
-    calls = {"n": 0}
-    real_complete = OpenAIEngine._complete
-
-    def kill_on_third_call(self, texts, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            vllm_server.stop()  # the real processes end; the request below meets a closed port
-        return real_complete(self, texts, **kwargs)
-
-    with unittest.mock.patch.object(OpenAIEngine, "_complete", kill_on_third_call):
+    run = tmp_path / "killed"
+    with server_killed_mid_run(run, vllm_server.stop) as killed:  # the real processes end
         with pytest.raises(EngineError, match="did not answer .* after 3 attempts.*--resume"):
             train(RunConfig.from_flat(settings), log=lambda *_: None)
-    run = tmp_path / "killed"
+    assert killed
     saved_step = load_state(run / STATE_LAST)[1]["step"]
     assert 1 <= saved_step < 4
     # Ctrl-C stopped the server cleanly: exit code 0, nothing listening on its port.
