@@ -317,7 +317,8 @@ def test_a_server_killed_mid_run_stops_with_a_clear_error_and_resume_continues(l
                 "max_retries": 2, "request_timeout": 30, "rewards": ["correct"], "steps": 4, "batch_size": 2,
                 "prompts_per_question": 2, "checkpoint_every": 1, "eval_every": 4, "num_problems": 60,
                 "val_size": 4, "test_size": 4, "no_final_eval": True, "output_dir": str(tmp_path),
-                "name": "killed", "quiet": True}
+                "name": "killed", "quiet": True,
+                "shots": 0}  # instruction prompts, as before exemplars became the default: this is about the server
     run = tmp_path / "killed"
     with server_killed_mid_run(run, llama_server.stop) as killed:
         with pytest.raises(EngineError, match="did not answer .* after 3 attempts.*--resume"):

@@ -140,7 +140,8 @@ def test_a_vllm_killed_mid_run_stops_with_a_clear_error_and_resume_continues(vll
     settings = {"engine": "openai", "base_url": [vllm_server.base_url], "served_model": "smollm2",
                 "max_retries": 2, "request_timeout": 30, "steps": 4, "batch_size": 2, "prompts_per_question": 2,
                 "checkpoint_every": 1, "eval_every": 4, "num_problems": 60, "val_size": 4, "test_size": 4,
-                "no_final_eval": True, "output_dir": str(tmp_path), "name": "killed", "quiet": True}
+                "no_final_eval": True, "output_dir": str(tmp_path), "name": "killed", "quiet": True,
+                "shots": 0}  # instruction prompts, as before exemplars became the default: this is about the server
     run = tmp_path / "killed"
     with server_killed_mid_run(run, vllm_server.stop) as killed:  # the real processes end
         with pytest.raises(EngineError, match="did not answer .* after 3 attempts.*--resume"):
