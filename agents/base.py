@@ -84,7 +84,8 @@ def prompt_space(env) -> PromptSpace:
 def policy_for(config, env, engine) -> PromptPolicy:
     """The run config's trainable policy over the env's prompt space (its slots, its action vocabulary; one
     route for both: the agents check they agree)."""
-    return build_policy(config.policy.policy, engine=engine, space=prompt_space(env), width=config.policy.policy_width)
+    return build_policy(config.policy.policy, engine=engine, space=prompt_space(env), width=config.policy.policy_width,
+                        pointer=config.policy.exemplar_pointer, pointer_scale=config.policy.pointer_scale)
 
 
 class Agent:
@@ -106,6 +107,7 @@ class Agent:
         self.best_val = -math.inf  # the kept policy's validation accuracy
         self.untrained_val: float | None = None  # the policy's before any update (validate_untrained)
         self.oracle_pairs = 0  # (prompt, question) pairs the oracle answered, validation included
+        self.val_distinct_prompts: int | None = None  # distinct greedy prompts at the last validation
         self.history: list[dict] = []
 
     @classmethod
@@ -174,6 +176,7 @@ class Agent:
         self.untrained_val = self.validate()
         if self.run is not None:  # metrics.csv and the plot; `history` holds steps only (callbacks see those)
             self.run.log_metrics({"step": -1, "val_accuracy": self.untrained_val, "oracle_pairs": self.oracle_pairs,
+                                  "val_distinct_prompts": self.val_distinct_prompts,
                                   "wall_s": time.perf_counter() - start})
 
     def validate(self) -> float:
@@ -184,6 +187,7 @@ class Agent:
         prompts = prompts_for(policy, self.space, self._observe(policy, self.val_problems))
         _, infos = self.env.score(self.val_problems, None, prompts=prompts, batch_label="validation")
         self.oracle_pairs += len(prompts)
+        self.val_distinct_prompts = len(set(map(str, prompts)))  # a conditioned policy: one per kind, or one for all?
         return float(np.mean([i["correct"] for i in infos]))
 
     def keep_if_best(self, val_accuracy: float) -> None:
@@ -251,6 +255,7 @@ class Agent:
             metrics = self.update()
             if self.validation_due():
                 metrics["val_accuracy"] = self.validate()
+                metrics["val_distinct_prompts"] = self.val_distinct_prompts
                 self.keep_if_best(metrics["val_accuracy"])
             self.complete_metrics(metrics)
             metrics["wall_s"] = time.perf_counter() - start

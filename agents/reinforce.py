@@ -121,8 +121,8 @@ class ReinforceAgent(Agent):
                              f"takes {len(self.space)} ({self.space.describe()}: sizes {self.space.slot_sizes})")
         self.policy = policy
         optimizer = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[config.optimizer]
-        lr = config.network_lr if policy.uses_observation else config.lr  # a network, or a logit table
-        self.optimizer = optimizer(policy.parameters(), lr=lr)
+        # A logit table at --lr; a question-conditioned policy's network weights at --network-lr.
+        self.optimizer = optimizer(policy.parameter_groups(config.lr, config.network_lr))
         self.value_head = None
         if config.baseline == "learned":
             dim = env.observe(env.problems[:1]).shape[1]
@@ -180,6 +180,7 @@ class ReinforceAgent(Agent):
             rewards = rewards.mean(0, keepdim=True)  # [1, K]: each prompt's mean over the questions
         values = self.value_head(obs_rep) if self.value_head is not None else None
         adv = advantages(rewards, cfg, self.baseline_state, values).view(-1)
+        slot_entropy = self.entropy_by_slot_kind(obs_rep, actions)  # before the update, as `entropy` is
         log_prob, entropy = self.policy.log_prob(obs_rep, actions)
         check_finite("log-probability", log_prob, where)
         coef = entropy_coef_at(cfg, step)
@@ -202,6 +203,7 @@ class ReinforceAgent(Agent):
         correct = np.array([info["correct"] for info in infos], dtype=float)
         metrics = {"step": step, "reward": float(rewards_np.mean()), "accuracy": float(correct.mean()),
                    "entropy": float(entropy.detach().mean()) / max(len(self.policy.slot_sizes), 1),
+                   **slot_entropy,
                    "entropy_coef": coef, "loss": float(loss.detach()), "grad_norm": grad_norm,
                    "oracle_pairs": self.oracle_pairs}
         best = int(np.argmax(rewards_np))
@@ -209,6 +211,15 @@ class ReinforceAgent(Agent):
         if self.run is not None:
             self.run.log_samples(step, infos, rewards_np)
         return metrics
+
+    def entropy_by_slot_kind(self, obs: torch.Tensor, actions: torch.Tensor) -> dict:
+        """Mean entropy per slot (nats) of the exemplar slots, the answer form and the instruction words, before
+        this step's update: `entropy_exemplars`, `entropy_form`, `entropy_words` (absent where no such slot)."""
+        per_slot = self.policy.slot_entropy(obs, actions).mean(0)
+        kinds = np.array(self.space.slot_kinds)
+        names = {"exemplar": "entropy_exemplars", "form": "entropy_form", "token": "entropy_words"}
+        return {names[kind]: float(per_slot[torch.as_tensor(kinds == kind)].mean()) for kind in names
+                if (kinds == kind).any()}
 
     def progress_postfix(self, metrics: dict) -> dict:
         return {"reward": f"{metrics['reward']:.3f}", "acc": f"{metrics['accuracy']:.2f}",

@@ -30,7 +30,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from headline import HAND_WRITTEN, _label, _pct, _train_one  # noqa: E402  (bench/ is this script's directory)
+from common import HAND_WRITTEN, label as _label, pct as _pct, train_one as _train_one  # noqa: E402  (bench/ is on the path)
 
 KINDS = ("arithmetic", "fractions", "percentages", "word_one_step", "linear_equation")
 # The systems trained on each seed (overrides of the shared settings), all on the same oracle budget:
@@ -134,7 +134,9 @@ def main(seeds, kinds, steps, batch_size, prompts_per_question, shots, prompt_le
                        "p": paired_comparison(b[m], other[m])["mcnemar_p"]}
                 for kind, m in [*((k, test_kinds == k) for k in kinds), ("all", np.ones(len(test), bool))]}
     results["total_wall_s"] = time.perf_counter() - started
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    from rlprompt_math.checkpoint import dumps_json  # strict JSON: NaN and infinities as null
+
+    (out / "results.json").write_text(dumps_json(results, indent=2))
     (out / "results.md").write_text(render(results))
     click.echo((out / "results.md").read_text())
 

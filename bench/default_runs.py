@@ -86,6 +86,7 @@ def main(seeds, heldout, train_args, out, reuse, report_only):
     from rlprompt_math.config import saved_config
     from rlprompt_math.engines.transformers.loading import cpu_description
     from rlprompt_math.evaluation import evaluate_run
+    from rlprompt_math.checkpoint import dumps_json  # strict JSON: NaN and infinities as null
     from rlprompt_math.runlog import RunDir
 
     out = Path(out).resolve()
@@ -118,7 +119,7 @@ def main(seeds, heldout, train_args, out, reuse, report_only):
         results["runs"].append({"seed": seed, "timing": timing, "dtype": str(engine.dtype).removeprefix("torch."),
                                 "prompt": report["systems"]["learned policy"]["prompts"][0]["prompt"],  # most used
                                 "systems": systems, "curve": curve(run), "oracle_pairs": summary["oracle_pairs"]})
-        results_path.write_text(json.dumps(results, indent=2, default=str))
+        results_path.write_text(dumps_json(results, indent=2, default=str))
         click.echo(f"seed {seed}: {systems['learned policy']['accuracy']:.1%}")
     click.echo(render(results) + f"\ncurves: {plot_curves(results, out / 'validation_curves.png')}")
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import time
 from pathlib import Path
 
@@ -49,11 +48,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from common import HAND_WRITTEN, label as _label, pct as _pct, train_one as _train_one  # noqa: E402  (bench/ is on the path)
 from rlprompt_math.agents.base import validations_planned  # noqa: E402
-from rlprompt_math.config import NO_PROMPT, REFERENCE_PROMPTS, field_default  # noqa: E402
+from rlprompt_math.config import field_default  # noqa: E402
 
-# The reference prompts every comparison includes, and one more hand-written one.
-HAND_WRITTEN = (*REFERENCE_PROMPTS, "Take a deep breath and work on this problem step-by-step.")
 HARD_KINDS = ("word_two_step", "fractions", "percentages")
 # The headline setting is the defaults (with the budgets of the options below); its label says which.
 HEADLINE = (f"headline setting ({field_default('policy')}, {field_default('baseline')}, "
@@ -102,46 +100,6 @@ ROUTES = {
     "gumbel-own": ("Gumbel-softmax Refiner, own-completion loss",
                    {"agent": "gumbel", "policy": "refiner", "finalists": 0, "loss_target": "own"}),
 }
-
-
-def _label(prompt: str) -> str:
-    return NO_PROMPT if prompt == "" else repr(prompt)
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
-def _train_one(engine, splits, settings: dict, seed: int, run_dir: Path, reuse: bool = False) -> dict:
-    """Train one prompt policy through the one wiring (`rlprompt_math.train`); its kept prompt and facts.
-    With `reuse`, a finished run already in `run_dir` with the same settings is loaded instead."""
-    from rlprompt_math.checkpoint import POLICY_BEST, SUMMARY, load_policy
-    from rlprompt_math.config import RunConfig
-    from rlprompt_math.evaluation import policy_prompts
-    from rlprompt_math.runlog import RunDir
-    from rlprompt_math.train import train
-
-    config = RunConfig.from_flat({**settings, "seed": seed, "eval_every": max(1, settings["steps"] // 3),
-                                  "output_dir": str(run_dir.parent), "name": run_dir.name, "no_final_eval": True})
-    done = run_dir / SUMMARY
-    where = ("quiet", "output_dir", "name")  # not settings of the run itself
-
-    def settings_of(flat: dict) -> dict:
-        return json.loads(json.dumps({k: v for k, v in flat.items() if k not in where}))
-
-    if reuse and done.exists() and settings_of(RunDir(run_dir).read_config()) == settings_of(config.to_flat()):
-        summary = json.loads(done.read_text())
-        wall_s = summary["wall_s"]
-        click.echo(f"reused {run_dir} (trained earlier in {wall_s:.0f} s)")
-    else:
-        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run each time this script runs
-        start = time.perf_counter()
-        summary = train(config, engine=engine, splits=splits, log=click.echo).summary
-        wall_s = time.perf_counter() - start
-    policy, vocab, meta = load_policy(run_dir / POLICY_BEST, engine)
-    return {"policy": policy, "vocab": vocab, "summary": summary, "wall_s": wall_s,
-            "reading": meta.get("reading"),
-            "prompts_of": lambda problems: policy_prompts(policy, vocab, problems, engine)}
 
 
 @click.command()
@@ -235,7 +193,9 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
 
     def write():
         results["total_wall_s"] = time.perf_counter() - started
-        (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        from rlprompt_math.checkpoint import dumps_json  # strict JSON: NaN and infinities as null
+
+        (out / "results.json").write_text(dumps_json(results, indent=2, default=str))
         (out / "results.md").write_text(render(results))
         plot_routes(results, out)
         plot_budgets(results, out)

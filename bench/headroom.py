@@ -52,6 +52,7 @@ import time
 import click
 import numpy as np
 
+from rlprompt_math.checkpoint import dumps_json  # strict JSON: NaN and infinities as null
 from rlprompt_math.config import field_default
 from rlprompt_math.engines.transformers.loading import cpu_description
 
@@ -234,11 +235,11 @@ def factor_landscape(engine, splits: dict, vocab, mix, decoding, *, questions: i
     if out:
         os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
         with open(out, "w") as handle:
-            json.dump({"summary": summary, "question_ids": [p.id for p in train], "pool": pool.to_dict(),
+            handle.write(dumps_json({"summary": summary, "question_ids": [p.id for p in train], "pool": pool.to_dict(),
                        "prompts": {name: [as_prompt(p).to_dict() for p in prompts] for name, prompts in levels.items()},
                        "whole_space_actions": whole_actions.tolist(),
                        "correct": {name: t.tolist() for name, t in correct.items()},
-                       "reward": {name: t.tolist() for name, t in reward.items()}}, handle)
+                       "reward": {name: t.tolist() for name, t in reward.items()}}))
     return summary
 
 
@@ -349,8 +350,8 @@ def main(n_prompts, questions, ceiling_questions, prompt_length, kinds, difficul
     if out:
         os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
         with open(out, "w") as handle:
-            json.dump({"summary": summary, "prompts": prompts, "correct": correct.tolist(),
-                       "reward": reward.tolist(), "actions": actions.tolist()}, handle)
+            handle.write(dumps_json({"summary": summary, "prompts": prompts, "correct": correct.tolist(),
+                                     "reward": reward.tolist(), "actions": actions.tolist()}))
 
 
 if __name__ == "__main__":

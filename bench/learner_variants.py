@@ -12,7 +12,6 @@ so settings can be chosen here without tuning to the test problems. Prints one l
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -21,8 +20,9 @@ import click
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from headline import _train_one  # noqa: E402  (bench/ is this script's directory)
+from common import train_one as _train_one  # noqa: E402  (bench/ is on the path)
 from rlprompt_math.agents.base import validations_planned  # noqa: E402
+from rlprompt_math.checkpoint import dumps_json  # noqa: E402  (strict JSON: NaN and infinities as null)
 
 VARIANTS = {
     "default": {},
@@ -86,7 +86,7 @@ def main(variants, seeds, steps, shots, val_size, dev_size, out):
                    "train_wall_s": item["wall_s"], "wall_s": time.perf_counter() - start,
                    "correct": correct.astype(int).tolist()}
             with (out / "results.jsonl").open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+                handle.write(dumps_json(row) + "\n")
             click.echo(f"seed {seed} {name}: dev {100 * correct.mean():.1f}%, {row['oracle_pairs']} pairs, "
                        f"{row['prompt']!r}")
     for (name, seed), correct in results.items():

@@ -169,12 +169,14 @@ def main(n_prompts, questions, prompt_length, max_new_tokens, halvings, seed, th
         summary["by_answer_form"] = by_form
     print(json.dumps(summary, indent=2))
     if out:
+        from rlprompt_math.checkpoint import dumps_json  # strict JSON: NaN and infinities as null
+
         with open(out, "w") as handle:
-            json.dump({"summary": summary, "prompts": [str(p) for p in prompts], "forms": forms,
+            handle.write(dumps_json({"summary": summary, "prompts": [str(p) for p in prompts], "forms": forms,
                        "pairs": [{"prompt": str(p), "question": q.question, "gold": q.answer, "completion": i["completion"],
                                   "correct": i["correct"], "rewards": i["rewards"]}
                                  for p, q, i in zip(pairs_p, pairs_q, infos)]},
-                      handle, indent=1)
+                                    indent=1))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ budget (agents/random_search.py: the best sampled prompt by mean training reward
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -33,6 +32,7 @@ import click
 import numpy as np
 import torch
 
+from rlprompt_math.checkpoint import dumps_json  # strict JSON: NaN and infinities as null
 from rlprompt_math.config import AlgorithmConfig
 from rlprompt_math.data import Problem
 
@@ -146,7 +146,7 @@ def budget_sweep(landscapes, budgets, seeds, out) -> None:
     if out:
         Path(out).with_suffix(".png").parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(Path(out).with_suffix(".png"), dpi=120)
-        Path(out).write_text(json.dumps(results, indent=1))
+        Path(out).write_text(dumps_json(results, indent=1))
         print(f"\nplot: {Path(out).with_suffix('.png')}")
 
 
@@ -215,7 +215,7 @@ def main(seeds, steps, landscapes, budgets, out):
                   f"{' / '.join(f'{a:.1f}' for a in acc)} | |")
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
     if out:
-        Path(out).write_text(json.dumps(results, indent=1))
+        Path(out).write_text(dumps_json(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -95,11 +95,9 @@ class PromptRefineEnv(gym.Env):
             return out
         for problem in dict.fromkeys(problems):
             if problem.id not in self._features:
-                # The seed's Refiner input: the question as the LLM sees it without a prompt. One
-                # question per forward pass, so its features never depend on its batch-mates (padded
-                # batches differ in the last bits), which keeps runs and resumes bitwise reproducible.
-                text = self.engine.render("", problem.question)
-                self._features[problem.id] = self.engine.features([text])[0].numpy().astype(np.float32)
+                # The seed's Refiner input: the question as the LLM sees it without a prompt.
+                features = self.engine.question_features([problem.question])[0]
+                self._features[problem.id] = features.numpy().astype(np.float32)
         return np.stack([self._features[p.id] for p in problems])
 
     # ---- the batched fast path -----------------------------------------------------------------

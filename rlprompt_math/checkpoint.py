@@ -13,10 +13,12 @@ or vocabulary fails with a message that says what differs.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -53,6 +55,29 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, from another format version, or for another model."""
 
 
+# ---- strict JSON: every JSON file the project writes goes through here ------------------------------
+
+
+def json_safe(value):
+    """`value` as strict JSON (RFC 8259) can hold it: a non-finite float (NaN, an infinity: `best_val_accuracy`
+    before any validation, a metric of no questions) becomes None (null), numpy scalars Python numbers, tuples
+    lists. Python's json writes NaN and -Infinity by default, which strict parsers (JavaScript, jq, Go) refuse."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    return value
+
+
+def dumps_json(value, **kwargs) -> str:
+    """`json.dumps` that writes strict JSON: non-finite floats as null (`json_safe`), never NaN or Infinity."""
+    return json.dumps(json_safe(value), allow_nan=False, **kwargs)
+
+
 def atomic_save(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +85,7 @@ def atomic_save(path: str | Path, tensors: dict[str, torch.Tensor], metadata: di
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={"json": json.dumps(metadata)})
+        save_file(tensors, tmp, metadata={"json": dumps_json(metadata)})
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -145,7 +170,8 @@ def load_policy(path, engine, *, check: bool = True) -> tuple[PromptPolicy, Prom
         raise CheckpointError(f"{path}: the policy's exemplar and answer-form slots {config.get('factor_sizes')} do "
                               f"not match its recorded prompt space {space.factor_sizes}")
     policy = build_policy(config["kind"], engine=engine, space=space,
-                          width=config.get("width", PolicyConfig.policy_width))
+                          width=config.get("width", PolicyConfig.policy_width),
+                          pointer=bool(config.get("pointer_shots")))
     try:
         policy.load_state_dict(tensors)
     except RuntimeError as error:

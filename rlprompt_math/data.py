@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import itertools
+import math
 import json
 import os
 import random
@@ -41,6 +42,12 @@ class Problem:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def kind(self) -> str | None:
+        """The problem's kind where its source names one (the generator's kinds; a dataset's `--kind-field`)."""
+        kind = self.extra.get("kind")
+        return str(kind) if kind is not None else None
 
 
 def problem_id(question: str) -> str:
@@ -91,6 +98,19 @@ def _row_location(path: str, builder: str, index: int) -> str:
     return f"{path} row {index}"
 
 
+def _check_utf8(path: Path) -> None:
+    """A text dataset (JSONL, JSON, CSV) must be UTF-8: name the first line that is not, before `datasets` or
+    `csv` stop at it with a UnicodeDecodeError. Not a bad row that --skip-bad-rows could skip: the file's
+    encoding is wrong (or it is not text)."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(f"{path}:{number}: not UTF-8 text (byte 0x{line[error.start]:02x} at column "
+                                f"{error.start + 1}); save the file as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
+
+
 def _check_json_lines(path: Path) -> None:
     """`datasets` reports a broken JSON line without its number; find it first."""
     with open(path, encoding="utf-8") as handle:
@@ -111,6 +131,8 @@ def _open_dataset(source: str, split: str):
         if builder is None:
             raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json, .csv or .parquet")
         kwargs = {}
+        if builder in ("json", "csv"):
+            _check_utf8(path)
         if builder == "json" and path.suffix.lower() == ".jsonl":
             _check_json_lines(path)
         if builder == "csv":
@@ -121,7 +143,7 @@ def _open_dataset(source: str, split: str):
         try:
             ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
         except Exception as error:
-            raise DataError(f"{path}: could not be read as {builder}: {error}") from error
+            raise DataError(f"{path}: could not be read as {builder}: {' '.join(str(error).split())}") from error
         return ds, str(path), builder
     if path.suffix.lower() in _SUFFIX_BUILDERS or source.startswith((".", "/", "~")):
         raise DataError(f"dataset file not found: {path}")
@@ -133,6 +155,12 @@ def _open_dataset(source: str, split: str):
         raise DataError(f"could not load hub dataset {source!r} (split {split!r}): {error}.{hint} "
                         "Pass a local .jsonl/.csv/.parquet file instead.") from error
     return ds, source, "hub"
+
+
+# A question longer than this is refused as the dataset loads, before a model does (a 1 MB question asked the
+# engine for a 176 GB attention mask); after the model loads, train.check_question_lengths holds each question
+# to the model's own positions.
+MAX_QUESTION_CHARS = 100_000
 
 
 def load_problems(source: str, *, fmt: str = "auto", question_field: str | None = None,
@@ -158,6 +186,9 @@ def load_problems(source: str, *, fmt: str = "auto", question_field: str | None 
         reason = None
         if not isinstance(question, str) or not question.strip():
             reason = "missing or empty question"
+        elif len(question) > MAX_QUESTION_CHARS:
+            reason = (f"question of {len(question):,} characters, more than {MAX_QUESTION_CHARS:,} (longer than "
+                      "any model here takes)")
         elif answer is None or not str(answer).strip():
             reason = "missing or empty answer" + (" (no '#### N' line)" if detected == "gsm8k" else "")
         else:
@@ -296,10 +327,66 @@ def _linear_equation(rng, level):
     return f"Solve for x: {a}x {sign} {abs(b)} = {c}.", Fraction(x)
 
 
+def _powers_roots(rng, level):
+    """Integer powers and exact roots, as math datasets write them (`3^4`, `(-2)^3`, "the square root of 144")."""
+    form = rng.randrange(3)
+    if form == 0:
+        exponent = rng.choice((2, 2, 3, 4, 5)[: (3, 4, 5)[level - 1]])
+        base = rng.randint(2, {2: (20, 30, 50), 3: (10, 12, 15), 4: (6, 8, 10), 5: (4, 5, 6)}[exponent][level - 1])
+        if rng.randrange(4) == 0:
+            base = -base
+            return f"What is ({base})^{exponent}?", Fraction(base ** exponent)
+        return f"What is {base}^{exponent}?", Fraction(base ** exponent)
+    if form == 1:
+        root = rng.randint(2, (30, 60, 120)[level - 1])
+        return f"What is the square root of {root * root}?", Fraction(root)
+    root = rng.randint(2, (10, 15, 25)[level - 1])
+    return f"What is the cube root of {root ** 3}?", Fraction(root)
+
+
+def _remainders(rng, level):
+    divisor = rng.randint(3, (9, 15, 30)[level - 1])
+    dividend = rng.randint(divisor + 1, (60, 300, 2000)[level - 1])
+    phrase = rng.choice(("What is the remainder when {a} is divided by {b}?",
+                         "Calculate the remainder when {a} is divided by {b}."))
+    return phrase.format(a=dividend, b=divisor), Fraction(dividend % divisor)
+
+
+def _absolute_values(rng, level):
+    hi = (20, 60, 200)[level - 1]
+    a, b = rng.randint(-hi, hi), rng.randint(1, hi)
+    if rng.randrange(2):
+        return f"What is |{a} - {b}|?", Fraction(abs(a - b))
+    return f"What is the absolute value of {a - b}?", Fraction(abs(a - b))
+
+
+def _factorials(rng, level):
+    n = rng.randint(3, (7, 9, 12)[level - 1])
+    form = rng.randrange(3)
+    if form == 0:
+        return f"What is {n}!?", Fraction(math.factorial(n))
+    if form == 1:
+        k = rng.randint(1, n - 1)
+        return f"What is {n}!/{k}!?", Fraction(math.factorial(n) // math.factorial(k))
+    m, c = rng.randint(2, 5), rng.randint(2, (20, 50, 100)[level - 1])
+    return f"What is {m}! + {c}?", Fraction(math.factorial(m) + c)
+
+
+def _gcd_lcm(rng, level):
+    common = rng.randint(2, (6, 12, 25)[level - 1])
+    a, b = (common * rng.randint(1, (8, 12, 20)[level - 1]) for _ in range(2))
+    if rng.randrange(2):
+        phrase = rng.choice(("What is the greatest common divisor of {a} and {b}?",
+                             "Calculate the highest common factor of {a} and {b}."))
+        return phrase.format(a=a, b=b), Fraction(math.gcd(a, b))
+    return f"What is the least common multiple of {a} and {b}?", Fraction(math.lcm(a, b))
+
+
 GENERATORS = {"arithmetic": _arithmetic, "order_of_operations": _order_of_operations,
               "fractions": _fractions, "decimals": _decimals, "percentages": _percentages,
               "word_one_step": _word_one_step, "word_two_step": _word_two_step,
-              "linear_equation": _linear_equation}
+              "linear_equation": _linear_equation, "powers_roots": _powers_roots, "remainders": _remainders,
+              "absolute_values": _absolute_values, "factorials": _factorials, "gcd_lcm": _gcd_lcm}
 if tuple(GENERATORS) != GENERATOR_KINDS:
     raise ImportError(f"the generators {tuple(GENERATORS)} do not match config.GENERATOR_KINDS {GENERATOR_KINDS}")
 

@@ -38,8 +38,8 @@ from .policies import PromptPolicy
 from .rewards import RewardMix
 from .templates import Prompt, PromptLike
 
-__all__ = ["NO_PROMPT", "bootstrap_ci", "compare_systems", "evaluate_run", "few_shot_system", "format_table",
-           "mcnemar_p", "paired_comparison", "policy_prompts", "reference_systems", "run_train_problems",
+__all__ = ["NO_PROMPT", "bootstrap_ci", "by_kind", "compare_systems", "evaluate_run", "few_shot_system", "format_table",
+           "mcnemar_p", "paired_comparison", "policy_prompts", "reference_systems", "run_prompts", "run_train_problems",
            "score_system", "write_report"]
 
 
@@ -128,6 +128,37 @@ def policy_prompts(policy: PromptPolicy, space, problems: Sequence[Problem], fea
     return policy.prompts(feature_engine.features(texts), space)
 
 
+def run_prompts(run_dir: str | Path, questions: Sequence[str], *, checkpoint: str = "best", engine=None,
+                log=print) -> list[dict]:
+    """The prompt a saved run's policy writes for each new question (`run.py prompt`): a question-conditioned
+    policy writes one per question, from its model's features (loaded in the dtype and on the device the run
+    recorded, unless `engine` is given). Each entry: {"question", "prompt" (its label), "instruction",
+    "exemplars", "messages" (the chat turns to send, question included)}."""
+    from .checkpoint import POLICY_FILES, load_policy
+    from .config import saved_config
+    from .engines import load_engine, pin_engine_settings
+    from .runlog import RunDir
+    from .templates import as_prompt, chat_content_template
+
+    config = saved_config(RunDir(Path(run_dir)).read_config())
+    if engine is None:
+        log(f"model: {pin_engine_settings(config.engine, given='as the run recorded')}")
+        engine = load_engine(config.engine)
+    policy, space, _ = load_policy(Path(run_dir) / POLICY_FILES[checkpoint], engine)
+    if policy.kind == "soft":
+        from .checkpoint import CheckpointError
+
+        raise CheckpointError(f"{run_dir} holds a soft prompt (embeddings, not text): it has no prompt to print")
+    problems = [Problem(f"question-{i}", question, "") for i, question in enumerate(questions)]
+    content = chat_content_template(config.engine.template)
+    out = []
+    for question, prompt in zip(questions, policy_prompts(policy, space, problems, engine)):
+        structured = as_prompt(prompt)
+        out.append({"question": question, "prompt": prompt_label(prompt), **structured.to_dict(),
+                    "messages": structured.messages(question, content)})
+    return out
+
+
 def compare_systems(engine, reward_mix: RewardMix, problems: Sequence[Problem], systems: dict[str, list[PromptLike]],
                     decoding: Decoding, *, reference: str | None = None, progress: bool = True) -> dict:
     """Score each system's prompts; paired tests of `reference` (default: the first) against the rest."""
@@ -142,20 +173,49 @@ def compare_systems(engine, reward_mix: RewardMix, problems: Sequence[Problem], 
               "decoding": decoding.__dict__, "rewards": reward_mix.describe(), "systems": {}}
     for name, result in results.items():
         summary = result.summary()
+        summary["distinct_prompts"] = len(set(map(str, result.prompts)))
         if name != reference:
             summary["vs_reference"] = paired_comparison(result.correct, ref)
         report["systems"][name] = summary
+    kinds = by_kind(problems, results, reference)
+    if kinds:
+        report["by_kind"] = kinds
     report["_results"] = results
     return report
 
 
+def by_kind(problems: Sequence[Problem], results: dict[str, "SystemResult"], reference: str) -> dict:
+    """Per problem kind (`Problem.kind`; {} unless the problems name at least two): each system's accuracy with
+    its interval, the distinct prompts it wrote for that kind, and `reference` against it (McNemar p) on that
+    kind's questions alone."""
+    kinds = [p.kind for p in problems]
+    if None in kinds or len(set(kinds)) < 2:
+        return {}
+    table = {}
+    for kind in sorted(set(kinds)):
+        rows = np.array([k == kind for k in kinds])
+        ref = results[reference].correct[rows]
+        entry = {"n": int(rows.sum()), "systems": {}}
+        for name, result in results.items():
+            correct = result.correct[rows]
+            cell = {"accuracy": float(correct.mean()), "ci95": list(bootstrap_ci(correct)),
+                    "distinct_prompts": len({str(q) for q, r in zip(result.prompts, rows) if r})}
+            if name != reference:
+                cell["vs_reference"] = paired_comparison(correct, ref)
+            entry["systems"][name] = cell
+        table[kind] = entry
+    return table
+
+
 def write_report(report: dict, problems: Sequence[Problem], out_dir: str | Path) -> dict[str, Path]:
+    from .checkpoint import dumps_json
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, SystemResult] = report["_results"]
     clean = {k: v for k, v in report.items() if k != "_results"}
     paths = {"report": out / "report.json", "per_question": out / "per_question.csv", "chart": out / "accuracy.png"}
-    paths["report"].write_text(json.dumps(clean, indent=2))
+    paths["report"].write_text(dumps_json(clean, indent=2))
     with open(paths["per_question"], "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["problem_id", "question", "gold", "system", "prompt", "completion", "extracted",
@@ -194,12 +254,32 @@ def _bar_chart(report: dict, path: Path) -> None:
 def format_table(report: dict) -> str:
     # Names up to 52 characters in full (the few-shot reference's), longer ones cut.
     width = min(52, max([38, *map(len, report["systems"])]))
-    lines = [f"{'system':{width}s} {'accuracy':>9s} {'95% CI':>15s} {'credit':>7s} {'extracted':>9s} {'p vs ref':>9s}"]
+    lines = [f"{'system':{width}s} {'accuracy':>9s} {'95% CI':>15s} {'credit':>7s} {'extracted':>9s} {'p vs ref':>9s}"
+             f" {'prompts':>7s}"]
     for name, s in report["systems"].items():
         p = s.get("vs_reference", {}).get("mcnemar_p")
         lines.append(f"{(name[:width - 2] + '..') if len(name) > width else name:{width}s} {s['accuracy']:9.1%} "
                      f"[{s['ci95'][0]:5.1%}, {s['ci95'][1]:5.1%}] {s['mean_credit']:7.3f} "
-                     f"{s['extraction_rate']:9.1%} {'' if p is None else f'{p:9.3g}'}")
+                     f"{s['extraction_rate']:9.1%} {'' if p is None else f'{p:9.3g}':>9s} {s.get('distinct_prompts', ''):>7}")
+    if report.get("by_kind"):
+        lines += ["", format_kind_table(report)]
+    return "\n".join(lines)
+
+
+def format_kind_table(report: dict) -> str:
+    """Accuracy per kind (rows) and system (columns; the reference first), with the reference's McNemar p
+    against each other system in brackets and the distinct prompts the reference wrote for the kind."""
+    names = list(report["systems"])
+    short = ["ref" if n == report["reference"] else (n[:14] + "..") if len(n) > 16 else n for n in names]
+    lines = [f"{'kind':20s} {'n':>4s} " + " ".join(f"{s:>16s}" for s in short) + "  ref prompts"]
+    for kind, entry in report["by_kind"].items():
+        cells = []
+        for name in names:
+            cell = entry["systems"][name]
+            p = cell.get("vs_reference", {}).get("mcnemar_p")
+            cells.append(f"{cell['accuracy']:6.1%}" + (f" (p {p:.2g})" if p is not None else "").ljust(10))
+        lines.append(f"{kind[:20]:20s} {entry['n']:4d} " + " ".join(f"{c:>16s}" for c in cells)
+                     + f"  {entry['systems'][report['reference']]['distinct_prompts']:>11d}")
     return "\n".join(lines)
 
 
@@ -246,7 +326,8 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", problems: Seq
                  reference_prompts: Sequence[PromptLike] = REFERENCE_PROMPTS, reference_shots: int | None = None,
                  model: str | None = None, max_new_tokens: int | None = None, output: str | Path | None = None,
                  progress: bool = True, log=print, config: RunConfig | None = None, engine=None,
-                 train_problems: Sequence[Problem] | None = None) -> dict:
+                 train_problems: Sequence[Problem] | None = None, dtype: str | None = None,
+                 device: str | None = None) -> dict:
     """Evaluate a saved run's policy against the reference prompts (the Python form of `run.py evaluate`,
     and training's final comparison).
 
@@ -256,21 +337,38 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", problems: Seq
     `problems` defaults to the run's own `split`. `model` scores the prompts on another model: prompt
     text is re-tokenised for it; a question-conditioned policy still writes its prompts from the
     features of the model it was trained for, so both models are loaded. `config` (default: the run's
-    config.yaml) and `engine` (default: loaded from it) may be passed when they are at hand.
+    config.yaml) and `engine` (default: loaded from it, in the dtype and on the device the run recorded, or
+    `dtype` and `device` where given) may be passed when they are at hand. The report directory is checked
+    for writing before anything is scored.
     """
     from .checkpoint import POLICY_FILES, load_policy
     from .config import saved_config
     from .data import problems_from_config
-    from .engines import load_engine
+    from .engines import load_engine, pin_engine_settings
     from .runlog import RunDir
+
+    from .runlog import unwritable_reason
 
     run_dir = Path(run_dir)
     if config is None:
         config = saved_config(RunDir(run_dir).read_config())
+    # The run's recorded dtype and device (engines.pin_engine_settings), unless asked otherwise: the same model
+    # numbers as in training. An older run that recorded `auto` decides again.
+    if dtype or device:
+        config.engine = dataclasses.replace(config.engine, dtype=dtype or config.engine.dtype,
+                                            device=device or config.engine.device)
+        config.engine.validate()
+    out = Path(output) if output else run_dir / (f"eval-{split}" + (f"-{Path(model).name}" if model else ""))
+    reason = unwritable_reason(out)  # before any scoring: a finished evaluation must not be lost
+    if reason:
+        raise ConfigError(f"cannot write the report to {out}: {reason} (choose a writable --output-dir); "
+                          "nothing was scored")
     if problems is None:
         _, splits, _ = problems_from_config(config.data, config.seed)
         problems = splits[split]
     problems = list(problems)[:limit]
+    if engine is None:
+        log(f"dtype: {pin_engine_settings(config.engine, given='as the run recorded')}")
     train_engine = engine if engine is not None else load_engine(config.engine)
     policy, space, _ = load_policy(run_dir / POLICY_FILES[checkpoint], train_engine)
     target = train_engine
@@ -296,6 +394,10 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", problems: Seq
     if policy.kind == "soft":  # its prompt "text" is a marker; say what it is closest to
         report["systems"]["learned policy"]["soft_prompt_reading"] = policy.reading()
         log(f"soft prompt {systems['learned policy'][0]}: nearest tokens {policy.reading()!r}")
-    out = Path(output) if output else run_dir / (f"eval-{split}" + (f"-{Path(model).name}" if model else ""))
-    report["_paths"] = write_report(report, problems, out)
+    try:
+        report["_paths"] = write_report(report, problems, out)
+    except OSError as error:  # the scores are done: show them rather than lose them
+        log(format_table(report))
+        raise ConfigError(f"the report could not be written to {out}: {error.strerror or error}; the table above "
+                          "is the result") from error
     return report

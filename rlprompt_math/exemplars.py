@@ -119,7 +119,10 @@ class ExemplarPool:
     @classmethod
     def from_splits(cls, train: Sequence[Problem], held_out: Sequence[Problem], size: int, seed: int = 0
                     ) -> "ExemplarPool":
-        """`size` problems drawn (seeded) from the training split; `held_out` is validation + test.
+        """`size` problems drawn (seeded) from the training split; `held_out` is validation + test. Where the
+        problems name their kind (`Problem.kind`: the generator's, or a dataset's kind column), every kind
+        gets an equal share of the pool (a one-for-all draw gave 2 of 13 kinds no exemplar at 32 problems),
+        so a question-conditioned policy can show any question exemplars of its own kind.
 
         Raises ValueError if a drawn problem's id or question text is also held out: a prompt must
         never show the model a problem it is scored on.
@@ -127,7 +130,7 @@ class ExemplarPool:
         train = list(train)
         if not 1 <= size <= len(train):
             raise ValueError(f"an exemplar pool of {size} problems from {len(train)} training problems")
-        drawn = random.Random(seed).sample(train, size)
+        drawn = _draw_by_kind(train, size, random.Random(seed))
         held_ids = {p.id for p in held_out}
         held_questions = {_normalized(p.question) for p in held_out}
         leaked = [p for p in drawn if p.id in held_ids or _normalized(p.question) in held_questions]
@@ -201,6 +204,24 @@ def few_shot_reference(train_problems: Sequence[Problem], k: int, form: str = "s
 def reference_name(k: int, form: str = "spaced") -> str:
     """How the few-shot reference is named in reports."""
     return f"{k}-shot (first {k} training problem{'s' if k != 1 else ''}, {form} form)"
+
+
+def _draw_by_kind(train: list[Problem], size: int, rng: random.Random) -> list[Problem]:
+    """`size` problems of `train`, each kind (`Problem.kind`) an equal share (as equal as `size` allows; a kind
+    with too few problems gives all it has and the rest go to the others). One kind, or none named: a plain
+    uniform draw, exactly as before kinds were shared out."""
+    by_kind: dict[str, list[Problem]] = {}
+    for problem in train:
+        by_kind.setdefault(problem.kind or "", []).append(problem)
+    if len(by_kind) < 2:
+        return rng.sample(train, size)
+    queues = {kind: rng.sample(problems, len(problems)) for kind, problems in sorted(by_kind.items())}
+    drawn: list[Problem] = []
+    while len(drawn) < size:  # round robin over the kinds in a seeded order, each from its own shuffled queue
+        for kind in rng.sample(sorted(queues), len(queues)):
+            if queues[kind] and len(drawn) < size:
+                drawn.append(queues[kind].pop())
+    return drawn
 
 
 def _normalized(question: str) -> str:

@@ -5,18 +5,43 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from .checkpoint import CONFIG, LEARNING_CURVE, METRICS, SAMPLES, TENSORBOARD
+from .checkpoint import CONFIG, LEARNING_CURVE, METRICS, SAMPLES, TENSORBOARD, dumps_json
+from .config import ConfigError, read_settings
 
 # The columns of metrics.csv. "temperature" is the Gumbel-softmax tau of the step (--agent gumbel, set by
 # --gumbel-tau); the column keeps its first name so that metrics.csv files compare across versions.
 METRIC_FIELDS = ["step", "reward", "accuracy", "val_accuracy", "entropy", "entropy_coef", "loss", "grad_norm",
                  "oracle_pairs", "wall_s", "sample_prompt", "temperature", "forward_passes", "backward_passes",
-                 "step_s"]
+                 "step_s", "entropy_exemplars", "entropy_form", "entropy_words", "val_distinct_prompts"]
+
+
+def unwritable_reason(path: str | Path) -> str | None:
+    """Why files cannot be written in the directory `path`, or None where they can. Tried, not guessed from
+    permission bits (root, read-only mounts): a temporary file in `path`, or where `path` does not exist yet,
+    a temporary directory in its nearest existing parent; both are removed again and nothing else is made."""
+    path = Path(path).absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    try:
+        if existing == path:
+            handle, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+            os.close(handle)
+            os.unlink(probe)
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".write-test-"))
+    except OSError as error:
+        return f"{error.strerror or error} in {existing}"
+    return None
 
 
 class RunDir:
@@ -49,7 +74,10 @@ class RunDir:
         (self.path / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
 
     def read_config(self) -> dict:
-        return yaml.safe_load((self.path / CONFIG).read_text())
+        """The run's settings (config.yaml); ConfigError where the folder is not a run or the file is corrupt."""
+        if not (self.path / CONFIG).is_file():
+            raise ConfigError(f"{self.path} is not a run directory: it has no {CONFIG}")
+        return read_settings(self.path / CONFIG, what=f"the run's {CONFIG}")
 
     @property
     def tensorboard(self):
@@ -78,7 +106,7 @@ class RunDir:
         with open(self.samples_path, "a") as handle:
             for i in dict.fromkeys(chosen):
                 info = infos[i]
-                handle.write(json.dumps({"step": step, "reward": float(rewards[i]), "prompt": info["prompt"],
+                handle.write(dumps_json({"step": step, "reward": float(rewards[i]), "prompt": info["prompt"],
                                          "question": info["question"], "completion": info["completion"],
                                          "extracted": info["extracted"], "gold": info["gold"],
                                          "correct": bool(info["correct"])}) + "\n")

@@ -27,7 +27,8 @@ from typing import Union
 DEFAULT_CONTENT_TEMPLATE = "{question}\n{prompt}"
 CHAT_PREFIX = "chat:"
 
-__all__ = ["CHAT_PREFIX", "DEFAULT_CONTENT_TEMPLATE", "Exemplar", "Prompt", "PromptLike", "as_prompt", "render"]
+__all__ = ["CHAT_PREFIX", "DEFAULT_CONTENT_TEMPLATE", "Exemplar", "Prompt", "PromptLike", "as_prompt", "chat_content_template",
+           "render"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,11 @@ PromptLike = Union[str, Prompt]
 
 def as_prompt(prompt: PromptLike) -> Prompt:
     return prompt if isinstance(prompt, Prompt) else Prompt(str(prompt))
+
+
+def chat_content_template(template: str | None) -> str:
+    """The user turn's template of a run's `--template` (a chat one, or the default), for `Prompt.messages`."""
+    return template[len(CHAT_PREFIX):] if template and template.startswith(CHAT_PREFIX) else DEFAULT_CONTENT_TEMPLATE
 
 
 def _content(template: str, instruction: str, question: str) -> str:

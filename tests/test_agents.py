@@ -234,16 +234,23 @@ def _agent(tiny_engine, run_path, steps):
     return ReinforceAgent(env, policy, config, run=RunDir(run_path), val_problems=problems[:4], engine=tiny_engine)
 
 
-@pytest.mark.parametrize("kind,lr", [("unconditioned", 0.5), ("refiner", 0.02), ("autoregressive", 0.02)])
-def test_a_logit_table_steps_at_lr_and_a_network_at_network_lr(tiny_engine, kind, lr):
-    """--lr 1 suits a table of logits; on a network's weights it saturates the policy within a few steps."""
+@pytest.mark.parametrize("kind", ["unconditioned", "refiner", "autoregressive"])
+def test_a_logit_table_steps_at_lr_and_a_network_at_network_lr(tiny_engine, kind):
+    """--lr 1 suits a table of logits (the refiner's per-choice biases are one); on a network's weights it
+    saturates the policy within a few steps."""
     from rlprompt_math.envs import make_env
 
     env = make_env(tiny_engine, generate_problems(8, seed=0, kinds=["arithmetic"]), split=None, prompt_length=2,
                    max_new_tokens=4, rewards=["partial"])
     policy = build_policy(kind, engine=tiny_engine, vocab=env.vocab, prompt_length=2, width=8)
     agent = ReinforceAgent(env, policy, AlgorithmConfig(lr=0.5, network_lr=0.02), engine=tiny_engine)
-    assert agent.optimizer.param_groups[0]["lr"] == lr
+    groups = {group["lr"]: {id(p) for p in group["params"]} for group in agent.optimizer.param_groups}
+    assert set().union(*groups.values()) == {id(p) for p in policy.parameters()}
+    if kind == "unconditioned":
+        assert groups == {0.5: {id(policy.slot_logits)}}
+    else:  # the refiner's per-choice biases are its table; the autoregressive policy has none
+        assert groups.get(0.5, set()) == ({id(policy.slot_bias)} if kind == "refiner" else set())
+        assert id(policy.norm.weight) in groups[0.02]
 
 
 def test_interrupted_run_resumes_to_the_same_result(tiny_engine, tmp_path):

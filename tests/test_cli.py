@@ -100,3 +100,30 @@ def test_clear_errors(tiny_model_dir, tmp_path):
     cfg.write_text("stepz: 3\n")
     result = CliRunner().invoke(main, ["--config", str(cfg)])
     assert result.exit_code != 0 and "stepz" in result.output
+
+
+def test_prompt_prints_a_conditioned_policys_prompt_per_question(tiny_model_dir, tmp_path):
+    from rlprompt_math.checkpoint import EXEMPLARS
+    from rlprompt_math.evaluation import run_prompts
+
+    out = tmp_path / "runs"
+    # --network-lr 0: the refiner stays as it starts, at nearest-neighbour retrieval (its pointer head).
+    result = _run(["--agent", "reinforce", "--model", str(tiny_model_dir), "--policy", "refiner", "--kinds", "all",
+                   "--network-lr", "0", "--output-dir", str(out), "--name", "r", "--no-final-eval", *FAST])
+    assert result.exit_code == 0, result.output
+    run = out / "r"
+    pool = [p["question"] for p in json.loads((run / EXEMPLARS).read_text())["problems"]]
+    questions = [pool[3], "What is the remainder when 47 is divided by 5?"]
+    result = _run(["prompt", str(run), *questions, "--json"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["question"] for r in records] == questions
+    for record in records:
+        assert record["messages"][-1]["role"] == "user" and questions[records.index(record)] in record["messages"][-1]["content"]
+        shown = [turn["content"] for turn in record["messages"][:-1:2]]
+        assert shown == [e["question"] for e in record["exemplars"]] and set(shown) <= set(pool)
+    assert records[0]["exemplars"][0]["question"] == pool[3]  # a pool question's nearest pool problem is itself
+    assert records == run_prompts(run, questions, log=lambda line: None)
+    text = _run(["prompt", str(run), questions[1]])
+    assert text.exit_code == 0 and "prompt:" in text.output and "assistant:" in text.output
+    assert _run(["prompt", str(tmp_path), "What is 2+2?"]).exit_code != 0

@@ -80,6 +80,23 @@ def _independent_answer(question: str) -> sympy.Expr:
     m = re.fullmatch(r"What is (\d+)% of (\d+)\?", question)
     if m:
         return sympy.Rational(int(m.group(1)) * int(m.group(2)), 100)
+    worded = {  # the kinds a math dataset words: sympy's own functions, never the generator's arithmetic
+        r"What is the (square|cube) root of (\d+)\?": lambda m: sympy.root(int(m[2]), 2 if m[1] == "square" else 3),
+        r"(?:What is|Calculate) the remainder when (\d+) is divided by (\d+)[?.]": lambda m: sympy.Mod(int(m[1]), int(m[2])),
+        r"What is the absolute value of (-?\d+)\?": lambda m: sympy.Abs(int(m[1])),
+        r"What is \|(-?\d+) - (\d+)\|\?": lambda m: sympy.Abs(int(m[1]) - int(m[2])),
+        r"(?:What is the greatest common divisor|Calculate the highest common factor) of (\d+) and (\d+)[?.]":
+            lambda m: sympy.gcd(int(m[1]), int(m[2])),
+        r"What is the least common multiple of (\d+) and (\d+)\?": lambda m: sympy.lcm(int(m[1]), int(m[2])),
+        r"What is (\d+)!\?": lambda m: sympy.factorial(int(m[1])),
+        r"What is (\d+)!/(\d+)!\?": lambda m: sympy.factorial(int(m[1])) / sympy.factorial(int(m[2])),
+        r"What is (\d+)! \+ (\d+)\?": lambda m: sympy.factorial(int(m[1])) + int(m[2]),
+    }
+    for pattern, answer in worded.items():
+        m = re.fullmatch(pattern, question)
+        if m:
+            return sympy.Integer(answer(m))
+    question = question.replace("^", "**")
     m = re.fullmatch(r"What is (.+)\?", question)
     assert m, question
     expr = re.sub(r"(\d+(?:\.\d+)?)", lambda g: f"Rational('{g.group(1)}')", m.group(1))

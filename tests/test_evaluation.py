@@ -152,3 +152,29 @@ def test_evaluate_refuses_a_few_shot_reference_from_changed_data(tiny_model_dir,
     (run / SPLITS).write_text(json.dumps(manifest))
     result = CliRunner().invoke(main, ["evaluate", str(run), "--limit", "3", "--quiet"])
     assert result.exit_code == 1 and "dataset changed" in result.output, result.output
+
+
+def test_the_per_kind_table(tiny_engine, tmp_path):
+    from rlprompt_math.evaluation import format_table
+
+    problems = generate_problems(8, seed=0, kinds=["arithmetic"]) + generate_problems(6, seed=0, kinds=["remainders"])
+    per_question = ["Be exact." if p.kind == "arithmetic" else "Say it." for p in problems]
+    systems = {"policy": per_question, "one": ["Be exact."] * len(problems)}
+    report = compare_systems(tiny_engine, RewardMix(["correct"]), problems, systems, Decoding(6), progress=False)
+    assert report["systems"]["policy"]["distinct_prompts"] == 2 and report["systems"]["one"]["distinct_prompts"] == 1
+    kinds = report["by_kind"]
+    assert list(kinds) == ["arithmetic", "remainders"] and kinds["arithmetic"]["n"] == 8 and kinds["remainders"]["n"] == 6
+    assert kinds["arithmetic"]["systems"]["policy"]["distinct_prompts"] == 1
+    correct = {name: report["_results"][name].correct for name in systems}
+    rows = np.array([p.kind == "remainders" for p in problems])
+    cell = kinds["remainders"]["systems"]["one"]
+    assert cell["accuracy"] == pytest.approx(correct["one"][rows].mean())
+    assert cell["vs_reference"] == paired_comparison(correct["one"][rows], correct["policy"][rows])
+    text = format_table(report)
+    assert "remainders" in text and "arithmetic" in text
+    data = json.loads(write_report(report, problems, tmp_path)["report"].read_text())
+    assert data["by_kind"]["remainders"]["n"] == 6
+    # One kind (or problems that name none): no per-kind table.
+    one_kind = compare_systems(tiny_engine, RewardMix(["correct"]), problems[:8], {"a": ["x"] * 8}, Decoding(6),
+                               progress=False)
+    assert "by_kind" not in one_kind

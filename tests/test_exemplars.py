@@ -61,7 +61,7 @@ def test_equation_form_on_every_generator_kind():
     for kind in GENERATOR_KINDS:
         for p in generate_problems(15, seed=3, kinds=[kind], difficulty=[1, 2, 3]):
             form = equation_form(p.question, p.answer)
-            if kind in expression_kinds:
+            if kind in expression_kinds or (kind == "powers_roots" and p.question[8].isdigit()):  # `6^4`, not `(-2)^3`
                 span = p.question[len("What is "):-1]
                 assert expression_of(p.question) == span and form == f"{span} = {p.answer}", (kind, p.question)
             elif kind == "linear_equation":
@@ -219,3 +219,20 @@ def test_score_pairs_inlines_exemplars_without_a_chat_template(tiny_engine, monk
     prompt = Prompt("Be exact.", (Exemplar("What is 36+32?", "36+32 = 68"), Exemplar("What is 2*3?", "2*3 = 6")))
     score_pairs(tiny_engine, RewardMix(["correct"]), [_problem("What is 5+6?", "11")], [prompt], Decoding(4))
     assert seen == ["Q: What is 36+32?\nA: 36+32 = 68\n\nQ: What is 2*3?\nA: 2*3 = 6\n\nWhat is 5+6?\nBe exact."]
+
+
+def test_a_pool_over_several_kinds_gives_every_kind_its_share():
+    from collections import Counter
+
+    from rlprompt_math.data import generate_problems
+
+    problems = generate_problems(1500, seed=3, kinds=None, difficulty=[1, 2])
+    pool = ExemplarPool.from_splits(problems[:1000], problems[1000:], 26, seed=1)
+    counts = Counter(p.kind for p in pool.problems)
+    kinds = {p.kind for p in problems[:1000]}
+    assert set(counts) == kinds and max(counts.values()) - min(counts.values()) <= 1
+    assert ExemplarPool.from_splits(problems[:1000], problems[1000:], 26, seed=1).problems == pool.problems
+    # One kind: exactly the uniform draw of before (the default run's pool is unchanged).
+    import random
+    one = [p for p in problems[:1000] if p.kind == "arithmetic"]
+    assert ExemplarPool.from_splits(one, [], 8, seed=5).problems == random.Random(5).sample(one, 8)

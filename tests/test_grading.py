@@ -294,3 +294,50 @@ def test_equality_chain_keeps_the_size_guards():
     assert not answers_equal("x = \\zzz = 9^{9^{9^{9}}}", "1")
     assert compare("x = \\zzz = 9^{9^{9^{9}}}", "1").reason.startswith("too large")
     assert time.perf_counter() - started < 1.0
+
+
+# Issue 34: refused powers, a gold that stops at "=", closed word answers.
+
+@given(st.integers(10, 99), st.integers(9, 99), st.sampled_from(["{}^{{{}^{{{}}}}}", "{}^{{{}^{{{}^{{{}}}}}}}"]),
+       st.sampled_from(["", "so the value is ", "We get $", "It equals "]))
+@settings(max_examples=60, deadline=None)
+def test_a_refused_power_is_never_graded_as_its_base(base, exponent, form, lead):
+    tower = form.format(base, exponent, exponent, exponent)
+    for gold in (str(base), str(exponent)):
+        result = grade(lead + tower + ("$" if "$" in lead else "."), gold)
+        assert not result.correct and result.credit == 0.0 and "too large" in result.reason, (tower, gold, result)
+
+
+def test_a_gold_answer_that_stops_at_equals_is_refused(tmp_path):
+    from rlprompt_math.data import DataError, load_problems
+    for gold in ("x =", "x=", "f(x) =", "y = "):
+        with pytest.raises(ValueError, match="nothing after '='"):
+            parse_answer(gold)
+        path = tmp_path / "data.jsonl"
+        path.write_text(json.dumps({"question": "Solve 2x = 6.", "answer": gold}) + "\n", encoding="utf-8")
+        with pytest.raises(DataError, match=r"data\.jsonl.*nothing after '='"):
+            load_problems(str(path))
+    assert parse_answer("36 + 32 =").kind == "number"  # a computation states its value
+
+
+def test_word_gold_answers_load_and_grade(tmp_path):
+    from rlprompt_math.data import load_problems
+    golds = ["No", "Yes", "True", "false", "(B)", "C", "\\text{(D)}", "\\text{Evelyn}", "\\textbf{No}"]
+    path = tmp_path / "words.jsonl"
+    path.write_text("".join(json.dumps({"question": f"Question {i}?", "answer": g}) + "\n"
+                            for i, g in enumerate(golds)), encoding="utf-8")
+    problems, skipped = load_problems(str(path))
+    assert [p.answer for p in problems] == golds and not skipped
+    assert grade("No, 44 is not prime.", "No").correct
+    assert grade("Yes, 44 is divisible by 4.", "No").credit == 0.0
+    assert grade("The answer is (B).", "B").correct
+    assert grade("Evelyn", "\\text{Evelyn}").extracted is None  # free word answers keep the math extractor
+    assert grade("\\boxed{\\text{Evelyn}}", "\\text{Evelyn}").correct
+
+
+@given(st.text(max_size=300))
+@settings(max_examples=150, deadline=None)
+def test_word_grading_never_raises_and_is_all_or_nothing(text):
+    for gold in ("No", "True", "B"):
+        result = grade(text, gold)
+        assert result.credit in (0.0, 1.0) and result.correct is (result.credit == 1.0)

@@ -12,7 +12,7 @@ from rlprompt_math.checkpoint import EXEMPLARS, METRICS, POLICY_BEST, PROMPT, ST
 from rlprompt_math.config import ConfigError, RunConfig
 from rlprompt_math.data import Problem, generate_problems
 from rlprompt_math.exemplars import ExemplarPool
-from rlprompt_math.policies import AutoregressiveRefiner, Refiner, Unconditioned, build_policy
+from rlprompt_math.policies import POINTER_THRESHOLD, AutoregressiveRefiner, Refiner, Unconditioned, build_policy
 from rlprompt_math.prompt_space import PromptSpace
 from rlprompt_math.templates import Exemplar, Prompt
 from rlprompt_math.vocab import ActionVocab
@@ -291,3 +291,61 @@ def _csv(path):
 
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+# ---- the Refiner's pointer head: exemplars by similarity, without replacement --------------------------
+
+
+def test_the_pointer_refiner_starts_at_nearest_neighbour_retrieval(tiny_engine, vocab):
+    space = _space(vocab)
+    policy = build_policy("refiner", engine=tiny_engine, space=space, width=16, pointer=True, pointer_scale=10.0)
+    assert policy.config()["pointer_shots"] == 2
+    questions = ["What is 36+32?", "What is 9-4?"]  # each is a pool problem: its own nearest neighbour
+    obs = tiny_engine.question_features(questions)
+    similarity = policy.similarity(obs)
+    assert similarity.shape == (2, len(POOL))
+    greedy = policy.greedy(obs)
+    for row, sim in zip(greedy.tolist(), similarity):
+        ranked = sim.argsort(descending=True).tolist()
+        # The nearest, then the second nearest (not the nearest twice) where it is more similar than "none"
+        # (level with a cosine of POINTER_THRESHOLD at the start): slot value = 1 + pool index.
+        assert row[:2] == [ranked[0] + 1, ranked[1] + 1 if sim[ranked[1]] > POINTER_THRESHOLD else 0]
+    assert greedy[0, 0] == 1 and greedy[1, 0] == 3
+    # A question unlike every pool problem (orthogonal to each, centred): no exemplars, not the least unlike ones.
+    keys = policy.keys
+    away = torch.randn(keys.shape[1], generator=torch.Generator().manual_seed(0))
+    away -= keys.T @ torch.linalg.lstsq(keys.T, away).solution
+    unlike = policy.similarity((policy.key_center + away)[None])
+    assert unlike.abs().max() < 1e-4 and policy.greedy((policy.key_center + away)[None])[0, :2].tolist() == [0, 0]
+    # Without the pointer the same untrained refiner writes the empty prompt for every question.
+    plain = build_policy("refiner", engine=tiny_engine, space=space, width=16)
+    assert plain.greedy(obs)[:, :2].eq(0).all() and "pointer_shots" not in plain.config()
+
+
+def test_pointer_exemplar_slots_sample_and_score_without_replacement(tiny_engine, vocab):
+    space = _space(vocab)
+    policy = build_policy("refiner", engine=tiny_engine, space=space, width=16, pointer=True, pointer_scale=0.0)
+    obs = tiny_engine.question_features(["What is 2+3?"]).expand(400, -1)
+    actions = policy.sample(obs, generator=torch.Generator().manual_seed(0))
+    picked = actions[:, :2]
+    repeats = (picked[:, 0] == picked[:, 1]) & (picked[:, 0] != 0)
+    assert not repeats.any()  # a problem is never drawn twice; "none" twice is allowed
+    assert ((picked[:, 0] == 0) & (picked[:, 1] == 0)).any()
+    # log-probabilities follow the same rule: slot 2 is uniform over the 3 values slot 1 left (pointer scale 0).
+    log_prob, _ = policy.log_prob(obs[:1], torch.tensor([[1, 2, 0, 0, 0, 0]]))
+    expected = -np.log(4) - np.log(3) - np.log(2) - 3 * np.log(len(vocab))
+    assert log_prob.item() == pytest.approx(expected, abs=1e-5)
+    none_twice, _ = policy.log_prob(obs[:1], torch.tensor([[0, 0, 0, 0, 0, 0]]))
+    assert none_twice.item() == pytest.approx(-2 * np.log(4) - np.log(2) - 3 * np.log(len(vocab)), abs=1e-5)
+
+
+def test_pointer_refiner_files_load_with_their_pointer(tiny_engine, vocab, tmp_path):
+    space = _space(vocab)
+    policy = build_policy("refiner", engine=tiny_engine, space=space, width=8, pointer=True, pointer_scale=3.0)
+    with torch.no_grad():
+        policy.pointer_scale.add_(1.5)
+    save_policy(tmp_path / "p.safetensors", policy, space, tiny_engine)
+    loaded, loaded_space, _ = load_policy(tmp_path / "p.safetensors", tiny_engine)
+    assert loaded.shots == 2 and loaded.pointer_scale.tolist() == [4.5, 4.5]
+    obs = tiny_engine.question_features(["What is 2+3?", "What is 7*8?", "Solve for x: 2x = 4."])
+    assert torch.equal(loaded.greedy(obs), policy.greedy(obs))

@@ -221,6 +221,9 @@ NON_DEFAULT = {
 POLICY_FLAGS = {  # reinforce only: the policy it trains
     "policy": ("refiner", lambda b: b.agent.policy.kind == "refiner" and b.agent.policy.prompt_length == 3),
     "policy_width": ("16", lambda b: b.agent.policy.width == 16),
+    # Off: the refiner's exemplar slots are plain heads (with --shots 2 on reinforce, EXEMPLAR_FLAGS).
+    "exemplar_pointer": (None, lambda b: b.agent.policy.shots == 0 and "pointer_shots" not in b.agent.policy.config()),
+    "pointer_scale": ("3.5", lambda b: b.config.policy.pointer_scale == 3.5),
 }
 FIXED_FLAGS = {"fixed_prompt": ("Be exact.", lambda b: b.agent.policy.text == "Be exact.")}
 EXEMPLAR_FLAGS = {  # reinforce and random: the prompt space's exemplar slots (config.EXEMPLAR_AGENTS)
@@ -291,8 +294,11 @@ def test_every_flag_reaches_the_object_it_configures(agent, tiny_model_dir, tmp_
     if agent != "fixed":  # random search spends the same budget and picks finalists the same way
         for name, value in ALGORITHM_VALUES.items():
             assert getattr(built.agent.config, name) == value, name
-    if agent == "reinforce":  # the refiner (POLICY_FLAGS) is a network: --network-lr, not --lr
-        assert type(built.agent.optimizer).__name__ == "SGD" and built.agent.optimizer.param_groups[0]["lr"] == 0.02
+    if agent == "reinforce":  # the refiner (POLICY_FLAGS): its network at --network-lr, its per-choice biases at --lr
+        groups = built.agent.optimizer.param_groups
+        assert type(built.agent.optimizer).__name__ == "SGD" and [g["lr"] for g in groups][:2] == [0.05, 0.02]
+        assert groups[0]["params"][0] is built.agent.policy.slot_bias
+        assert groups[2]["lr"] < 0.02 and any(p is built.agent.policy.slots.weight for p in groups[2]["params"])  # tied words
     if agent in GRADIENT_AGENTS:
         for name, value in GRADIENT_VALUES.items():
             assert getattr(built.agent.gradient, name) == value, name

@@ -13,7 +13,8 @@ from __future__ import annotations
 from ..config import EngineConfig
 from .base import Engine, EngineCapabilityError, EngineError, EngineStats, Trace
 
-__all__ = ["Engine", "EngineCapabilityError", "EngineError", "EngineStats", "Trace", "load_engine"]
+__all__ = ["Engine", "EngineCapabilityError", "EngineError", "EngineStats", "Trace", "load_engine",
+           "pin_engine_settings"]
 
 
 def load_engine(config: EngineConfig) -> Engine:
@@ -31,3 +32,20 @@ def load_engine(config: EngineConfig) -> Engine:
     return OpenAIEngine(list(config.base_url), served_model=config.served_model, local=local,
                         timeout=config.request_timeout, max_retries=config.max_retries,
                         concurrency=config.concurrency, prompts_per_request=config.prompts_per_request)
+
+
+def pin_engine_settings(engine_config, *, given: str = "as asked") -> str:
+    """Decide `--device auto` and `--dtype auto` once, before the model loads, and write the decision into the
+    settings: the run's config.yaml then records the dtype and device the run used, and `run.py evaluate` and
+    `--resume` load the model the same way (auto is decided by a speed probe on a CPU, which may choose
+    another dtype another time). Returns the header's words: the dtype and why."""
+    from .transformers.loading import auto_dtype, dtype_name, resolve_device, resolve_dtype
+
+    device = resolve_device(engine_config.device)
+    if engine_config.dtype == "auto":
+        dtype, why = auto_dtype(device)
+        why = f"--dtype auto chose it: {why}"
+    else:
+        dtype, why = resolve_dtype(engine_config.dtype, device), given
+    engine_config.device, engine_config.dtype = str(device), dtype_name(dtype)
+    return f"{engine_config.dtype} on {engine_config.device} ({why})"

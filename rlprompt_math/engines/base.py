@@ -244,6 +244,15 @@ class Engine:
         """Question features for conditioned policies: [B, hidden_size] float32 on the CPU."""
         raise NotImplementedError
 
+    def question_features(self, questions: Sequence[str]) -> torch.Tensor:
+        """The features a conditioned policy reads for each question: `features` of the question as the LLM
+        sees it with no prompt, one question per forward pass, so a question's features never depend on its
+        batch-mates (padded batches differ in the last bits) and runs and resumes stay bitwise reproducible.
+        [len(questions), hidden_size] float32. The environment's observations and a pointer policy's pool
+        keys both come from here."""
+        rows = [self.features([self.render("", question)])[0] for question in questions]
+        return torch.stack(rows) if rows else torch.zeros(0, self.hidden_size)
+
     def token_embeddings(self) -> torch.Tensor:
         """The input token-embedding matrix [V, D] (policies score their slots against it)."""
         raise NotImplementedError

@@ -17,6 +17,7 @@ The equality rules are in `equality`'s docstring. Modules, each importing only t
   latex      LaTeX and plain text to the parser's small language
   parse      the whitelisted parser and its power-size guard (`Num`)
   extract    the final answer in free text (`extract_answer`, `answer_is_complete`, `answer_position`)
+  words      closed word answers (yes/no, true/false, a choice letter): found in the model's phrasing, 1 or 0
   answers    the answer model (`Answer`, `parse_answer`): matrices, inequalities, chains of equalities
   equality   equality of two parsed answers
   credit     `Grade`, `compare`, `answers_equal`, `partial_credit`, `grade`

@@ -12,6 +12,7 @@ import sympy
 from .limits import MAX_ANSWER_CHARS, MAX_RESULT_BITS, TIME_LIMIT_S, ParseError, TooLarge, _time_limit
 from .latex import _FUNCTIONS, normalize
 from .parse import _NAME, Num, _parse_expression
+from .words import classify
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,12 @@ def _parse_item(s: str) -> Answer:
         value = _parse_expression(s)
         return Answer(_kind(value), (value,))
     lhs, rhs = parts[0].strip(), parts[-1].strip()
+    if not rhs and lhs:
+        value = _parse_item(lhs)
+        if value.kind != "number" or value.equation is not None:
+            # "x =", "f(x) =", "2x + 1 =": the answer stops where its value should be
+            raise ParseError(f"nothing after '=' in {s.strip()!r}")
+        return value  # "36 + 32 =" states its computation
     if not rhs or not lhs:
         return _parse_item(lhs or rhs)
     if _LONE_LHS.fullmatch(lhs):
@@ -359,6 +366,9 @@ def parse_answer(s: str | None) -> Answer:
         except TooLarge:
             raise
         except ParseError:
+            word = classify(raw)  # "No", "Yes!", "B)", "\\textbf{(B)}": a closed word answer (grading.words)
+            if word is not None:
+                return Answer("text", text=word.value)
             ends = _chain_ends(raw)
             if ends is None:
                 raise

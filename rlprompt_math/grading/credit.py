@@ -13,6 +13,7 @@ from .answers import Answer, parse_answer
 from .equality import _STRICT, _answers_equal, _elements_equal
 from .extract import extract_answer
 from .limits import TIME_LIMIT_S, GradingTimeout, ParseError, TooLarge, _time_limit
+from .words import Word, closed_gold, find_word
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ def partial_credit(pred, gold, *, strict: bool = False) -> float:
     no wrong answer earns full credit. Tuples and sets of the right size: 0.1 + 0.8 x (share of
     elements that match), below 0.9 unless all match, which is equality. Answers of another kind
     (a list for a number: hedging) and expressions that differ earn 0.1 at most; nothing extracted
-    or unparseable earns 0.
+    or unparseable earns 0. A gold yes/no, true/false or choice letter (`words`): 1 or 0, no partial
+    credit (a wrong pick from a few options is right often by chance).
     """
     return compare(pred, gold, strict=strict).credit
 
@@ -58,6 +60,9 @@ def compare(pred, gold, *, strict: bool = False) -> Grade:
     extracted = pred if isinstance(pred, str) or pred is None else None
     if pred is None or (isinstance(pred, str) and not pred.strip()):
         return Grade(extracted, False, 0.0, "nothing extracted")
+    word = closed_gold(gold)
+    if word is not None:
+        return _word_grade(extracted, find_word(pred, word.kind) if isinstance(pred, str) else None, word)
     token = _STRICT.set(bool(strict))
     try:
         return _compare(pred, gold, extracted)
@@ -124,9 +129,29 @@ def _number_credit(p: sympy.Expr, g: sympy.Expr) -> float:
     return min(0.1 + 0.1 * same_sign + 0.7 / (1 + 10 * rel), 0.89)
 
 
+def _word_grade(extracted: str | None, found: Word | None, gold: Word) -> Grade:
+    """A closed word answer (yes/no, true/false, a choice letter) against the gold one: 1 or 0."""
+    if found is None:
+        return Grade(extracted, False, 0.0, f"no {gold.kind} answer found")
+    if "|" in found.value:
+        return Grade(extracted, False, 0.0, f"{gold.kind} answers that disagree: {found.value}")
+    if found.value == gold.value:
+        return Grade(extracted, True, 1.0, "equal")
+    return Grade(extracted, False, 0.0, "not equal")
+
+
 def grade(completion: str | None, gold, *, strict: bool = False) -> Grade:
     """Extract the final answer from a completion and compare it with the gold answer
-    (strict=True: exact values need exact answers, see `answers_equal`)."""
+    (strict=True: exact values need exact answers, see `answers_equal`). A gold yes/no, true/false
+    or choice letter is found in the completion by `words.find_word` ("No, 44 is not prime.")."""
+    word = closed_gold(gold)
+    if word is not None:
+        try:
+            found = find_word(completion, word.kind)
+        except Exception as error:  # regex work on bounded text; never crash training
+            return Grade(None, False, 0.0, f"extraction error: {error}")
+        extracted = found.value if found is not None else None
+        return _word_grade(extracted, found, word)
     try:
         extracted = extract_answer(completion)
     except Exception as error:  # extraction is regex work on bounded text; never crash training

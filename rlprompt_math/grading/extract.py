@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from .limits import MAX_TEXT_CHARS
+from .limits import MAX_DEPTH, MAX_TEXT_CHARS
 from .parse import _NAME
 
 _NUMBER = r"[-−]?\$?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?%?|[-−]?\.\d+%?"
@@ -203,10 +203,51 @@ def extract_answer(text: str | None) -> str | None:
     if (lines and len(lines[-1]) <= 80 and _MATH_LINE.fullmatch(last) and re.search(r"\d|pi|π", last)
             and not re.search(r"(?<![\\a-z])(?!(?:pi|sqrt)\b)[a-z]{2,}\b", last)):  # prose is not math
         return lines[-1]  # the last line is itself an answer: "pi/2", "sqrt(8)", "36 + 32 = 68"
-    numbers = _FALLBACK_NUMBER.findall(_join_thousands(text))
+    joined = _join_thousands(text)
+    numbers = list(_FALLBACK_NUMBER.finditer(joined))
     if numbers:
-        return numbers[-1].rstrip(".,")
+        start, end = _power_span(joined, numbers[-1].start(), numbers[-1].end())
+        return joined[start:end].rstrip(".,")
     return None
+
+
+_EXPONENT_BEFORE = re.compile(r"(?<![A-Za-z_\d.\\])(\d+(?:\.\d+)?|(?:\d+(?:\.\d+)?)?[A-Za-z])\s*(?:\^|\*\*)\s*(\{\s*)?$")
+_EXPONENT_AFTER = re.compile(r"\s*(?:\^|\*\*)\s*(?:(\{)|[-+]?\d+(?:\.\d+)?)")
+
+
+def _power_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """Widen the span of a number to the whole power it is the base or an exponent of: the last
+    number of "10^{10^{10}}" is the tower, never its base or exponent alone (a tower too large to
+    compute is then refused, as it is in a box or a phrase, instead of graded as 10; "4x^2" is not 2).
+    Bases: a number or a letter ("4x"); exponents in braces are brace-matched, plain ones a number."""
+    for _ in range(MAX_DEPTH):
+        window = max(0, start - 200)
+        before = _EXPONENT_BEFORE.search(text[window:start])
+        if before:  # the number is an exponent: take the base (and the brace group it sits in)
+            start = window + before.start(1)
+            if before.group(2):
+                depth, i = 1, end
+                while i < len(text) and depth:
+                    depth += {"{": 1, "}": -1}.get(text[i], 0)
+                    i += 1
+                if depth:
+                    return start, end
+                end = i
+            continue
+        after = _EXPONENT_AFTER.match(text, end)
+        if not after:
+            return start, end
+        if after.group(1):  # the number is a base with a braced exponent
+            depth, i = 1, after.end()
+            while i < len(text) and depth:
+                depth += {"{": 1, "}": -1}.get(text[i], 0)
+                i += 1
+            if depth:
+                return start, end
+            end = i
+        else:
+            end = after.end()
+    return start, end
 
 
 _EQUATION_LINE = re.compile(r"[^\n=]*=\s*\$?\s*(?:" + _NUMBER + r"|\d+\s*/\s*\d+)\s*\$?\s*\.?\s*")

