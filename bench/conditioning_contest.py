@@ -53,8 +53,12 @@ def nearest_neighbour_prompts(refiner, space, search_policy, obs: torch.Tensor) 
 @click.option("--test-size", default=400, show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
 @click.option("--reuse", is_flag=True, help="load each run already finished under --out with the same settings")
+@click.option("--report-only", is_flag=True, help="write contest.md and contest.png again from --out/contest.json")
 @click.option("--out", default="runs/conditioning-contest", show_default=True, type=click.Path(file_okay=False))
-def main(seeds, steps, num_problems, test_size, dtype, reuse, out):
+def main(seeds, steps, num_problems, test_size, dtype, reuse, report_only, out):
+    if report_only:
+        write_report(Path(out), json.loads((Path(out) / "contest.json").read_text()))
+        return
     from rlprompt_math.agents.base import validations_planned
     from rlprompt_math.config import DataConfig, EngineConfig, RunConfig
     from rlprompt_math.data import problems_from_config
@@ -84,7 +88,7 @@ def main(seeds, steps, num_problems, test_size, dtype, reuse, out):
             run_dir = out / f"{overrides['agent']}-{overrides['policy']}-s{seed}"
             trained[name] = train_one(engine, splits, settings, seed, run_dir, reuse)
             click.echo(f"seed {seed}, {name}: {trained[name]['summary']['oracle_pairs']} oracle pairs, "
-                       f"validation {pct(trained[name]['summary']['best_val_accuracy'])}, "
+                       f"validation {pct(trained[name]['summary']['best_val_accuracy'] or float('nan'))}, "
                        f"{trained[name]['wall_s']:.0f} s")
         systems = {name: item["prompts_of"](test) for name, item in trained.items()}
         refiner = trained[REFINER]
@@ -115,8 +119,77 @@ def main(seeds, steps, num_problems, test_size, dtype, reuse, out):
         click.echo(seed_table(seed, results["seeds"][seed]))
     results["wall_s"] = time.perf_counter() - started
     (out / "contest.json").write_text(json.dumps(results, indent=2))
+    write_report(out, results)
+
+
+def write_report(out: Path, results: dict) -> None:
+    """contest.md (a summary over seeds, then each seed's tables) and contest.png (validation curves, the refiner's
+    entropy per kind of slot and its distinct validation prompts, per seed)."""
+    summary = ["| seed | refiner | best one-for-all learner | refiner minus it (p) | refiner minus best hand-written (p) | "
+               "refiner minus 2-shot (p) | refiner minus nearest neighbours (p) | kinds where the refiner is significantly "
+               "worse than one-for-all (p < 0.05) | refiner's distinct test prompts |",
+               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for seed, entry in results["seeds"].items():
+        systems = entry["report"]["systems"]
+        one_for_all = max((n for n in LEARNERS if n != REFINER), key=lambda n: systems[n]["accuracy"])
+        hand = max((label(p) for p in HAND_WRITTEN), key=lambda n: systems[n]["accuracy"])
+        shot = next(n for n in systems if n.startswith("2-shot"))
+
+        def versus(name):
+            vs = systems[name]["vs_reference"]
+            return f"{100 * vs['accuracy_difference']:+.1f} ({vs['mcnemar_p']:.2g})"
+
+        worse = [k for k, e in entry["report"].get("by_kind", {}).items()
+                 for n in LEARNERS if n != REFINER
+                 if e["systems"][n]["vs_reference"]["accuracy_difference"] < 0
+                 and e["systems"][n]["vs_reference"]["mcnemar_p"] < 0.05]
+        summary.append(f"| {seed} | {pct(systems[REFINER]['accuracy'])} | {one_for_all}: {pct(systems[one_for_all]['accuracy'])} "
+                       f"| {versus(one_for_all)} | {versus(hand)} | {versus(shot)} | {versus(KNN)} | "
+                       f"{', '.join(sorted(set(worse))) or 'none'} | {systems[REFINER]['distinct_prompts']} |")
     text = "\n\n".join(seed_table(seed, entry) for seed, entry in results["seeds"].items())
-    (out / "contest.md").write_text(f"Machine: {results['machine']}. Total {results['wall_s'] / 60:.1f} min.\n\n{text}\n")
+    total = f" Total {results['wall_s'] / 60:.1f} min." if "wall_s" in results else ""
+    (out / "contest.md").write_text(f"Machine: {results['machine']}.{total}\n\n" + "\n".join(summary) + f"\n\n{text}\n")
+    _plot(out / "contest.png", results)
+    click.echo((out / "contest.md").read_text())
+
+
+def _plot(path: Path, results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seeds = list(results["seeds"])
+    fig, axes = plt.subplots(2, len(seeds), figsize=(4.5 * len(seeds), 7), squeeze=False)
+    for column, seed in enumerate(seeds):
+        curves = results["seeds"][seed]["curves"]
+        top, bottom = axes[0][column], axes[1][column]
+        for name, rows in curves.items():
+            points = [(int(r["step"]) + 1, float(r["val_accuracy"])) for r in rows if "val_accuracy" in r]
+            if points:
+                top.plot(*zip(*points), marker="o", label=name)
+        top.set_title(f"seed {seed}: validation accuracy (greedy)")
+        top.set_xlabel("steps done")
+        top.grid(alpha=0.3)
+        rows = curves[REFINER]
+        for key in ("entropy_exemplars", "entropy_form", "entropy_words"):
+            points = [(int(r["step"]), float(r[key])) for r in rows if key in r]
+            if points:
+                bottom.plot(*zip(*points), label=key.replace("entropy_", "") + " (nats/slot)")
+        distinct = [(int(r["step"]) + 1, float(r["val_distinct_prompts"])) for r in rows if "val_distinct_prompts" in r]
+        if distinct:
+            twin = bottom.twinx()
+            twin.plot(*zip(*distinct), "k:", marker="s", label="distinct validation prompts")
+            twin.set_ylabel("distinct prompts (100 validation questions)")
+            twin.legend(loc="upper right", fontsize=7)
+        bottom.set_title(f"seed {seed}: the refiner's entropy per slot")
+        bottom.set_xlabel("step")
+        bottom.legend(loc="lower left", fontsize=7)
+        bottom.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def seed_table(seed, entry) -> str:
@@ -132,7 +205,7 @@ def seed_table(seed, entry) -> str:
                      f"{s['distinct_prompts']} | {entry['oracle_pairs'].get(name, '')} |")
     kinds = report.get("by_kind", {})
     if kinds:
-        others = [n for n in report["systems"] if n != REFINER][:3] + ["Give the answer as a single number."]
+        others = [n for n in report["systems"] if n != REFINER][:3] + [label("Give the answer as a single number.")]
         others = list(dict.fromkeys(o for o in others if o in report["systems"]))
         lines += ["", "| kind | n | refiner | " + " | ".join(f"{o} (p)" for o in others) + " | refiner prompts |",
                   "| --- | --- | --- | " + " | ".join("---" for _ in others) + " | --- |"]

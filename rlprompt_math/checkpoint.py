@@ -213,4 +213,8 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, meta: dic
     for name, value in meta.get("scalars", {}).items():
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = value
+    if len(meta["param_groups"]) != len(optimizer.param_groups):
+        raise CheckpointError(f"the checkpoint's optimizer has {len(meta['param_groups'])} parameter group(s), this "
+                              f"policy's {len(optimizer.param_groups)}: it was saved by an older version (before the "
+                              "refiner's per-group learning rates); start a new run")
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

@@ -155,6 +155,9 @@ def _given(name: str, *, config_file: bool = False) -> bool:
 @click.option("--dataset", default=None, help="Evaluate on this dataset instead of the run's (all of it).")
 @click.option("--question-field", default=None)
 @click.option("--answer-field", default=None)
+@click.option("--kind-field", default=None,
+              help="Column of --dataset holding each problem's kind: adds the per-kind table (a column named 'kind' "
+                   "is read without it).")
 @click.option("--split", default="test", show_default=True, help="Split of the run's problems (train/validation/test).")
 @click.option("--limit", default=field_default("test_size"), show_default=True, type=click.IntRange(min=1),
               help="At most this many problems.")
@@ -173,7 +176,7 @@ def _given(name: str, *, config_file: bool = False) -> bool:
 @click.option("--output-dir", "--output", "output", default=None, type=click.Path(file_okay=False),
               help="Report directory (default: RUN_DIR/eval-<split>[-<model>]).")
 @click.option("--quiet", is_flag=True)
-def evaluate(run_dir, checkpoint, dataset, question_field, answer_field, split, limit, reference_prompts,
+def evaluate(run_dir, checkpoint, dataset, question_field, answer_field, kind_field, split, limit, reference_prompts,
              no_default_references, reference_shots, model, max_new_tokens, dtype, device, output, quiet):
     """Score a saved policy against the hand-written reference prompts and the few-shot reference on held-out
     problems (paired, same decoding)."""
@@ -184,7 +187,8 @@ def evaluate(run_dir, checkpoint, dataset, question_field, answer_field, split, 
     try:
         problems = None
         if dataset:
-            problems, _ = load_problems(dataset, question_field=question_field, answer_field=answer_field)
+            problems, _ = load_problems(dataset, question_field=question_field, answer_field=answer_field,
+                                        kind_field=kind_field)
         references = ([] if no_default_references else list(REFERENCE_PROMPTS)) + list(reference_prompts)
         report = evaluate_run(run_dir, checkpoint=checkpoint, problems=problems, split=split, limit=limit,
                               reference_prompts=references, reference_shots=reference_shots, model=model,

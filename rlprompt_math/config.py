@@ -179,6 +179,9 @@ class DataConfig:
     """Column holding the question (format 'fields')."""
     answer_field: str | None = None
     """Column holding the answer (format 'fields')."""
+    kind_field: str | None = None
+    """Column holding each problem's kind (per-kind tables in evaluations; exemplar pools get every kind). A
+    column named 'kind' is read without it; the generator names its own kinds."""
     hub_split: str = "train"
     """Split to read from a hub dataset."""
     skip_bad_rows: bool = False
@@ -539,7 +542,8 @@ class RunConfig:
 
 
 # Settings that run directories written before they existed ran with (read when resuming or evaluating).
-LEGACY_DEFAULTS = {"stop_at_answer": False, "finalists": 0, "reference_shots": 0, "shots": 0}
+LEGACY_DEFAULTS = {"stop_at_answer": False, "finalists": 0, "reference_shots": 0, "shots": 0,
+                   "exemplar_pointer": False}
 # Settings renamed since (so that "temperature" and "hidden size" mean only the LLM's): a key in an older run's
 # config.yaml -> its name now.
 LEGACY_NAMES = {"hidden_size": "policy_width", "temperature": "sample_temperature", "top_k": "sample_top_k",

@@ -165,8 +165,10 @@ MAX_QUESTION_CHARS = 100_000
 
 def load_problems(source: str, *, fmt: str = "auto", question_field: str | None = None,
                   answer_field: str | None = None, split: str = "train", skip_bad_rows: bool = False,
-                  limit: int | None = None) -> tuple[list[Problem], list[str]]:
+                  limit: int | None = None, kind_field: str | None = None) -> tuple[list[Problem], list[str]]:
     """Read problems from a file or hub dataset. Returns (problems, messages about skipped rows).
+    `kind_field` names the column that holds each problem's kind (`Problem.kind`: per-kind tables, exemplar
+    pools shared out by kind); a column named `kind` is read as one without it.
 
     A malformed row (missing field, empty answer, an answer the grader cannot parse) raises
     `DataError` naming the file and row, unless `skip_bad_rows`, which skips it and reports it.
@@ -178,6 +180,8 @@ def load_problems(source: str, *, fmt: str = "auto", question_field: str | None 
         missing = [c for c in (qf, af) if c not in ds.column_names]
         if missing:
             raise DataError(f"{name}: no column(s) {missing}; columns are {ds.column_names}")
+    if kind_field and kind_field not in ds.column_names:
+        raise DataError(f"{name}: no column {kind_field!r} for --kind-field; columns are {ds.column_names}")
     problems, bad = [], []
     for index, row in enumerate(ds):
         if limit is not None and len(problems) >= limit:
@@ -203,6 +207,8 @@ def load_problems(source: str, *, fmt: str = "auto", question_field: str | None 
             bad.append(message)
             continue
         extra = {k: v for k, v in row.items() if k not in (qf, af, "problem", "expected_answer", "solution")}
+        if kind_field:
+            extra["kind"] = row[kind_field]
         pid = str(row["id"]) if "id" in row and row["id"] is not None else problem_id(question)
         problems.append(Problem(pid, question.strip(), str(answer).strip(), f"{name}", extra))
     if not problems:
@@ -484,5 +490,5 @@ def problems_from_config(data: DataConfig, seed: int = 0
     else:
         problems, bad = load_problems(data.dataset, fmt=data.fmt, question_field=data.question_field,
                                       answer_field=data.answer_field, split=data.hub_split,
-                                      skip_bad_rows=data.skip_bad_rows)
+                                      skip_bad_rows=data.skip_bad_rows, kind_field=data.kind_field)
     return problems, split_problems(problems, seed=int(seed)), bad

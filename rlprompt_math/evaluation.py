@@ -124,8 +124,9 @@ def policy_prompts(policy: PromptPolicy, space, problems: Sequence[Problem], fea
     `ActionVocab`). Question-conditioned policies need their own model's features."""
     if not policy.uses_observation:
         return policy.prompts(torch.zeros(len(problems), 1), space)
-    texts = [feature_engine.render("", p.question) for p in problems]
-    return policy.prompts(feature_engine.features(texts), space)
+    # The features training and validation read (one question per forward pass), so a near tie between two
+    # pool problems breaks the same way here as when the policy was kept.
+    return policy.prompts(feature_engine.question_features([p.question for p in problems]), space)
 
 
 def run_prompts(run_dir: str | Path, questions: Sequence[str], *, checkpoint: str = "best", engine=None,

@@ -251,7 +251,7 @@ class Refiner(PromptPolicy):
 
     def logits(self, obs, actions=None):
         hidden = self.body(self.norm(obs))
-        vectors = self.slots(hidden).view(obs.shape[0], self.prompt_length, -1)
+        vectors = self.slots(hidden).view(obs.shape[0], self.prompt_length, self.embeddings.shape[1])
         words = self.scale * vectors @ self.embeddings.T + self.slot_bias
         if not self.factor_heads:
             return words
@@ -284,7 +284,8 @@ class Refiner(PromptPolicy):
         chosen = torch.zeros(logits.shape[:2], dtype=torch.long)
         for s in range(self.shots):
             chosen[:, s] = pick(self._without_replacement(logits, chosen)[:, s])
-        chosen[:, self.shots:] = pick(logits[:, self.shots:].reshape(-1, logits.shape[-1])).view(obs.shape[0], -1)
+        rest = logits[:, self.shots:]
+        chosen[:, self.shots:] = pick(rest.reshape(-1, logits.shape[-1])).view(rest.shape[:2])
         return chosen
 
     def sample(self, obs, *, temperature=1.0, top_k=None, generator=None):

@@ -46,6 +46,18 @@ def test_csv_fields_read_as_text_and_bad_row_line():
     assert problems[0].extra == {"topic": "mult"}
 
 
+def test_a_kind_column_names_each_problems_kind():
+    problems, _ = load_problems(str(FIXTURES / "custom.csv"), question_field="prompt_text", answer_field="gold",
+                                skip_bad_rows=True, kind_field="topic")
+    assert [p.kind for p in problems] == [p.extra["topic"] for p in problems] and problems[0].kind == "mult"
+    plain, _ = load_problems(str(FIXTURES / "custom.csv"), question_field="prompt_text", answer_field="gold",
+                             skip_bad_rows=True)
+    assert plain[0].kind is None  # no kind column, none named
+    with pytest.raises(DataError, match="no column 'level' for --kind-field"):
+        load_problems(str(FIXTURES / "custom.csv"), question_field="prompt_text", answer_field="gold",
+                      skip_bad_rows=True, kind_field="level")
+
+
 def test_parquet(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

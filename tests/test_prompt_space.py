@@ -349,3 +349,22 @@ def test_pointer_refiner_files_load_with_their_pointer(tiny_engine, vocab, tmp_p
     assert loaded.shots == 2 and loaded.pointer_scale.tolist() == [4.5, 4.5]
     obs = tiny_engine.question_features(["What is 2+3?", "What is 7*8?", "Solve for x: 2x = 4."])
     assert torch.equal(loaded.greedy(obs), policy.greedy(obs))
+
+
+def test_runs_from_before_the_pointer_resume_without_it_and_old_optimizer_states_are_refused_clearly(tiny_engine, vocab):
+    from rlprompt_math.checkpoint import CheckpointError, optimizer_tensors, restore_optimizer
+    from rlprompt_math.config import saved_config
+
+    assert saved_config({"policy": "refiner", "shots": 2}).policy.exemplar_pointer is False  # its config.yaml lacks it
+    assert RunConfig().policy.exemplar_pointer is True
+    policy = build_policy("refiner", engine=tiny_engine, space=_space(vocab), width=8, pointer=True)
+    old = torch.optim.Adam(policy.parameters(), lr=0.01)  # one group: how refiner states were saved before
+    tensors, meta = optimizer_tensors(old)
+    new = torch.optim.Adam(policy.parameter_groups(1.0, 0.01))
+    with pytest.raises(CheckpointError, match="older version"):
+        restore_optimizer(new, tensors, meta)
+
+
+def test_an_empty_batch_of_questions_gets_no_prompts(tiny_engine, vocab):
+    policy = build_policy("refiner", engine=tiny_engine, space=_space(vocab), width=8, pointer=True)
+    assert policy.greedy(torch.zeros(0, tiny_engine.hidden_size)).shape == (0, len(_space(vocab)))

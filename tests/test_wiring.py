@@ -249,7 +249,7 @@ ALGORITHM_VALUES = {"steps": 3, "batch_size": 2, "prompts_per_question": 3, "lr"
 # Checked elsewhere: the engine fields need other models or CUDA, the data-file fields a dataset file
 # (test_data, test_cli), the served engine's a server (test_engine_openai); resume in test_cli; output_dir is
 # the parent of `name` (checked below).
-ELSEWHERE = {"model", "load_in_8bit", "dataset", "fmt", "question_field", "answer_field", "hub_split",
+ELSEWHERE = {"model", "load_in_8bit", "dataset", "fmt", "question_field", "answer_field", "kind_field", "hub_split",
              "skip_bad_rows", "resume", "output_dir", "no_final_eval", "quiet", "agent", "engine", "base_url",
              "served_model", "request_timeout", "max_retries", "concurrency", "prompts_per_request"}
 
