@@ -1,7 +1,7 @@
 """What the bench scripts share: the hand-written prompts, labels, the machine's description, training one learner.
 
-Scripts import it as `from common import ...` (bench/ is the script's own directory, so it is on the path);
-no script imports another script.
+Scripts import it as `from common import ...` (bench/ is the script's own directory, so it is on the path), in
+place of another script's private helpers (`grading.py` still reads `peer_suites.py`'s public names).
 """
 
 from __future__ import annotations
