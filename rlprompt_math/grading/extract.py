@@ -17,6 +17,15 @@ _ANSWER_PHRASES = re.compile(
 _FINAL_PHRASE = re.compile(r"final\s+answer\s*(?:is|:)\s*[:=]?\s*", re.IGNORECASE)
 
 
+def _brace_close(text: str, i: int) -> int | None:
+    """Just past the `}` that closes a brace group opened right before `i`, or None where it never closes."""
+    depth = 1
+    while i < len(text) and depth:
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        i += 1
+    return None if depth else i
+
+
 def _last_boxed_groups(text: str) -> list[list[str]]:
     """Contents of every `\\boxed{...}` / `\\fbox{...}`, brace-matched, grouped when side by side."""
     groups: list[list[str]] = []
@@ -25,14 +34,8 @@ def _last_boxed_groups(text: str) -> list[list[str]]:
     match = pattern.search(text)
     while match:
         start = match.end()
-        depth, i = 1, start
-        while i < len(text) and depth:
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-            i += 1
-        if depth:  # unbalanced: ignore this box
+        i = _brace_close(text, start)
+        if i is None:  # unbalanced: ignore this box
             match = pattern.search(text, start)
             continue
         content = text[start:i - 1]
@@ -70,14 +73,8 @@ def _side_by_side(between: str) -> bool:
 
 def _unclosed_box_after(text: str, position: int) -> bool:
     """Whether a `\\boxed{` at or after `position` never closes: malformed LaTeX, no final answer."""
-    for match in re.finditer(r"\\(?:boxed|fbox)\s*\{", text[position:]):
-        depth, i = 1, position + match.end()
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth:
-            return True
-    return False
+    return any(_brace_close(text, position + match.end()) is None
+               for match in re.finditer(r"\\(?:boxed|fbox)\s*\{", text[position:]))
 
 
 _MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|(?<!\\)\$([^$]+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.S)
@@ -226,25 +223,19 @@ def _power_span(text: str, start: int, end: int) -> tuple[int, int]:
         if before:  # the number is an exponent: take the base (and the brace group it sits in)
             start = window + before.start(1)
             if before.group(2):
-                depth, i = 1, end
-                while i < len(text) and depth:
-                    depth += {"{": 1, "}": -1}.get(text[i], 0)
-                    i += 1
-                if depth:
+                closed = _brace_close(text, end)
+                if closed is None:
                     return start, end
-                end = i
+                end = closed
             continue
         after = _EXPONENT_AFTER.match(text, end)
         if not after:
             return start, end
         if after.group(1):  # the number is a base with a braced exponent
-            depth, i = 1, after.end()
-            while i < len(text) and depth:
-                depth += {"{": 1, "}": -1}.get(text[i], 0)
-                i += 1
-            if depth:
+            closed = _brace_close(text, after.end())
+            if closed is None:
                 return start, end
-            end = i
+            end = closed
         else:
             end = after.end()
     return start, end
