@@ -73,7 +73,8 @@ def main(seeds, steps, num_problems, test_size, dtype, reuse, report_only, out):
     engine = load_engine(EngineConfig(dtype=dtype))
     defaults = RunConfig().to_flat()
     eval_every = defaults["eval_every"]
-    base = {**{k: v for k, v in defaults.items() if k not in ("resume", "name", "output_dir", "quiet", "dtype", "device")},
+    not_settings = ("resume", "name", "output_dir", "quiet", "dtype", "device")  # where and how, not what is trained
+    base = {**{k: v for k, v in defaults.items() if k not in not_settings},
             "kinds": "all", "num_problems": num_problems, "steps": steps, "eval_every": eval_every, "quiet": True}
     click.echo(f"machine: {machine(engine)}")
     results = {"machine": machine(engine), "model": engine.name, "settings": base, "seeds": {}}
@@ -125,8 +126,9 @@ def main(seeds, steps, num_problems, test_size, dtype, reuse, report_only, out):
 def write_report(out: Path, results: dict) -> None:
     """contest.md (a summary over seeds, then each seed's tables) and contest.png (validation curves, the refiner's
     entropy per kind of slot and its distinct validation prompts, per seed)."""
-    summary = ["| seed | refiner | best one-for-all learner | refiner minus it (p) | refiner minus best hand-written (p) | "
-               "refiner minus 2-shot (p) | refiner minus nearest neighbours (p) | kinds where the refiner is significantly "
+    summary = ["| seed | refiner | best one-for-all learner | refiner minus it (p) | "
+               "refiner minus best hand-written (p) | refiner minus 2-shot (p) | "
+               "refiner minus nearest neighbours (p) | kinds where the refiner is significantly "
                "worse than one-for-all (p < 0.05) | refiner's distinct test prompts |",
                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for seed, entry in results["seeds"].items():
@@ -143,7 +145,8 @@ def write_report(out: Path, results: dict) -> None:
                  for n in LEARNERS if n != REFINER
                  if e["systems"][n]["vs_reference"]["accuracy_difference"] < 0
                  and e["systems"][n]["vs_reference"]["mcnemar_p"] < 0.05]
-        summary.append(f"| {seed} | {pct(systems[REFINER]['accuracy'])} | {one_for_all}: {pct(systems[one_for_all]['accuracy'])} "
+        summary.append(f"| {seed} | {pct(systems[REFINER]['accuracy'])} | "
+                       f"{one_for_all}: {pct(systems[one_for_all]['accuracy'])} "
                        f"| {versus(one_for_all)} | {versus(hand)} | {versus(shot)} | {versus(KNN)} | "
                        f"{', '.join(sorted(set(worse))) or 'none'} | {systems[REFINER]['distinct_prompts']} |")
     text = "\n\n".join(seed_table(seed, entry) for seed, entry in results["seeds"].items())

@@ -88,6 +88,7 @@ def main(per_kind, n_random, seed, dtype, out):
     from rlprompt_math.data import problems_from_config
     from rlprompt_math.engines import load_engine
     from rlprompt_math.evaluation import score_system
+    from rlprompt_math.policies import centred_cosine
     from rlprompt_math.oracle import decoding_from
     from rlprompt_math.config import OracleConfig, PolicyConfig
     from rlprompt_math.prompt_space import PromptSpace, draw_pool
@@ -112,7 +113,8 @@ def main(per_kind, n_random, seed, dtype, out):
     space = PromptSpace(vocab, PolicyConfig.prompt_length, pool, 2, ("bare", "equation", "spaced"))
     systems = candidates(splits["train"], pool, space, n_random, seed)
     decoding, grader = decoding_from(OracleConfig()), RewardMix(["correct"])
-    click.echo(f"machine: {machine(engine)}; {len(questions)} questions ({per_kind} per kind, {len(set(kinds))} kinds), "
+    click.echo(f"machine: {machine(engine)}; {len(questions)} questions ({per_kind} per kind, "
+               f"{len(set(kinds))} kinds), "
                f"{len(systems)} candidate prompts: {len(questions) * len(systems)} pairs")
 
     correct = {}
@@ -121,10 +123,7 @@ def main(per_kind, n_random, seed, dtype, out):
         click.echo(f"[{i + 1}/{len(systems)}] {name}: {pct(correct[name].mean())}")
     features = engine.question_features([p.question for p in questions])
     keys = engine.question_features([p.question for p in pool.problems])
-    center = keys.mean(0)
-    similarity = (torch.nn.functional.normalize(features - center, dim=-1)
-                  @ torch.nn.functional.normalize(keys - center, dim=-1).T)
-    nearest = similarity.topk(2, dim=-1).indices.tolist()
+    nearest = centred_cosine(features, keys).topk(2, dim=-1).indices.tolist()  # the Refiner's pointer similarity
     knn_prompts = [Prompt("", tuple(pool.exemplar(i, "spaced") for i in row)) for row in nearest]
     knn = score_system("nearest neighbours", engine, grader, questions, knn_prompts, decoding).correct
     nn_kind = float(np.mean([pool.problems[row[0]].kind == k for row, k in zip(nearest, kinds)]))
@@ -179,7 +178,8 @@ def main(per_kind, n_random, seed, dtype, out):
              "| --- | --- | --- | --- | --- |"]
     for kind in sorted(set(kinds)):
         pick = folds[0]["per_kind"][kind]
-        lines.append(f"| {kind} | {pct(per_kind_table[kind][folds[0]['single']])} | {pct(per_kind_table[kind][pick])} | "
+        single = per_kind_table[kind][folds[0]["single"]]
+        lines.append(f"| {kind} | {pct(single)} | {pct(per_kind_table[kind][pick])} | "
                      f"{pct(float(knn[kinds == kind].mean()))} | {pick} |")
     lines.append(f"\nWall time {result['wall_s'] / 60:.1f} min.")
     (out / "headroom.md").write_text("\n".join(lines) + "\n")

@@ -72,7 +72,7 @@ RANGES = {
     "lr": ((">=", 0),), "network_lr": ((">=", 0),), "value_lr": ((">=", 0),), "grad_lr": ((">", 0),),
     "gumbel_lr": ((">", 0),), "gumbel_tau": ((">", 0),), "gumbel_tau_end": ((">", 0),),
     "moving_average_decay": ((">=", 0), ("<=", 1)), "max_grad_norm": ((">", 0),),
-    "sample_temperature": ((">", 0),), "entropy_coef": ((">=", 0),),
+    "sample_temperature": ((">", 0),), "entropy_coef": ((">=", 0),), "pointer_scale": ((">=", 0),),
 }
 RANGE_HINTS = {"eval_every": "0: validate only at the end", "lr": "0: a frozen policy",
                "shots": "0: instruction words only", "reference_shots": "0: no few-shot reference",

@@ -41,10 +41,19 @@ from .templates import Prompt, PromptLike
 from .vocab import EMPTY, ActionVocab
 
 __all__ = ["POLICY_KINDS", "AutoregressiveRefiner", "FixedPrompt", "PromptPolicy", "Refiner", "SoftPrompt",
-           "Unconditioned", "build_policy", "nearest_tokens", "prompts_for"]
+           "Unconditioned", "build_policy", "centred_cosine", "nearest_tokens", "prompts_for"]
 
 
 POINTER_THRESHOLD = 0.5  # the cosine similarity at which the pointer's exemplar and "none" start level (Refiner)
+
+
+def centred_cosine(queries: torch.Tensor, keys: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
+    """Cosine similarity [Q, K] of feature rows after subtracting `center` (default: the keys' mean): mean-pooled
+    hidden states share a large common component (the chat template), which would make every pair look alike.
+    The Refiner's pointer and nearest-neighbour retrieval both score with it."""
+    center = keys.float().mean(0) if center is None else center
+    return (nn.functional.normalize(queries.float() - center, dim=-1)
+            @ nn.functional.normalize(keys.float() - center, dim=-1).T)
 
 
 def _tied_embeddings(engine, vocab: ActionVocab) -> torch.Tensor:
@@ -121,7 +130,8 @@ class PromptPolicy(nn.Module):
     def parameter_groups(self, lr: float, network_lr: float) -> list[dict]:
         """The optimizer's parameter groups: a question-conditioned policy's network weights at `network_lr`,
         everything else (a table of logits, a bias per choice) at `lr` (see `Refiner.table_parameters`)."""
-        table_ids = {id(p) for p in self.table_parameters()} if self.uses_observation else {id(p) for p in self.parameters()}
+        tables = self.table_parameters() if self.uses_observation else list(self.parameters())
+        table_ids = {id(p) for p in tables}
         table = [p for p in self.parameters() if id(p) in table_ids]
         network = [p for p in self.parameters() if id(p) not in table_ids]
         return [group for group in ({"params": table, "lr": lr}, {"params": network, "lr": network_lr})
@@ -171,8 +181,9 @@ class Refiner(PromptPolicy):
     direction, not N unrelated logits to learn per slot, and an untrained Refiner's greedy exemplars are the
     question's nearest pool problems (nearest-neighbour retrieval, KATE) where they are similar enough
     (cosine above POINTER_THRESHOLD; else none: a question unlike any in training gets no exemplars). Its
-    exemplar slots then choose without replacement (slot 2 cannot repeat slot 1's problem; "none" may repeat), so greedy shows the two
-    nearest rather than the nearest twice; sampling and log-probabilities follow the same rule."""
+    exemplar slots then choose without replacement (slot 2 cannot repeat slot 1's problem; "none" may repeat),
+    so greedy shows the two nearest rather than the nearest twice; sampling and log-probabilities follow the
+    same rule."""
 
     kind = "refiner"
 
@@ -187,10 +198,9 @@ class Refiner(PromptPolicy):
                 raise ValueError(f"pointer keys for {len(pool_keys)} pool problems do not fit exemplar slots "
                                  f"{self.factor_sizes[:shots]}")
             keys = pool_keys.float()
-            center = keys.mean(0)
             # Frozen, rebuilt from the LLM on load (as the token embeddings are): not saved.
-            self.register_buffer("key_center", center, persistent=False)
-            self.register_buffer("keys", nn.functional.normalize(keys - center, dim=-1), persistent=False)
+            self.register_buffer("key_center", keys.mean(0), persistent=False)
+            self.register_buffer("keys", keys, persistent=False)
             self.pointer_scale = nn.Parameter(torch.full((self.shots,), float(pointer_scale)))
 
         self.register_buffer("embeddings", embeddings, persistent=False)  # frozen; rebuilt from the LLM
@@ -207,8 +217,8 @@ class Refiner(PromptPolicy):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
         # With the pointer, "none" starts level with a pool problem of similarity POINTER_THRESHOLD: a question unlike
-        # every pool problem (another kind: cosine about 0 on the default model, against 0.77 within a kind) is
-        # shown no exemplars rather than the least unlike ones, which pulled answers into the wrong form.
+        # every pool problem is shown no exemplars rather than the least unlike ones (of another kind, whose answers
+        # pull the model into the wrong form). 0.5 is a choice, not a tuned value.
         with torch.no_grad():
             for head in self.factor_heads[: self.shots]:
                 head.bias[0] = float(pointer_scale) * POINTER_THRESHOLD
@@ -232,7 +242,7 @@ class Refiner(PromptPolicy):
         Adam moves every weight by about its learning rate per step. A factor head's weight moves its logit by
         about that times the hidden layer's activity; a word-vector weight moves a word's logit by that times
         `scale` and the embedding row's L1 norm as well (about 450 on the default model), so one step at
-        --network-lr 0.01 took the word slots from 4.7 nats of entropy to 0 (measured on mixed problems). Its
+        --network-lr 0.01 took the word slots from 4.7 nats of entropy to 0 (a development run on mixed problems). Its
         rate is divided by that gain, so every head's logits move by about the same nats per step."""
         gain = float(self.scale.detach()) * float(self.embeddings.abs().sum(-1).mean().clamp(min=1e-6))
         word_ids = {id(self.slots.weight), id(self.slots.bias), id(self.scale)}
@@ -247,7 +257,7 @@ class Refiner(PromptPolicy):
 
     def similarity(self, obs: torch.Tensor) -> torch.Tensor:
         """Cosine similarity [B, N] of each question to each pool problem (features centred on the pool's mean)."""
-        return nn.functional.normalize(obs.float() - self.key_center, dim=-1) @ self.keys.T
+        return centred_cosine(obs, self.keys, self.key_center)
 
     def logits(self, obs, actions=None):
         hidden = self.body(self.norm(obs))

@@ -65,6 +65,7 @@ def bad(tmp_path_factory, tiny_model_dir):
     (root / "latin1.jsonl").write_bytes(b'{"question": "What is 1+1?", "answer": "2"}\n'
                                         b'{"question": "Caf\xe9: what is 2+2?", "answer": "4"}\n')
     (root / "latin1.csv").write_bytes(b"question,answer\nWhat is 1+1?,2\nCaf\xe9: what is 2+2?,4\n")
+    (root / "plain.csv").write_text("question,answer\nWhat is 1+1?,2\nWhat is 2+2?,4\n")
     (root / "huge.jsonl").write_text(json.dumps({"question": "What is 1+1? " * 80_000, "answer": "2"}) + "\n")
     # Fits the loading limit but not the tiny model's 512 positions.
     (root / "long.jsonl").write_text("".join(json.dumps({"question": f"What is {i}+1? " + "Think. " * 200,
@@ -118,6 +119,9 @@ CASES = [
     ("max-new-tokens-0", [*T, "--max-new-tokens", "0"], ["--max-new-tokens", ">= 1"], True),
     ("max-new-tokens-negative", [*T, "--max-new-tokens", "-5"], ["--max-new-tokens", ">= 1"], True),
     ("eval-every-negative", [*T, "--eval-every", "-1"], ["--eval-every", ">= 0"], True),
+    ("pointer-scale-negative", [*T, "--pointer-scale", "-1"], ["--pointer-scale", ">= 0"], True),
+    ("kind-field-missing-column", [*T, *NO_EVAL, "--dataset", "{root}/plain.csv", "--kind-field", "topic"],
+     ["plain.csv", "no column 'topic' for --kind-field"], False),  # after the dataset's own load lines
     ("dtype-unknown", [*T, "--dtype", "int3"], ["--dtype", "float32", "int3"], True),
     ("difficulty-unknown", [*T, "--difficulty", "1,x"], ["--difficulty", "1, 2 or 3"], True),
     # --config files
