@@ -171,7 +171,7 @@ def load_policy(path, engine, *, check: bool = True) -> tuple[PromptPolicy, Prom
                               f"not match its recorded prompt space {space.factor_sizes}")
     policy = build_policy(config["kind"], engine=engine, space=space,
                           width=config.get("width", PolicyConfig.policy_width),
-                          pointer=bool(config.get("pointer_shots")))
+                          pointer=bool(config.get("pointer_shots")), clusters=config.get("clusters", 1))
     try:
         policy.load_state_dict(tensors)
     except RuntimeError as error:

@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any, Iterator
 if TYPE_CHECKING:
     from .templates import PromptLike
 
-AGENTS = ("reinforce", "random", "fixed", "soft-prompt", "pez", "gumbel")
+AGENTS = ("reinforce", "random", "fixed", "soft-prompt", "pez", "gumbel", "knn", "cluster")
 GRADIENT_AGENTS = ("soft-prompt", "pez", "gumbel")  # trained by gradients through the frozen LLM
 DEFAULT_SHOTS = 2  # exemplar slots when --shots is not given and the agent can choose exemplars
-EXEMPLAR_AGENTS = ("reinforce", "random")  # the agents that choose exemplars (--shots); fixed ignores --shots
+DEFAULT_CLUSTERS = 4  # --agent cluster, --clusters 0, on problems that name no kind: 7-8 of 30 steps each
+EXEMPLAR_AGENTS = ("reinforce", "random", "knn", "cluster")  # the agents that choose exemplars (--shots)
 SOFT_INITS = ("text", "random")
 LOSS_TARGETS = ("gold", "own")
 POLICY_KINDS = ("unconditioned", "refiner", "autoregressive")
@@ -73,10 +74,11 @@ RANGES = {
     "gumbel_lr": ((">", 0),), "gumbel_tau": ((">", 0),), "gumbel_tau_end": ((">", 0),),
     "moving_average_decay": ((">=", 0), ("<=", 1)), "max_grad_norm": ((">", 0),),
     "sample_temperature": ((">", 0),), "entropy_coef": ((">=", 0),), "pointer_scale": ((">=", 0),),
+    "clusters": ((">=", 0),),
 }
 RANGE_HINTS = {"eval_every": "0: validate only at the end", "lr": "0: a frozen policy",
                "shots": "0: instruction words only", "reference_shots": "0: no few-shot reference",
-               "finalists": "0: off", "sample_top_k": "0: all"}
+               "finalists": "0: off", "sample_top_k": "0: all", "clusters": "0: one per kind"}
 
 
 def _in_range(value, bounds) -> bool:
@@ -345,6 +347,9 @@ class AlgorithmConfig:
     finalists: int = 0
     """At the end, also validate the N best-rewarded sampled prompts and keep the best of them and the
     greedy prompt (unconditioned policies and random search; 0: off)."""
+    clusters: int = 0
+    """--agent cluster: k-means clusters of the training questions, each with its own random search (0: one per
+    kind where the training problems name their kinds, the generator's or --kind-field's; else 4)."""
     seed: int = opt(0, cli=False)
     """Seeds question sampling and prompt sampling (set from RunConfig.seed by the wiring)."""
 
@@ -416,7 +421,9 @@ class RunConfig:
     """reinforce: policy gradient; random: random search on the same oracle budget; fixed: a hand-written
     prompt (--fixed-prompt); soft-prompt: prompt embeddings trained by gradient (EmbedGrad); pez: a
     discrete prompt by projected gradients; gumbel: the policy (--policy unconditioned or refiner)
-    trained by straight-through Gumbel-softmax."""
+    trained by straight-through Gumbel-softmax; knn: each question shown its nearest pool problems, the form and
+    words by random search, same oracle budget; cluster: k-means on question features (--clusters), random
+    search per cluster, same oracle budget."""
     seed: int = 0
     """Seeds problem sampling, prompt sampling and the split."""
     val_size: int = 100

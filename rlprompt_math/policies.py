@@ -13,6 +13,10 @@ Policies (all start at, or near, the uniform distribution, so early exploration 
                   conditioned on the question and on the tokens before it (RLPrompt-style).
   unconditioned   one learned categorical per slot: the same prompt for every question (BDPL-style).
   fixed           a given prompt text; nothing to learn (the `fixed`, `random` and `pez` agents' result).
+  knn             one answer form and instruction for all, each question shown its nearest pool problems
+                  (`NearestExemplars`: the `knn` agent's result, nearest-neighbour retrieval).
+  cluster         a prompt per cluster of questions, each question its nearest centroid's (`ClusterPrompts`:
+                  the `cluster` agent's result, cluster-then-search).
   soft            prompt embeddings, not tokens (the `soft-prompt` agent's result, EmbedGrad): its
                   "text" is the frozen LLM's marker for them (`TransformersEngine.soft_prompt_text`), which the
                   LLM turns back into the embeddings wherever the template puts the prompt.
@@ -37,11 +41,13 @@ from torch import nn
 from torch.distributions import Categorical
 
 from .config import POLICY_KINDS, PolicyConfig
+from .prompt_space import PromptSpace
 from .templates import Prompt, PromptLike
 from .vocab import EMPTY, ActionVocab
 
-__all__ = ["POLICY_KINDS", "AutoregressiveRefiner", "FixedPrompt", "PromptPolicy", "Refiner", "SoftPrompt",
-           "Unconditioned", "build_policy", "centred_cosine", "nearest_tokens", "prompts_for"]
+__all__ = ["POLICY_KINDS", "AutoregressiveRefiner", "ClusterPrompts", "FixedPrompt", "NearestExemplars", "PromptPolicy",
+           "Refiner", "SoftPrompt", "Unconditioned", "build_policy", "centred_cosine", "nearest_centroid",
+           "nearest_tokens", "pool_features", "prompts_for"]
 
 
 POINTER_THRESHOLD = 0.5  # the cosine similarity at which the pointer's exemplar and "none" start level (Refiner)
@@ -432,6 +438,103 @@ class SoftPrompt(PromptPolicy):
         return self.engine.tokenizer.decode(nearest_tokens(self.embeddings, self.engine.token_embeddings()))
 
 
+def _action_row(actions, slots: int) -> torch.Tensor:
+    """`actions` (one action row) as a long tensor of `slots` entries, or zeros (the empty prompt) for None."""
+    row = torch.zeros(slots, dtype=torch.long) if actions is None else torch.as_tensor(actions, dtype=torch.long)
+    if row.shape != (slots,):
+        raise ValueError(f"an action row of shape {tuple(row.shape)} for a prompt space of {slots} slots")
+    return row.clone()
+
+
+class NearestExemplars(PromptPolicy):
+    """Nearest-neighbour exemplar retrieval (KATE): each question is shown its `shots` nearest pool problems, the
+    most similar first, by `centred_cosine` on the engine's question features (the similarity the Refiner's pointer
+    head starts from; the pool's features, `pool_keys`, are rebuilt from the LLM on load, not saved), with one
+    answer form and instruction for every question (`actions`: an action row; its exemplar slots are not read).
+    Unlike the Refiner's pointer there is no threshold: every question is shown its nearest problems."""
+
+    kind = "knn"
+    none_index = PromptSpace.none_index  # an exemplar slot's "no exemplar"
+
+    def __init__(self, prompt_length: int, vocab_size: int, factor_sizes: Sequence[int] = (), *, shots: int = 0,
+                 pool_keys: torch.Tensor | None = None, actions=None, **_):
+        super().__init__(prompt_length, vocab_size, factor_sizes)
+        self.shots = int(shots)
+        if self.shots and (pool_keys is None or any(size != len(pool_keys) + 1 for size in self.factor_sizes[:shots])):
+            raise ValueError(f"pool features for {None if pool_keys is None else len(pool_keys)} problems do not fit "
+                             f"exemplar slots {self.factor_sizes[:shots]}")
+        keys = pool_keys.float() if self.shots else torch.zeros(0, 0)
+        self.register_buffer("keys", keys, persistent=False)
+        self.register_buffer("actions", _action_row(actions, len(self.slot_sizes)))  # the searched form and words
+
+    def config(self):
+        return {**super().config(), "shots": self.shots}
+
+    def logits(self, obs, actions=None):
+        raise TypeError("nearest-neighbour retrieval is not a distribution: it cannot be sampled or trained")
+
+    def with_exemplars(self, obs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """`rows` [B, S] (action rows) with their exemplar slots set to each question's nearest pool problems."""
+        rows = torch.as_tensor(rows, dtype=torch.long).clone()
+        if self.shots:
+            nearest = centred_cosine(obs, self.keys).topk(min(self.shots, len(self.keys)), dim=-1).indices
+            rows[:, : self.shots] = self.none_index  # more slots than pool problems: the rest show none
+            rows[:, : nearest.shape[1]] = nearest + 1  # slot value i > 0 shows pool problem i - 1
+        return rows
+
+    def greedy(self, obs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.with_exemplars(obs, self.actions.expand(obs.shape[0], -1))
+
+
+def nearest_centroid(features: torch.Tensor, centroids: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """Each feature row's nearest centroid [B] by `centred_cosine` around `center` (the training questions' mean
+    feature): k-means in the cluster agent and a cluster policy at inference assign questions with this one rule."""
+    return centred_cosine(features, centroids, center).argmax(-1)
+
+
+class ClusterPrompts(PromptPolicy):
+    """A prompt per cluster of questions (cluster-then-search): a question gets the action row (`actions` [k, S]) of
+    its nearest centroid (`nearest_centroid`). The `cluster` agent's result: centroids from k-means on the training
+    questions' features, each cluster's prompt from random search on its questions. Centroids, their center and the
+    rows are saved with the policy (they are what was learned)."""
+
+    kind = "cluster"
+
+    def __init__(self, prompt_length: int, vocab_size: int, factor_sizes: Sequence[int] = (), *, feature_dim: int,
+                 clusters: int, center: torch.Tensor | None = None, centroids: torch.Tensor | None = None,
+                 actions=None, **_):
+        super().__init__(prompt_length, vocab_size, factor_sizes)
+        self.feature_dim, self.clusters = int(feature_dim), int(clusters)
+        if self.clusters < 1:
+            raise ValueError(f"a cluster policy needs at least one cluster, not {self.clusters}")
+        rows = [None] * self.clusters if actions is None else list(actions)
+        if len(rows) != self.clusters:
+            raise ValueError(f"{len(rows)} action rows for {self.clusters} clusters")
+        center = torch.zeros(self.feature_dim) if center is None else center.float()
+        centroids = torch.zeros(self.clusters, self.feature_dim) if centroids is None else centroids.float()
+        if center.shape != (self.feature_dim,) or centroids.shape != (self.clusters, self.feature_dim):
+            raise ValueError(f"a center {tuple(center.shape)} and centroids {tuple(centroids.shape)} for {self.clusters} "
+                             f"clusters of {self.feature_dim} features")
+        self.register_buffer("center", center.clone())
+        self.register_buffer("centroids", centroids.clone())
+        self.register_buffer("actions", torch.stack([_action_row(row, len(self.slot_sizes)) for row in rows]))
+
+    def config(self):
+        return {**super().config(), "feature_dim": self.feature_dim, "clusters": self.clusters}
+
+    def logits(self, obs, actions=None):
+        raise TypeError("a prompt per cluster is not a distribution: it cannot be sampled or trained")
+
+    def assign(self, obs: torch.Tensor) -> torch.Tensor:
+        """Each question's cluster [B]."""
+        return nearest_centroid(obs, self.centroids, self.center)
+
+    def greedy(self, obs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.actions[self.assign(obs)]
+
+
 def nearest_tokens(rows: torch.Tensor, table: torch.Tensor) -> list[int]:
     """For each row [L, D], the index of the row of `table` [V, D] with the highest cosine similarity."""
     rows = torch.nn.functional.normalize(rows.detach().float().cpu(), dim=-1)
@@ -439,15 +542,22 @@ def nearest_tokens(rows: torch.Tensor, table: torch.Tensor) -> list[int]:
     return (rows @ table.T).argmax(-1).tolist()
 
 
+def pool_features(engine, space) -> torch.Tensor:
+    """The question features [N, feature_dim] of the space's exemplar pool problems (`Engine.question_features`):
+    what the Refiner's pointer head and nearest-neighbour retrieval compare each question with."""
+    return engine.question_features([p.question for p in space.pool.problems])
+
+
 def build_policy(kind: str, *, engine, vocab: ActionVocab | None = None, prompt_length: int | None = None,
                  space=None, width: int = PolicyConfig.policy_width, text: PromptLike | None = None,
-                 actions=None, pointer: bool = False, pointer_scale: float = PolicyConfig.pointer_scale
-                 ) -> PromptPolicy:
+                 actions=None, pointer: bool = False, pointer_scale: float = PolicyConfig.pointer_scale,
+                 clusters: int = 1) -> PromptPolicy:
     """A fresh policy of `kind` for this engine's LLM over `space` (a `PromptSpace`: its vocabulary, prompt
     length and other factors), or over `prompt_length` slots of `vocab` (instruction tokens only). `soft`:
     zero embeddings, to load into; `width` is the refiners' hidden layer. `pointer` (the refiner, with exemplar
     slots): score exemplars by the question's similarity to each pool problem (`Refiner`), the pool's
-    features asked of `engine` (`Engine.question_features`)."""
+    features asked of `engine` (`pool_features`), as `knn` does. `knn` and `cluster` (`clusters` of them) start
+    at the empty prompt, to load into."""
     factor_sizes = []
     if space is not None:
         vocab, prompt_length, factor_sizes = space.vocab, space.prompt_length, space.factor_sizes
@@ -459,13 +569,19 @@ def build_policy(kind: str, *, engine, vocab: ActionVocab | None = None, prompt_
         return Unconditioned(prompt_length, len(vocab), factor_sizes)
     if kind == "fixed":
         return FixedPrompt(text or "", prompt_length, len(vocab), actions=actions)
+    if kind == "knn":
+        shots = space.shots if space is not None else 0
+        return NearestExemplars(prompt_length, len(vocab), factor_sizes, shots=shots,
+                                pool_keys=pool_features(engine, space) if shots else None, actions=actions)
+    if kind == "cluster":
+        return ClusterPrompts(prompt_length, len(vocab), factor_sizes, feature_dim=engine.hidden_size, clusters=clusters)
     if kind not in POLICY_KINDS:
         raise ValueError(f"unknown policy {kind!r}; choose from {', '.join(POLICY_KINDS)}")
     embeddings = _tied_embeddings(engine, vocab)
     if kind == "refiner":
         keys = None
         if pointer and space is not None and space.shots:
-            keys = engine.question_features([p.question for p in space.pool.problems])
+            keys = pool_features(engine, space)
         return Refiner(prompt_length, len(vocab), feature_dim=engine.hidden_size, embeddings=embeddings, width=width,
                        factor_sizes=factor_sizes, shots=space.shots if keys is not None else 0, pool_keys=keys,
                        pointer_scale=pointer_scale)
