@@ -27,7 +27,9 @@ def validate_finalists(env, val_problems, prompt_rewards: dict[tuple, list[float
     space, scored = prompt_space(env), []
     for actions, rewards in ranked_prompts(prompt_rewards)[:n]:
         prompt = space.decode(list(actions))
-        _, infos = env.score(val_problems, None, prompts=[prompt] * len(val_problems), batch_label="validation")
+        # Scored as an action, as in training: an env that conditions an action on the question (the knn agent's
+        # retrieval) does so here too; a plain env decodes it to `prompt` for every question.
+        _, infos = env.score(val_problems, np.array([actions] * len(val_problems)), batch_label="validation")
         scored.append({"prompt": str(prompt), "actions": list(actions), "train_reward": float(np.mean(rewards)),
                        "train_questions": len(rewards), "pairs": len(val_problems),
                        "val_accuracy": float(np.mean([i["correct"] for i in infos]))})
