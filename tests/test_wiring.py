@@ -245,7 +245,7 @@ ALGORITHM_VALUES = {"steps": 3, "batch_size": 2, "prompts_per_question": 3, "lr"
                     "moving_average_decay": 0.5, "normalize_rewards": True, "entropy_coef": 0.02,
                     "entropy_schedule": "cosine", "max_grad_norm": 0.5, "sample_temperature": 0.7, "sample_top_k": 5,
                     "value_lr": 0.01, "eval_every": 2, "checkpoint_every": 2, "finalists": 2,
-                    "optimizer": "sgd"}
+                    "optimizer": "sgd", "clusters": 2}
 # Checked elsewhere: the engine fields need other models or CUDA, the data-file fields a dataset file
 # (test_data, test_cli), the served engine's a server (test_engine_openai); resume in test_cli; output_dir is
 # the parent of `name` (checked below).
@@ -299,6 +299,8 @@ def test_every_flag_reaches_the_object_it_configures(agent, tiny_model_dir, tmp_
         assert type(built.agent.optimizer).__name__ == "SGD" and [g["lr"] for g in groups][:2] == [0.05, 0.02]
         assert groups[0]["params"][0] is built.agent.policy.slot_bias
         assert groups[2]["lr"] < 0.02 and any(p is built.agent.policy.slots.weight for p in groups[2]["params"])  # tied words
+    if agent == "cluster":  # --clusters reaches k-means (the problems are of one kind: without it, one cluster)
+        assert len(built.agent.searches) == 2
     if agent in GRADIENT_AGENTS:
         for name, value in GRADIENT_VALUES.items():
             assert getattr(built.agent.gradient, name) == value, name
