@@ -40,16 +40,31 @@ def problems():
     return mixed[:44], mixed[44:]
 
 
-def _trained(agent_name, engine, problems, *, run=None, seed=0, **settings):
-    """(the trained agent, its summary, the counting engine) for one agent at the shared settings."""
+def _trained(agent_name, engine, problems, *, run=None, seed=0):
+    """(the trained agent, its summary, the rows the engine was asked to answer) for one agent at SETTINGS."""
     train, val = problems
-    config = RunConfig.from_flat({**SETTINGS, **settings, "agent": agent_name, "seed": seed}).validate()
+    config = RunConfig.from_flat({**SETTINGS, "agent": agent_name, "seed": seed}).validate()
     pool, _ = draw_pool({"train": train, "validation": val, "test": []}, size=config.policy.exemplar_pool,
                         seed=seed, forms=config.policy.answer_forms)
     counting = CountingEngine(engine)
     env = training.build_env(config, counting, train, pool=pool)
     agent, _ = training.make_agent(config, env, engine=counting, run=run, val_problems=val)
-    return agent, agent.train(progress=False), counting
+    return agent, agent.train(progress=False), counting.rows
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_engine, problems, tmp_path_factory):
+    """`trained(name, seed=0)`: (agent, summary, rows asked, its run directory), trained once per module (a test
+    that needs a second, independent run trains it itself)."""
+    runs = {}
+
+    def get(name, seed=0):
+        if (name, seed) not in runs:
+            run = RunDir(tmp_path_factory.mktemp(f"{name}-s{seed}"))
+            runs[name, seed] = (*_trained(name, tiny_engine, problems, run=run, seed=seed), run)
+        return runs[name, seed]
+
+    return get
 
 
 def test_retrieval_shows_each_question_its_nearest_pool_problems():
@@ -64,41 +79,42 @@ def test_retrieval_shows_each_question_its_nearest_pool_problems():
     assert three.greedy(questions[:1]).tolist() == [[1, 2, 3, 1, 3]]
 
 
-def test_knn_retrieves_each_question_its_own_nearest_pool_problems_in_training_and_after(tiny_engine, problems,
-                                                                                          tmp_path):
-    run = RunDir(tmp_path / "knn")
-    agent, _, _ = _trained("knn", tiny_engine, problems, run=run)
+def test_knn_retrieves_each_question_its_own_nearest_pool_problems_in_training_and_after(trained, tiny_engine,
+                                                                                          problems):
+    agent, _, _, run = trained("knn")
     pool = agent.space.pool
     own = tiny_engine.question_features([p.question for p in pool.problems])
     assert agent.policy.greedy(own)[:, 0].tolist() == [i + 1 for i in range(len(pool))]  # each is its own nearest
     # Candidates are form and words alone (exemplar slots "none"): the exemplars come from retrieval.
     assert all(actions[:2] == (0, 0) for actions in agent.prompt_rewards)
-    # What training scored for each question is what the kept policy writes for it: its own exemplars.
+    # What training scores for each question is what the kept policy writes for it: its own exemplars.
     train = problems[0][:6]
     kept = list(agent.policy.actions.tolist())
     _, infos = agent.env.score(train, [kept] * len(train))
     written = policy_prompts(agent.policy, agent.space, train, tiny_engine)
     assert [i["prompt"] for i in infos] == [str(p) for p in written]
     assert len({str(p) for p in written}) > 1  # not one prompt for all
+    # Saved and reloaded, the pool's features rebuilt from the engine, it writes the same prompts.
+    loaded, space, _ = load_policy(run.path / POLICY_BEST, tiny_engine)
+    assert isinstance(loaded, NearestExemplars) and "keys" not in dict(loaded.state_dict())  # rebuilt, not saved
+    questions = problems[1]
+    assert ([str(p) for p in policy_prompts(loaded, space, questions, tiny_engine)]
+            == [str(p) for p in policy_prompts(agent.policy, agent.space, questions, tiny_engine)])
 
 
-def test_both_agents_spend_exactly_random_searchs_oracle_pairs(tiny_engine, problems):
-    spent, agents = {}, {}
-    for name in ("random", "knn", "cluster"):
-        agents[name], summary, counting = _trained(name, tiny_engine, problems)
-        spent[name] = (counting.rows, summary["oracle_pairs"])
+def test_both_agents_spend_exactly_random_searchs_oracle_pairs(trained, problems):
+    spent = {name: (trained(name)[2], trained(name)[1]["oracle_pairs"]) for name in ("random", "knn", "cluster")}
     training_pairs, finalist_pairs = STEPS * K * BATCH, FINALISTS * len(problems[1])
     assert spent["knn"] == spent["cluster"] == spent["random"] == (training_pairs + finalist_pairs,) * 2, spent
-    assert len(agents["cluster"].searches) == 2  # one cluster per kind: the budget was split, not doubled
+    assert len(trained("cluster")[0].searches) == 2  # one cluster per kind: the budget was split, not doubled
     # knn draws what random search draws at the same seed (the same batches, the same forms and words); only
     # the exemplars differ.
-    assert ({actions[2:] for actions in agents["knn"].prompt_rewards}
-            == {actions[2:] for actions in agents["random"].prompt_rewards})
+    assert ({actions[2:] for actions in trained("knn")[0].prompt_rewards}
+            == {actions[2:] for actions in trained("random")[0].prompt_rewards})
 
 
-def test_the_cluster_policy_writes_a_prompt_per_cluster_and_reloads_the_same(tiny_engine, problems, tmp_path):
-    run = RunDir(tmp_path / "cluster")
-    agent, summary, _ = _trained("cluster", tiny_engine, problems, run=run)
+def test_the_cluster_policy_writes_a_prompt_per_cluster_and_reloads_the_same(trained, tiny_engine, problems):
+    agent, summary, _, run = trained("cluster")
     assert summary["clusters"] == 2 and sum(summary["cluster_sizes"]) == len(problems[0])
     questions = problems[0] + problems[1]
     policy = agent.policy
@@ -117,23 +133,14 @@ def test_the_cluster_policy_writes_a_prompt_per_cluster_and_reloads_the_same(tin
     assert [entry["prompt"] for entry in printed] == prompts[:5]
 
 
-def test_the_knn_policy_reloads_with_its_pool_features_rebuilt(tiny_engine, problems, tmp_path):
-    run = RunDir(tmp_path / "knn")
-    agent, _, _ = _trained("knn", tiny_engine, problems, run=run)
-    loaded, space, _ = load_policy(run.path / POLICY_BEST, tiny_engine)
-    assert isinstance(loaded, NearestExemplars) and "keys" not in dict(loaded.state_dict())  # rebuilt, not saved
-    questions = problems[1]
-    assert ([str(p) for p in policy_prompts(loaded, space, questions, tiny_engine)]
-            == [str(p) for p in policy_prompts(agent.policy, agent.space, questions, tiny_engine)])
-
-
 @pytest.mark.parametrize("name", ["knn", "cluster"])
-def test_identical_seeds_give_identical_kept_policies(name, tiny_engine, problems):
-    first, second, other = (_trained(name, tiny_engine, problems, seed=seed)[0] for seed in (0, 0, 1))
-    state = [{k: v for k, v in agent.policy.state_dict().items()} for agent in (first, second, other)]
+def test_identical_seeds_give_identical_kept_policies(name, trained, tiny_engine, problems):
+    again = _trained(name, tiny_engine, problems, seed=0)[0]  # a second run, independent of the first
+    first, other = trained(name)[0], trained(name, seed=1)[0]
+    state = [dict(agent.policy.state_dict()) for agent in (first, again, other)]
     assert state[0].keys() == state[1].keys()
     assert all(torch.equal(state[0][k], state[1][k]) for k in state[0])
-    assert first.policy.config() == second.policy.config()
+    assert first.policy.config() == again.policy.config()
     assert not torch.equal(state[0]["actions"], state[2]["actions"])  # and the seed is what decides it
 
 
