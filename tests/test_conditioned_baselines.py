@@ -20,16 +20,16 @@ SETTINGS = {"steps": STEPS, "batch_size": BATCH, "prompts_per_question": K, "fin
 
 
 class CountingEngine:
-    """The engine, counting the (prompt, question) rows it is asked to answer (cache hits included)."""
+    """The engine, keeping the (prompt, question) rows it is asked to answer, rendered (cache hits included)."""
 
     def __init__(self, engine):
-        self.engine, self.rows = engine, 0
+        self.engine, self.asked = engine, []
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
 
     def generate(self, texts, **kwargs):
-        self.rows += len(texts)
+        self.asked += list(texts)
         return self.engine.generate(texts, **kwargs)
 
 
@@ -49,7 +49,7 @@ def _trained(agent_name, engine, problems, *, run=None, seed=0):
     counting = CountingEngine(engine)
     env = training.build_env(config, counting, train, pool=pool)
     agent, _ = training.make_agent(config, env, engine=counting, run=run, val_problems=val)
-    return agent, agent.train(progress=False), counting.rows
+    return agent, agent.train(progress=False), list(counting.asked)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_retrieval_shows_each_question_its_nearest_pool_problems():
 
 def test_knn_retrieves_each_question_its_own_nearest_pool_problems_in_training_and_after(trained, tiny_engine,
                                                                                           problems):
-    agent, _, _, run = trained("knn")
+    agent, _, asked, run = trained("knn")
     pool = agent.space.pool
     own = tiny_engine.question_features([p.question for p in pool.problems])
     assert agent.policy.greedy(own)[:, 0].tolist() == [i + 1 for i in range(len(pool))]  # each is its own nearest
@@ -94,6 +94,13 @@ def test_knn_retrieves_each_question_its_own_nearest_pool_problems_in_training_a
     written = policy_prompts(agent.policy, agent.space, train, tiny_engine)
     assert [i["prompt"] for i in infos] == [str(p) for p in written]
     assert len({str(p) for p in written}) > 1  # not one prompt for all
+    # The finalists met the validation questions the same way: the kept one's block of the last rows asked is
+    # each validation question with its own exemplars.
+    val = problems[1]
+    kept_rows = [tiny_engine.render(p, q.question) for p, q in zip(policy_prompts(agent.policy, agent.space, val,
+                                                                                  tiny_engine), val)]
+    finalist_rows = asked[-FINALISTS * len(val):]
+    assert kept_rows in [finalist_rows[i * len(val):(i + 1) * len(val)] for i in range(FINALISTS)]
     # Saved and reloaded, the pool's features rebuilt from the engine, it writes the same prompts.
     loaded, space, _ = load_policy(run.path / POLICY_BEST, tiny_engine)
     assert isinstance(loaded, NearestExemplars) and "keys" not in dict(loaded.state_dict())  # rebuilt, not saved
@@ -103,7 +110,7 @@ def test_knn_retrieves_each_question_its_own_nearest_pool_problems_in_training_a
 
 
 def test_both_agents_spend_exactly_random_searchs_oracle_pairs(trained, problems):
-    spent = {name: (trained(name)[2], trained(name)[1]["oracle_pairs"]) for name in ("random", "knn", "cluster")}
+    spent = {name: (len(trained(name)[2]), trained(name)[1]["oracle_pairs"]) for name in ("random", "knn", "cluster")}
     training_pairs, finalist_pairs = STEPS * K * BATCH, FINALISTS * len(problems[1])
     assert spent["knn"] == spent["cluster"] == spent["random"] == (training_pairs + finalist_pairs,) * 2, spent
     assert len(trained("cluster")[0].searches) == 2  # one cluster per kind: the budget was split, not doubled
