@@ -34,7 +34,7 @@ from .checkpoint import (
     POLICY_LAST,
     POLICY_FORMAT,
     PROMPT,
-    SPLITS,
+    SPLIT_MANIFEST,
     STATE_LAST,
     SUMMARY,
     CheckpointError,
@@ -225,7 +225,7 @@ def build(config: RunConfig, *, engine: Engine | None = None, splits: dict[str, 
     try:
         run.write_config({k: v for k, v in config.to_flat().items() if k != "quiet"})
         if loaded_splits:
-            write_split_manifest(run.path / SPLITS, splits, config.seed)
+            write_split_manifest(run.path / SPLIT_MANIFEST, splits, config.seed)
         pool, pool_pairs = exemplar_pool(config, engine, splits, run, log=log)
         env = build_env(config, engine, splits["train"], pool=pool)
         log(f"action vocabulary: {len(env.vocab)} tokens ({config.policy.action_vocab}); "
