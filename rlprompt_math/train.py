@@ -34,7 +34,7 @@ from .checkpoint import (
     POLICY_LAST,
     POLICY_FORMAT,
     PROMPT,
-    SPLITS,
+    SPLIT_MANIFEST,
     STATE_LAST,
     SUMMARY,
     CheckpointError,
@@ -49,11 +49,11 @@ from .engines import Engine, EngineError, load_engine, pin_engine_settings
 from .engines.transformers.loading import ModelLoadError
 from .exemplars import ExemplarPool
 from .oracle import decoding_from
-from .prompt_space import PromptSpace, draw_pool
-from .rewards import RewardError, RewardMix
+from .prompt_space import draw_pool
+from .rewards import RewardError
 from .runlog import RunDir, unwritable_reason
 from .templates import as_prompt, chat_content_template
-from .vocab import ActionVocab, VocabError
+from .vocab import VocabError
 
 
 class TrainError(RuntimeError):
@@ -134,18 +134,15 @@ def _shown(value) -> str:
 
 
 def build_env(config: RunConfig, engine: Engine, problems: list[Problem], *, pool: ExemplarPool | None = None):
-    """The training environment: the config's vocabulary, rewards, decoding and prompt space (its prompt
-    length; with `pool`, the config's exemplar slots and answer forms over it: see `exemplar_pool`)."""
-    from .envs import PromptRefineEnv
+    """The training environment: `envs.assemble_env` with the config's vocabulary, rewards, decoding and prompt
+    space (its prompt length; with `pool`, the config's exemplar slots and answer forms over it: see
+    `exemplar_pool`)."""
+    from .envs import assemble_env
 
-    vocab = ActionVocab.from_spec(engine.tokenizer, config.policy.action_vocab, empty=config.policy.empty_action)
-    reward_mix = RewardMix(list(config.oracle.rewards), engine=engine)
-    if reward_mix.needs_engine and engine.kind != "transformers":
-        # Fail before training, not at the first step: a served engine may have no prompt log-probs.
-        engine.answer_logprobs([engine.render("", problems[0].question)], [problems[0].answer])
-    space = (PromptSpace(vocab, config.policy.prompt_length, pool, config.policy.shots, config.policy.answer_forms)
-             if pool is not None else PromptSpace(vocab, config.policy.prompt_length))
-    return PromptRefineEnv(engine, problems, vocab, reward_mix, decoding_from(config.oracle), space=space)
+    return assemble_env(engine, problems, pool=pool, prompt_length=config.policy.prompt_length,
+                        action_vocab=config.policy.action_vocab, empty_action=config.policy.empty_action,
+                        rewards=config.oracle.rewards, decoding=decoding_from(config.oracle),
+                        shots=config.policy.shots, answer_forms=config.policy.answer_forms)
 
 
 def exemplar_pool(config: RunConfig, engine: Engine, splits: dict[str, list[Problem]], run: RunDir, *,
@@ -228,7 +225,7 @@ def build(config: RunConfig, *, engine: Engine | None = None, splits: dict[str, 
     try:
         run.write_config({k: v for k, v in config.to_flat().items() if k != "quiet"})
         if loaded_splits:
-            write_split_manifest(run.path / SPLITS, splits, config.seed)
+            write_split_manifest(run.path / SPLIT_MANIFEST, splits, config.seed)
         pool, pool_pairs = exemplar_pool(config, engine, splits, run, log=log)
         env = build_env(config, engine, splits["train"], pool=pool)
         log(f"action vocabulary: {len(env.vocab)} tokens ({config.policy.action_vocab}); "

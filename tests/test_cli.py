@@ -13,7 +13,7 @@ from rlprompt_math.checkpoint import (
     POLICY_BEST,
     POLICY_LAST,
     SAMPLES,
-    SPLITS,
+    SPLIT_MANIFEST,
     STATE_LAST,
     TENSORBOARD,
 )
@@ -50,7 +50,7 @@ def test_three_step_run_resume_and_evaluate(tiny_model_dir, tmp_path):
                    "--output-dir", str(out), "--name", "r", "--reward", "correct", "--reward", "partial:0.5", *FAST])
     assert result.exit_code == 0, result.output
     run = out / "r"
-    for name in (CONFIG, SPLITS, METRICS, SAMPLES, POLICY_BEST, POLICY_LAST, STATE_LAST, LEARNING_CURVE,
+    for name in (CONFIG, SPLIT_MANIFEST, METRICS, SAMPLES, POLICY_BEST, POLICY_LAST, STATE_LAST, LEARNING_CURVE,
                  f"{FINAL_EVAL}/report.json"):
         assert (run / name).exists(), name
     assert any((run / TENSORBOARD).iterdir())

@@ -143,3 +143,32 @@ def test_sb3_ppo_trains_the_exemplar_slots_too(tiny_engine):
     model.learn(total_timesteps=64)
     action, _ = model.predict(env.reset(seed=0)[0], deterministic=True)
     assert env.action_space.contains(action)
+
+
+def test_gym_make_builds_the_env_a_training_run_trains_on(tiny_engine, tmp_path):
+    """The registry and a run share one constructor: the same settings give the same problems, exemplar pool
+    (drawn with the run's seed), decoding, vocabulary, rewards and action space."""
+    from rlprompt_math import train as training
+    from rlprompt_math.config import RunConfig
+    from rlprompt_math.data import split_problems
+
+    seed, settings = 3, dict(prompt_length=2, max_new_tokens=4, shots=2, exemplar_pool=4,
+                             answer_forms=("bare", "equation"), rewards=("partial",), action_vocab="words")
+    config = RunConfig.from_flat({**settings, "seed": seed, "agent": "reinforce", "output_dir": str(tmp_path),
+                                  "name": "run", "quiet": True, "steps": 1})
+    built = training.build(config, engine=tiny_engine, splits=split_problems(PROBLEMS, seed), log=lambda *_: None)
+    built.run.close()
+    run_env = built.env
+    gym_env = gym.make("rlprompt_math/PromptRefine-v0", engine=tiny_engine, dataset=PROBLEMS, seed=seed,
+                       split="train", **settings).unwrapped
+    assert [p.id for p in gym_env.problems] == [p.id for p in run_env.problems]
+    assert gym_env.space.pool.to_dict() == run_env.space.pool.to_dict()
+    assert gym_env.space.to_dict() == run_env.space.to_dict()
+    assert gym_env.decoding == run_env.decoding
+    assert gym_env.vocab.token_ids == run_env.vocab.token_ids
+    assert gym_env.reward_mix.describe() == run_env.reward_mix.describe()
+    assert gym_env.action_space == run_env.action_space
+    # The pool follows the run's seed, not the seed that splits the problems.
+    other = make_env(tiny_engine, PROBLEMS, seed=seed + 1, split_seed=seed, **settings)
+    assert [p.id for p in other.problems] == [p.id for p in run_env.problems]
+    assert other.space.pool.to_dict() != run_env.space.pool.to_dict()
