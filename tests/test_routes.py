@@ -195,6 +195,7 @@ def test_a_saved_run_evaluates_like_any_policy(tiny_model_dir, tmp_path, agent_n
 
 # ---- --loss-target own: the loss at the model's own answer ---------------------------------------------
 
+
 def test_own_targets_are_the_models_correct_completions(tiny_engine, answerable, monkeypatch):
     problems, solved = answerable
     agent = _agent(tiny_engine, problems, "soft-prompt", **OWN_TARGETS)
