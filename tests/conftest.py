@@ -201,7 +201,7 @@ def resume_matches_whole_run(tiny_engine, tmp_path, monkeypatch):
     settings) once whole, and once stopped by Ctrl-C in the update of step `crash_at`, then resumed as
     `--resume` does from its checkpoint of step `resumes_at`. The two runs must end alike: the same summary and
     metrics.csv (times aside) and every other file byte for byte (policies, state, samples, splits, exemplar
-    pool), their config.yaml but for the name. `forbidden`: dotted paths of work the saved run holds, which
+    pool), their config.yaml but for the name and `resume`. `forbidden`: dotted paths of work the saved run holds, which
     the resumed run must read, not redo (they fail if called). Returns (whole, resumed) `Built`s."""
     return functools.partial(_resume_matches_whole_run, tiny_engine, tmp_path, monkeypatch)
 
@@ -252,9 +252,9 @@ def _resume_matches_whole_run(engine, tmp_path, monkeypatch, settings, crash_at,
     assert files["part"] == files["whole"]
     assert {CONFIG, METRICS, POLICY_LAST, STATE_LAST} <= {str(p) for p in files["whole"]}
     for path in files["whole"]:
-        if str(path) == CONFIG:  # the run's own name aside
+        if str(path) == CONFIG:  # aside from the run's name and the run it resumed
             whole_config, part_config = (yaml.safe_load((runs[name] / path).read_text()) for name in ("whole", "part"))
-            assert {**part_config, "name": None} == {**whole_config, "name": None}
+            assert {**part_config, "name": None, "resume": None} == {**whole_config, "name": None, "resume": None}
         elif str(path) != METRICS:
             assert (runs["part"] / path).read_bytes() == (runs["whole"] / path).read_bytes(), path
     return whole, resumed
