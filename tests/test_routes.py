@@ -170,7 +170,7 @@ def test_a_saved_run_evaluates_like_any_policy(tiny_model_dir, tmp_path, agent_n
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     run = tmp_path / "r"
-    evaluate_repeats_final_comparison(run, limit=4)
+    evaluate_repeats_final_comparison(run, limit=settings["test_size"])
     untrained, *metrics = metrics_rows(run)  # the untrained prompt's validation (step -1), then the steps
     assert untrained["step"] == "-1" and untrained["val_accuracy"] != ""
     assert len(metrics) == settings["steps"] and all(float(r["step_s"]) > 0 and float(r["loss"]) > 0 for r in metrics)

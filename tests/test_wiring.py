@@ -338,7 +338,7 @@ def test_final_comparison_and_evaluate_report_the_same_systems(agent, tiny_model
     result = CliRunner().invoke(main, ["--agent", agent, "--model", str(tiny_model_dir), "--output-dir",
                                        str(tmp_path), "--name", "r", *FAST_FLAGS], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    evaluate_repeats_final_comparison(tmp_path / "r", limit=6)
+    evaluate_repeats_final_comparison(tmp_path / "r", limit=FAST_RUN["test_size"])  # the final comparison's questions
 
 
 def _one_line_error(result, *needles):
