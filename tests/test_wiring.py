@@ -11,6 +11,7 @@ import dataclasses
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import FAST_FLAGS, FAST_RUN
 
 import rlprompt_math.train as training
 from rlprompt_math.cli import main
@@ -31,10 +32,6 @@ from rlprompt_math.config import (
     flat_field_names,
 )
 from rlprompt_math.vocab import EMPTY
-
-FAST = ["--dtype", "float32", "--steps", "3", "--batch-size", "2", "--prompts-per-question", "2",
-        "--val-size", "4", "--test-size", "6", "--eval-every", "2", "--max-new-tokens", "4", "--quiet",
-        "--num-problems", "200"]
 
 
 class Parsed(Exception):
@@ -339,9 +336,9 @@ def test_prompt_length_has_one_route(tiny_engine):
 def test_final_comparison_and_evaluate_report_the_same_systems(agent, tiny_model_dir, tmp_path,
                                                                evaluate_repeats_final_comparison):
     result = CliRunner().invoke(main, ["--agent", agent, "--model", str(tiny_model_dir), "--output-dir",
-                                       str(tmp_path), "--name", "r", *FAST], catch_exceptions=False)
+                                       str(tmp_path), "--name", "r", *FAST_FLAGS], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    evaluate_repeats_final_comparison(tmp_path / "r", limit=6)
+    evaluate_repeats_final_comparison(tmp_path / "r", limit=FAST_RUN["test_size"])  # the final comparison's questions
 
 
 def _one_line_error(result, *needles):
@@ -353,7 +350,7 @@ def _one_line_error(result, *needles):
 
 
 def test_user_errors_are_one_line_messages(tiny_model_dir, tmp_path):
-    base = ["--model", str(tiny_model_dir), "--output-dir", str(tmp_path), *FAST]
+    base = ["--model", str(tiny_model_dir), "--output-dir", str(tmp_path), *FAST_FLAGS]
     plugin = tmp_path / "my_reward.py"
     plugin.write_text("def bad(prompts, completions, **kwargs):\n    raise ValueError('boom')\n")
     _one_line_error(CliRunner().invoke(main, [*base, "--reward", f"{plugin}:bad"]), "'bad' raised ValueError: boom")
@@ -366,9 +363,8 @@ def test_user_errors_are_one_line_messages(tiny_model_dir, tmp_path):
 
 
 def test_python_users_train_through_the_same_wiring(tiny_model_dir, tmp_path):
-    config = RunConfig.from_flat({"model": str(tiny_model_dir), "dtype": "float32", "steps": 2, "batch_size": 2,
-                                  "prompts_per_question": 2, "val_size": 3, "test_size": 4, "max_new_tokens": 4,
-                                  "num_problems": 100, "output_dir": str(tmp_path), "name": "py", "quiet": True})
+    config = RunConfig.from_flat({**FAST_RUN, "model": str(tiny_model_dir), "steps": 2, "output_dir": str(tmp_path),
+                                  "name": "py"})
     result = training.train(config, log=lambda _: None)
     assert result.run_dir == tmp_path / "py" and result.summary["steps"] == 2
     assert "learned policy" in result.report["systems"] and "(no prompt)" in result.report["systems"]
