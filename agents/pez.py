@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from rlprompt_math.policies import FixedPrompt, nearest_tokens
+from rlprompt_math.policies import nearest_tokens
 from rlprompt_math.vocab import EMPTY
 
 from .differentiable import DifferentiableAgent, initial_prompt_embeddings
@@ -23,6 +23,7 @@ from .differentiable import DifferentiableAgent, initial_prompt_embeddings
 
 class PezAgent(DifferentiableAgent):
     name = "pez"
+    names_policy = False
 
     def __init__(self, env, config, gradient, **kwargs):
         super().__init__(env, config, gradient, **kwargs)
@@ -51,8 +52,7 @@ class PezAgent(DifferentiableAgent):
         self.prompt.grad = None if self._projected.grad is None else self._projected.grad.clone()
 
     def prompt_policy(self):
-        actions = self.actions()
-        return FixedPrompt(self.env.vocab.decode(actions), len(actions), len(self.env.vocab), actions=actions)
+        return self.fixed_prompt(self.actions())
 
     def describe(self) -> str:
         return self.env.vocab.decode(self.actions())
