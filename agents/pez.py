@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from rlprompt_math.policies import nearest_tokens
+from rlprompt_math.policies import FixedPrompt, nearest_tokens
 from rlprompt_math.vocab import EMPTY
 
 from .differentiable import DifferentiableAgent, initial_prompt_embeddings
@@ -52,7 +52,8 @@ class PezAgent(DifferentiableAgent):
         self.prompt.grad = None if self._projected.grad is None else self._projected.grad.clone()
 
     def prompt_policy(self):
-        return self.fixed_prompt(self.actions())
+        actions = self.actions()
+        return FixedPrompt(self.env.vocab.decode(actions), len(actions), len(self.env.vocab), actions=actions)
 
     def describe(self) -> str:
         return self.env.vocab.decode(self.actions())
