@@ -20,7 +20,8 @@ from .config import ConfigError, read_settings
 # per-token probability) and, for gumbel, "gumbel_tau" (the step's Gumbel-softmax temperature).
 METRIC_FIELDS = ["step", "reward", "accuracy", "val_accuracy", "entropy", "entropy_coef", "loss", "grad_norm",
                  "oracle_pairs", "wall_s", "sample_prompt", "gumbel_tau", "target_likelihood", "forward_passes",
-                 "backward_passes", "step_s", "entropy_exemplars", "entropy_form", "entropy_words", "val_distinct_prompts"]
+                 "backward_passes", "step_s", "entropy_exemplars", "entropy_form", "entropy_words",
+                 "val_distinct_prompts"]
 
 
 def _current_columns(row: dict) -> dict:

@@ -338,7 +338,8 @@ def test_validations_planned_counts_what_a_run_validates(tiny_engine, steps, eva
     validate = agent.validate
     agent.validate = lambda: (calls.append(agent.step), validate())[1]
     agent.train(progress=False)
-    assert len(calls) == ReinforceAgent.validations_planned(RunConfig.from_flat({"steps": steps, "eval_every": eval_every}))
+    config = RunConfig.from_flat({"steps": steps, "eval_every": eval_every})
+    assert len(calls) == ReinforceAgent.validations_planned(config)
 
 
 def test_the_untrained_prompt_is_never_kept_even_when_it_validates_best(tiny_engine, tmp_path):

@@ -107,7 +107,8 @@ def generate_rows(tiny_engine, monkeypatch):
     """The rows the engine is asked to complete, every one counted (cached or not): the oracle pairs sent."""
     sent = []
     generate = tiny_engine.generate
-    monkeypatch.setattr(tiny_engine, "generate", lambda texts, **kw: (sent.append(len(texts)), generate(texts, **kw))[1])
+    monkeypatch.setattr(tiny_engine, "generate",
+                        lambda texts, **kw: (sent.append(len(texts)), generate(texts, **kw))[1])
     return sent
 
 
