@@ -45,7 +45,7 @@ class CountingEnv:
         actions = np.asarray(actions)
         self.pairs += len(problems)
         totals = actions.sum(1)
-        rewards = (totals % 7) / 7 + np.array([int(p.id) / 100 for p in problems])
+        rewards = (totals % 7) / 7 + np.array([len(p.question) / 100 for p in problems])
         infos = [{"correct": bool(t % 3 == 0), "prompt": self.vocab.decode(a), "question": p.question,
                   "completion": "", "extracted": None, "gold": "0"} for t, a, p in zip(totals, actions, problems)]
         return rewards, infos
