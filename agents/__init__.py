@@ -27,15 +27,16 @@ AGENTS: dict[str, type[Agent]] = {agent.name: agent for agent in (
 
 def check_config(config: RunConfig) -> RunConfig:
     """`config` checked whole, before anything is read, loaded or written: its agent is a registered one, --shots
-    is filled in where not given (`Agent.default_shots`), then the settings every agent shares
-    (`RunConfig.validate`) and the agent's own rules (`Agent.check_config`). A ConfigError names the flag."""
+    is filled in where not given (`Agent.default_shots`), then the agent's own rules (`Agent.check_config`, first: a
+    route's own setting out of range gets the route's message) and the settings every agent shares
+    (`RunConfig.validate`). A ConfigError names the flag."""
     if config.agent not in AGENTS:
         raise ConfigError(f"--agent must be one of {', '.join(AGENTS)} (got {config.agent!r})")
     agent = AGENTS[config.agent]
     if config.policy.shots is None:
         config.policy.shots = agent.default_shots(config)
-    config.validate()
     agent.check_config(config)
+    config.validate()
     return config
 
 
