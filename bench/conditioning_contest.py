@@ -26,7 +26,7 @@ from pathlib import Path
 import click
 import torch
 
-from common import HAND_WRITTEN, label, machine, pct, train_one  # noqa: E402  (bench/ is on the path)
+from common import HAND_WRITTEN, equal_budget, label, machine, pct, train_one  # noqa: E402  (bench/ is on the path)
 
 REFINER = "REINFORCE, refiner (a prompt per question)"
 LEARNERS = {REFINER: {"agent": "reinforce", "policy": "refiner"},
@@ -59,7 +59,6 @@ def main(seeds, steps, num_problems, test_size, dtype, reuse, report_only, out):
     if report_only:
         write_report(Path(out), json.loads((Path(out) / "contest.json").read_text()))
         return
-    from rlprompt_math.agents.base import validations_planned
     from rlprompt_math.config import DataConfig, EngineConfig, RunConfig
     from rlprompt_math.data import problems_from_config
     from rlprompt_math.engines import load_engine
@@ -84,8 +83,8 @@ def main(seeds, steps, num_problems, test_size, dtype, reuse, report_only, out):
         trained = {}
         for name, overrides in LEARNERS.items():
             settings = {**base, **overrides}
-            if overrides["agent"] == "random":  # its finalists: as many validations as REINFORCE's
-                settings["finalists"] = validations_planned(steps, eval_every)
+            if overrides["agent"] == "random":  # its finalists: REINFORCE's oracle pairs at the same settings
+                settings = equal_budget(settings, {**settings, "agent": "reinforce"})
             run_dir = out / f"{overrides['agent']}-{overrides['policy']}-s{seed}"
             trained[name] = train_one(engine, splits, settings, seed, run_dir, reuse)
             click.echo(f"seed {seed}, {name}: {trained[name]['summary']['oracle_pairs']} oracle pairs, "

@@ -32,18 +32,17 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from .config import NO_PROMPT, REFERENCE_PROMPTS, ConfigError, RunConfig, prompt_label
 from .data import Problem
 from .exemplars import few_shot_reference, reference_name
 from .oracle import Decoding, decoding_from, score_pairs
-from .policies import PromptPolicy
+from .policies import policy_prompts
 from .rewards import RewardMix
 from .templates import Prompt, PromptLike
 
 __all__ = ["NO_PROMPT", "bootstrap_ci", "by_kind", "compare_systems", "evaluate_run", "few_shot_system", "format_table",
-           "mcnemar_p", "paired_comparison", "policy_prompts", "reference_systems", "run_prompts", "run_train_problems",
+           "mcnemar_p", "paired_comparison", "reference_systems", "run_prompts", "run_train_problems",
            "score_system", "upgrade_report", "write_report"]
 
 
@@ -144,16 +143,6 @@ def score_system(name: str, engine, reward_mix: RewardMix, problems: Sequence[Pr
     wall = time.perf_counter() - start
     lengths = [len(engine.tokenizer(i["completion"], add_special_tokens=False)["input_ids"]) for i in infos]
     return SystemResult(name, list(prompts), infos, wall, engine.stats.generated_rows - rows_before, lengths)
-
-
-def policy_prompts(policy: PromptPolicy, space, problems: Sequence[Problem], feature_engine) -> list[PromptLike]:
-    """Greedy prompt per problem (`space` decodes the policy's actions: its `PromptSpace`, or an
-    `ActionVocab`). Question-conditioned policies need their own model's features."""
-    if not policy.uses_observation:
-        return policy.prompts(torch.zeros(len(problems), 1), space)
-    # The features training and validation read (one question per forward pass), so a near tie between two
-    # pool problems breaks the same way here as when the policy was kept.
-    return policy.prompts(feature_engine.question_features([p.question for p in problems]), space)
 
 
 def run_prompts(run_dir: str | Path, questions: Sequence[str], *, checkpoint: str = "best", engine=None,

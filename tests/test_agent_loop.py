@@ -1,13 +1,11 @@
 """The loop every agent shares (agents/base.py): callbacks, resume after a crash (every agent and route), state files,
 the registry."""
 
-import importlib
 
 import pytest
 import torch
 from conftest import EXEMPLAR_RUN, FAST_RUN, OWN_TARGETS, ROUTES, BanditEnv, metrics_rows, route_run
 
-import rlprompt_math.config as config_module
 import rlprompt_math.train as training
 from rlprompt_math.agents import AGENTS, Agent, AlgorithmConfig, RandomSearchAgent, ReinforceAgent
 from rlprompt_math.checkpoint import POLICY_BEST, POLICY_FORMAT, STATE_LAST, load_state, read, save_state
@@ -124,13 +122,13 @@ def test_a_state_file_loads_only_into_its_agent(tmp_path):
 
 
 def test_the_registry_has_one_agent_class_per_agent_name():
-    assert tuple(AGENTS) == config_module.AGENTS
+    assert list(AGENTS) == ["reinforce", "random", "fixed", "soft-prompt", "pez", "gumbel"]  # --agent's values
     for name, cls in AGENTS.items():
         assert issubclass(cls, Agent) and cls.name == name
         assert cls.from_config.__func__ is not Agent.from_config.__func__, name  # each knows how to build itself
 
 
-@pytest.mark.parametrize("name", config_module.AGENTS)
+@pytest.mark.parametrize("name", list(AGENTS))
 def test_make_agent_builds_the_registered_class(name, tiny_engine):
     config = RunConfig.from_flat({"agent": name, "prompt_length": 2, "policy_width": 8,
                                   "policy": "refiner" if name == "gumbel" else "unconditioned"})
@@ -138,15 +136,3 @@ def test_make_agent_builds_the_registered_class(name, tiny_engine):
     agent, _ = training.make_agent(config, env, engine=tiny_engine)
     assert type(agent) is AGENTS[name]
 
-
-def test_a_registry_that_disagrees_with_the_config_fails_at_import(monkeypatch):
-    import rlprompt_math.agents as agents
-
-    try:
-        monkeypatch.setattr(config_module, "AGENTS", (*config_module.AGENTS, "new-agent"))
-        with pytest.raises(ImportError, match="new-agent"):
-            importlib.reload(agents)
-    finally:
-        monkeypatch.undo()
-        importlib.reload(agents)
-    assert tuple(agents.AGENTS) == config_module.AGENTS

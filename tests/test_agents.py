@@ -257,7 +257,7 @@ def test_the_learning_curve_starts_from_the_untrained_policy_which_writes_no_pro
 @pytest.mark.parametrize("steps,eval_every", [(2, 1), (16, 5), (30, 10), (7, 0), (5, 9)])
 def test_validations_planned_counts_what_a_run_validates(tiny_engine, steps, eval_every):
     """Equal-budget benches give random search as many finalists as REINFORCE validates: the count must be exact."""
-    from rlprompt_math.agents.base import validations_planned
+    from rlprompt_math.config import RunConfig
     from rlprompt_math.envs import make_env
 
     problems = generate_problems(12, seed=0, kinds=["arithmetic"])
@@ -269,7 +269,8 @@ def test_validations_planned_counts_what_a_run_validates(tiny_engine, steps, eva
     validate = agent.validate
     agent.validate = lambda: (calls.append(agent.step), validate())[1]
     agent.train(progress=False)
-    assert len(calls) == validations_planned(steps, eval_every)
+    config = RunConfig.from_flat({"steps": steps, "eval_every": eval_every})
+    assert len(calls) == ReinforceAgent.validations_planned(config)
 
 
 def test_the_untrained_prompt_is_never_kept_even_when_it_validates_best(tiny_engine, tmp_path):

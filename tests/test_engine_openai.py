@@ -224,12 +224,13 @@ def test_the_answer_cut_matches_the_local_stop_rule():
 
 
 def test_gradient_agents_and_missing_urls_are_config_errors(stub, tiny_engine):
+    from rlprompt_math.agents import check_config
     from rlprompt_math.config import ConfigError, RunConfig
 
     with pytest.raises(ConfigError, match="needs --base-url"):
-        RunConfig.from_flat({"engine": "openai"}).validate()
+        check_config(RunConfig.from_flat({"engine": "openai"}))
     with pytest.raises(ConfigError, match="--engine transformers"):
-        RunConfig.from_flat({"engine": "openai", "base_url": ["http://x/v1"], "agent": "pez"}).validate()
+        check_config(RunConfig.from_flat({"engine": "openai", "base_url": ["http://x/v1"], "agent": "pez"}))
     with pytest.raises(EngineCapabilityError, match="--engine transformers"):
         served(tiny_engine, stub(completions_reply()).base_url).prompt_loss(None, ["q"], ["1"])
 

@@ -9,6 +9,7 @@ from conftest import EXEMPLAR_RUN, metrics_rows
 from gymnasium.utils.env_checker import check_env
 
 import rlprompt_math.train as training
+from rlprompt_math.agents import check_config
 from rlprompt_math.checkpoint import EXEMPLARS, POLICY_BEST, PROMPT, load_policy, save_policy
 from rlprompt_math.config import ConfigError, RunConfig
 from rlprompt_math.data import Problem, generate_problems
@@ -155,13 +156,13 @@ def test_the_autoregressive_policy_and_the_gradient_routes_refuse_exemplars(tiny
     assert isinstance(build_policy("autoregressive", engine=tiny_engine, space=PromptSpace(vocab, 2)),
                       AutoregressiveRefiner)
     with pytest.raises(ConfigError, match="unconditioned or refiner"):
-        RunConfig.from_flat({"shots": 2, "policy": "autoregressive"}).validate()
+        check_config(RunConfig.from_flat({"shots": 2, "policy": "autoregressive"}))
     for agent in ("soft-prompt", "pez", "gumbel"):
         with pytest.raises(ConfigError, match="--shots 0"):
-            RunConfig.from_flat({"agent": agent, "shots": 1, "policy": "refiner"}).validate()
+            check_config(RunConfig.from_flat({"agent": agent, "shots": 1, "policy": "refiner"}))
     with pytest.raises(ConfigError, match="answer-form"):
-        RunConfig.from_flat({"shots": 1, "answer_forms": ["words"]}).validate()
-    RunConfig.from_flat({"agent": "random", "shots": 2, "policy": "autoregressive"}).validate()  # no policy to train
+        check_config(RunConfig.from_flat({"shots": 1, "answer_forms": ["words"]}))
+    check_config(RunConfig.from_flat({"agent": "random", "shots": 2, "policy": "autoregressive"}))  # no policy to train
 
 
 def test_policy_files_keep_the_space_and_structured_fixed_prompts(tiny_engine, vocab, tmp_path):

@@ -17,10 +17,14 @@ from conftest import OWN_TARGETS, ROUTES, as_flags, metrics_rows, route_run
 import rlprompt_math.train as training
 from rlprompt_math.checkpoint import POLICY_LAST, SUMMARY, CheckpointError, load_policy
 from rlprompt_math.cli import main
-from rlprompt_math.config import GRADIENT_AGENTS, RunConfig
+from rlprompt_math.agents import AGENTS, check_config
+from rlprompt_math.config import RunConfig
 from rlprompt_math.data import generate_problems
 from rlprompt_math.evaluation import evaluate_run
 from rlprompt_math.engines.transformers import TransformersEngine
+
+GRADIENT_AGENTS = [name for name, cls in AGENTS.items() if cls.trains_by_gradient]
+
 
 @pytest.fixture(scope="module")
 def smooth_engine(tmp_path_factory, tiny_model_factory):
@@ -39,7 +43,7 @@ def batch():
 def _agent(engine, problems, agent, **settings):
     config = RunConfig.from_flat({"agent": agent, "steps": 12, "batch_size": len(problems), "eval_every": 0,
                                   **ROUTES[agent], **settings})
-    config.validate()
+    check_config(config)
     env = training.build_env(config, engine, problems)
     return training.make_agent(config, env, engine=engine)[0]
 
@@ -175,6 +179,14 @@ def test_a_saved_run_evaluates_like_any_policy(tiny_model_dir, tmp_path, agent_n
     assert untrained["step"] == "-1" and untrained["val_accuracy"] != ""
     assert len(metrics) == settings["steps"] and all(float(r["step_s"]) > 0 and float(r["loss"]) > 0 for r in metrics)
     assert [int(r["forward_passes"]) for r in metrics] == [2, 4, 6, 8] and metrics[1]["val_accuracy"] != ""
+    # The columns say what they hold: no reward is scored in training, the target's likelihood is, and gumbel's tau.
+    assert all(r["reward"] == "" and 0 < float(r["target_likelihood"]) <= 1 for r in metrics)
+    taus = [float(r["gumbel_tau"]) for r in metrics if r["gumbel_tau"]]
+    if agent_name == "gumbel":  # annealed from --gumbel-tau (1) to --gumbel-tau-end (0.1) over the steps
+        assert len(taus) == settings["steps"] and taus == sorted(taus)[::-1]
+        assert taus[0] == 1.0 and abs(taus[-1] - 0.1) < 1e-9
+    else:
+        assert taus == []
     summary = json.loads((run / SUMMARY).read_text())
     assert summary["forward_passes"] == summary["backward_passes"] == settings["steps"] * settings["batch_size"]
 
@@ -245,4 +257,4 @@ def test_settings_the_routes_refuse(settings, message):
     from rlprompt_math.config import ConfigError
 
     with pytest.raises(ConfigError, match=message):
-        RunConfig.from_flat(settings).validate()
+        check_config(RunConfig.from_flat(settings))

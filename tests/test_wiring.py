@@ -15,11 +15,9 @@ from conftest import FAST_FLAGS, FAST_RUN
 
 import rlprompt_math.train as training
 from rlprompt_math.cli import main
+from rlprompt_math.agents import AGENTS, check_config
 from rlprompt_math.cli import train as train_command
 from rlprompt_math.config import (
-    AGENTS,
-    EXEMPLAR_AGENTS,
-    GRADIENT_AGENTS,
     REFERENCE_PROMPTS,
     AlgorithmConfig,
     ConfigError,
@@ -223,7 +221,9 @@ POLICY_FLAGS = {  # reinforce only: the policy it trains
     "pointer_scale": ("3.5", lambda b: b.config.policy.pointer_scale == 3.5),
 }
 FIXED_FLAGS = {"fixed_prompt": ("Be exact.", lambda b: b.agent.policy.text == "Be exact.")}
-EXEMPLAR_FLAGS = {  # reinforce and random: the prompt space's exemplar slots (config.EXEMPLAR_AGENTS)
+EXEMPLAR_AGENTS = ("reinforce", "random")  # by hand: the agents whose prompts have exemplar slots
+GRADIENT_AGENTS = ("soft-prompt", "pez", "gumbel")  # by hand: the agents trained by gradients through the LLM
+EXEMPLAR_FLAGS = {  # reinforce and random: the prompt space's exemplar slots
     "shots": ("2", lambda b: b.env.space.shots == 2 and b.env.space.factor_sizes == [4, 4, 1]
               and b.env.action_space.shape == (2 + 1 + 3,)
               and (b.agent.policy is None or b.agent.policy.slot_sizes == b.env.space.slot_sizes)),
@@ -360,6 +360,9 @@ def test_user_errors_are_one_line_messages(tiny_model_dir, tmp_path):
     broken.write_text('{"question": "What is 1+1?", "answer": "2"}\n{"question": "What is 2+2?", "answer": 4\n')
     _one_line_error(CliRunner().invoke(main, [*base, "--dataset", str(broken)]), "broken.jsonl:2", "not valid JSON")
     _one_line_error(CliRunner().invoke(main, [*base, "--finalists", "-1"]), "--finalists must be >= 0")
+    # The agent names are the registry's (one spelling, on the classes): an unknown one is refused with them all.
+    _one_line_error(CliRunner().invoke(main, [*base, "--agent", "bogus"]), "--agent must be one of reinforce, random, "
+                    "fixed, soft-prompt, pez, gumbel", "'bogus'")
 
 
 def test_python_users_train_through_the_same_wiring(tiny_model_dir, tmp_path):
@@ -383,4 +386,4 @@ def test_python_users_train_through_the_same_wiring(tiny_model_dir, tmp_path):
 def test_shots_default_to_exemplars_where_they_can_be_chosen(monkeypatch, args, shots):
     config = _parsed(monkeypatch, args)
     assert config.policy.shots is None or config.policy.shots == shots  # unset until validated
-    assert config.validate().policy.shots == shots
+    assert check_config(config).policy.shots == shots
