@@ -17,7 +17,15 @@ when nothing was validated), and a summary.
 
 A subclass defines `from_config` and `update`, and where it differs from the defaults: `prompt_policy`
 (what validation scores and the policy files hold), `extra_state`/`load_extra_state`, `finish`,
-`complete_metrics`, `progress_postfix`, `validation_due`, `initial_prompt`.
+`complete_metrics`, `progress_postfix`, `validation_due`, `initial_prompt`. The pieces several agents use are
+written here once: `draw_batch` (the step's questions), `step_metrics` (a sampling step's metrics and samples),
+`greedy_prompts`, `record_rewards`/`score_finalists`/`fixed_prompt` (finalists: measured prompts kept as fixed
+policies).
+
+What an agent can do is said on its class (`trains_by_gradient`, `chooses_exemplars`, `equal_budget`,
+`validates_during_training`), and its own rules on a run's settings in `check_config`; config.py reads none of
+it (it sits below the agents). The oracle pairs a run will spend are planned by `oracle_pairs_planned`, the
+equal-budget rule every bench uses (tests/test_budget.py holds each agent to it).
 
 A callback is any callable `callback(agent, metrics)`; early stopping, for one:
 
@@ -32,7 +40,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict
-from typing import Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -47,11 +55,17 @@ from rlprompt_math.checkpoint import (
     save_policy,
     save_state,
 )
-from rlprompt_math.config import AlgorithmConfig
-from rlprompt_math.policies import PromptPolicy, build_policy, prompts_for
+from rlprompt_math.config import DEFAULT_SHOTS, AlgorithmConfig
+from rlprompt_math.policies import FixedPrompt, PromptPolicy, build_policy, policy_prompts
 from rlprompt_math.prompt_space import PromptSpace
 
-__all__ = ["Agent", "Callback", "NonFiniteError", "check_finite", "policy_for", "prompt_space", "validations_planned"]
+from .finalists import validate_finalists
+
+if TYPE_CHECKING:
+    from rlprompt_math.config import RunConfig
+    from rlprompt_math.templates import PromptLike
+
+__all__ = ["Agent", "Callback", "NonFiniteError", "check_finite", "policy_for", "prompt_space", "validates_after"]
 
 Callback = Callable[["Agent", dict], Optional[bool]]  # called after each step; True stops training
 
@@ -66,12 +80,10 @@ def check_finite(name: str, value: torch.Tensor, where: str) -> None:
         raise NonFiniteError(f"non-finite {name} at {where}: {value.detach().flatten()[:8].tolist()}")
 
 
-def validations_planned(steps: int, eval_every: int) -> int:
-    """How often a fresh run that validates during training (REINFORCE, the routes) validates: the untrained
-    policy, then every `eval_every` steps and the last step (`eval_every` 0: the last step only)."""
-    if not eval_every:
-        return 1
-    return 1 + len({s for s in range(steps) if (s + 1) % eval_every == 0} | {steps - 1})
+def validates_after(step: int, steps: int, eval_every: int) -> bool:
+    """Whether a run of `steps` steps that validates during training validates after step `step` (from 0): every
+    `eval_every` steps (0: never) and at the last step. `Agent.validation_due` and the budget plan both ask."""
+    return (bool(eval_every) and (step + 1) % eval_every == 0) or step == steps - 1
 
 
 def prompt_space(env) -> PromptSpace:
@@ -92,8 +104,12 @@ class Agent:
     """Trains a prompt source on a PromptRefineEnv (or anything with problems, vocab, prompt_length,
     observe and score, and optionally a prompt space); see the module docstring for the loop."""
 
-    name = "agent"  # the --agent name; also the progress bar's label and the state file's owner
+    name = "agent"  # the --agent name (its one spelling); also the progress bar's label and the state file's owner
     validates_during_training = True  # False: only at the end (random search's finalists), no curve to start
+    trains_by_gradient = False  # gradients through the frozen LLM: its weights in this process, LLM rows counted
+    chooses_exemplars = False  # its prompts have exemplar slots (--shots, default DEFAULT_SHOTS) and an answer form
+    equal_budget = False  # spends the equal-budget rule's pairs: benches compare it with REINFORCE at equal pairs
+    names_policy = True  # the default run name shows --policy (False: the agent trains no policy of that kind)
 
     def __init__(self, env, config: AlgorithmConfig, *, run=None, val_problems=None, engine=None):
         self.env, self.config, self.run = env, config, run
@@ -107,6 +123,7 @@ class Agent:
         self.best_val = -math.inf  # the kept policy's validation accuracy
         self.untrained_val: float | None = None  # the policy's before any update (validate_untrained)
         self.oracle_pairs = 0  # (prompt, question) pairs the oracle answered, validation included
+        self.prompt_rewards: dict[tuple, list[float]] = {}  # sampled prompts' training rewards (for finalists)
         self.val_distinct_prompts: int | None = None  # distinct greedy prompts at the last validation
         self.history: list[dict] = []
 
@@ -114,6 +131,45 @@ class Agent:
     def from_config(cls, config, env, *, engine, run=None, val_problems=()) -> "Agent":
         """The agent a `RunConfig` asks for (the one place that maps its sections onto the constructor)."""
         raise NotImplementedError
+
+    # ---- what the agent asks of a run's settings, and what a run will spend -----------------------------
+
+    @classmethod
+    def default_shots(cls, config: "RunConfig") -> int:
+        """--shots when not given: exemplar slots where this agent and the policy can choose exemplars."""
+        return DEFAULT_SHOTS if cls.chooses_exemplars and config.policy.policy != "autoregressive" else 0
+
+    @classmethod
+    def check_config(cls, config: "RunConfig") -> None:
+        """This agent's own rules on a run's settings (a ConfigError naming the flag); the settings every agent
+        shares are `RunConfig.validate`'s. Both run through `rlprompt_math.agents.check_config`."""
+
+    @classmethod
+    def validations_planned(cls, config: "RunConfig") -> int:
+        """How often a fresh run at `config` scores its validation questions: the untrained policy (where it
+        validates during training, with --eval-every > 0), then after every step `validates_after` names."""
+        algorithm = config.algorithm
+        untrained = cls.validates_during_training and bool(algorithm.eval_every)
+        return int(untrained) + sum(validates_after(step, algorithm.steps, algorithm.eval_every)
+                                    for step in range(algorithm.steps))
+
+    @classmethod
+    def training_pairs_planned(cls, config: "RunConfig") -> int:
+        """The oracle pairs its training steps spend: K prompts on each of M questions a step (REINFORCE's and
+        random search's round)."""
+        algorithm = config.algorithm
+        return algorithm.steps * algorithm.batch_size * algorithm.prompts_per_question
+
+    @classmethod
+    def oracle_pairs_planned(cls, config: "RunConfig") -> int:
+        """The oracle pairs a fresh run at `config` spends (--shots not given: the agent's default): the exemplar
+        pool's own completions (once), training, and `val_size` per validation. Assumes the splits hold `batch_size`
+        training, `exemplar_pool` pool and `val_size` validation problems, and (finalists) that as many distinct
+        prompts were sampled: what `train` spends then, to the pair."""
+        policy = config.policy
+        shots = cls.default_shots(config) if policy.shots is None else policy.shots
+        pool = policy.exemplar_pool if cls.chooses_exemplars and shots and "completion" in policy.answer_forms else 0
+        return pool + cls.training_pairs_planned(config) + cls.validations_planned(config) * config.val_size
 
     # ---- what an agent defines ------------------------------------------------------------------------
 
@@ -160,11 +216,16 @@ class Agent:
             return torch.zeros(len(problems), 1)
         return torch.as_tensor(self.env.observe(problems), dtype=torch.float32)
 
+    def greedy_prompts(self, problems, policy: PromptPolicy | None = None) -> list["PromptLike"]:
+        """The greedy prompt of `policy` (default `prompt_policy()`) for each problem, decoded by the run's prompt
+        space, the features read through the env (`policies.policy_prompts`, the one way)."""
+        policy = self.prompt_policy() if policy is None else policy
+        return policy_prompts(policy, self.space, problems, observe=self.env.observe)
+
     def validation_due(self) -> bool:
         """Validate after this step: every `eval_every` steps (0: never) and at the last step."""
         cfg = self.config
-        every = bool(cfg.eval_every) and (self.step + 1) % cfg.eval_every == 0
-        return bool(self.val_problems) and (every or self.step == cfg.steps - 1)
+        return bool(self.val_problems) and validates_after(self.step, cfg.steps, cfg.eval_every)
 
     def validate_untrained(self, start: float) -> None:
         """The learning curve's first point: the policy before any update, validated and logged as step -1
@@ -183,8 +244,7 @@ class Agent:
         """Greedy accuracy of `prompt_policy()` on the validation questions (the oracle's path; NaN without any)."""
         if not self.val_problems:
             return float("nan")
-        policy = self.prompt_policy().eval()
-        prompts = prompts_for(policy, self.space, self._observe(policy, self.val_problems))
+        prompts = self.greedy_prompts(self.val_problems, self.prompt_policy().eval())
         _, infos = self.env.score(self.val_problems, None, prompts=prompts, batch_label="validation")
         self.oracle_pairs += len(prompts)
         self.val_distinct_prompts = len(set(map(str, prompts)))  # a conditioned policy: one per kind, or one for all?
@@ -195,11 +255,51 @@ class Agent:
             self.best_val = val_accuracy
             self.save_prompt(POLICY_BEST, val_accuracy=val_accuracy)
 
+    # ---- finalists: measured prompts, kept as fixed policies ---------------------------------------------
+
+    def record_rewards(self, prompts: list[list[int]], rewards: list[list[float]]) -> None:
+        """Add each scored prompt's training rewards (one per question it met) to `prompt_rewards`."""
+        for row, values in zip(prompts, rewards):
+            self.prompt_rewards.setdefault(tuple(row), []).extend(values)
+
+    def score_finalists(self) -> tuple[list[dict], dict]:
+        """Score the `config.finalists` prompts with the best mean training reward on the validation questions
+        (their pairs counted): (every finalist, best training reward first; the best on validation, the first of
+        equals)."""
+        scored = validate_finalists(self.env, self.space, self.val_problems, self.prompt_rewards,
+                                    self.config.finalists)
+        self.oracle_pairs += sum(f["pairs"] for f in scored)
+        return scored, max(scored, key=lambda f: f["val_accuracy"])
+
+    def fixed_prompt(self, actions: list[int]) -> FixedPrompt:
+        """A measured action row as a fixed policy. Its shape is the prompt space's (the row is one of the
+        space's, exemplar slots included), whether or not the agent has a policy of its own."""
+        return FixedPrompt(self.space.decode(actions), self.space.prompt_length, len(self.space.vocab),
+                           actions=actions)
+
     def save_prompt(self, name: str, policy: PromptPolicy | None = None, **extra) -> None:
         """Save `policy` (default: `prompt_policy()`) as the run directory's file `name`."""
         if self.run is not None:
             save_policy(self.run.path / name, policy if policy is not None else self.prompt_policy(), self.space,
                         self.engine, step=self.step, **self.policy_metadata(), **extra)
+
+    # ---- a training step's pieces -------------------------------------------------------------------
+
+    def draw_batch(self, problems=None) -> list:
+        """The step's `batch_size` questions, drawn without replacement from `problems` (default: the env's
+        training questions) by the run's question stream (`rng`)."""
+        problems = self.env.problems if problems is None else problems
+        index = self.rng.choice(len(problems), size=min(self.config.batch_size, len(problems)), replace=False)
+        return [problems[i] for i in index]
+
+    def step_metrics(self, rewards: np.ndarray, infos: list[dict]) -> dict:
+        """A sampling step's metrics from its scored pairs (mean reward, accuracy, the best pair's prompt); its
+        best and worst pairs go to samples.jsonl."""
+        correct = np.array([info["correct"] for info in infos], dtype=float)
+        if self.run is not None:
+            self.run.log_samples(self.step, infos, rewards)
+        return {"step": self.step, "reward": float(rewards.mean()), "accuracy": float(correct.mean()),
+                "oracle_pairs": self.oracle_pairs, "sample_prompt": infos[int(np.argmax(rewards))]["prompt"]}
 
     # ---- checkpoints ----------------------------------------------------------------------------------
 

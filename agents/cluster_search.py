@@ -3,7 +3,7 @@
 k-means on the training questions' features (`Engine.question_features`), with the centred cosine the Refiner's
 pointer uses (`policies.nearest_centroid`: spherical k-means around the training questions' mean feature); k is
 `--clusters`, or with 0 (the default) the number of kinds the training problems name (the generator's kinds,
-a dataset's `--kind-field`), else `config.DEFAULT_CLUSTERS`. Then random search per cluster: each cluster is a
+a dataset's `--kind-field`), else `DEFAULT_CLUSTERS`. Then random search per cluster: each cluster is a
 `RandomSearchAgent` on its own training questions, and the steps go to the clusters in turn (step s to cluster
 s mod k), so every step spends what a random-search step spends (K candidates x `--batch-size` questions) and
 the total equals random search's at the same settings. A cluster with fewer training questions than a batch is
@@ -21,14 +21,16 @@ import numpy as np
 import torch
 
 from rlprompt_math.checkpoint import POLICY_BEST, POLICY_LAST
-from rlprompt_math.config import DEFAULT_CLUSTERS, ConfigError
+from rlprompt_math.config import ConfigError
 from rlprompt_math.policies import ClusterPrompts, nearest_centroid
 
 from .base import Agent
 from .finalists import prompt_rewards_from_json, prompt_rewards_to_json, ranked_prompts
 from .random_search import RandomSearchAgent
 
-__all__ = ["ClusterSearchAgent", "cluster_count", "kmeans"]
+__all__ = ["DEFAULT_CLUSTERS", "ClusterSearchAgent", "cluster_count", "kmeans"]
+
+DEFAULT_CLUSTERS = 4  # --clusters 0 on problems that name no kind: 7-8 of 30 steps each
 
 
 def cluster_count(problems, clusters: int = 0) -> int:
@@ -95,7 +97,20 @@ class ProblemSubset:
 
 class ClusterSearchAgent(Agent):
     name = "cluster"
+    chooses_exemplars = True  # each cluster's random search samples the whole prompt space, exemplar slots included
+    equal_budget = True  # random search's pairs, shared out among the clusters
     validates_during_training = False  # as random search: each cluster's finalists meet validation at the end
+
+    @classmethod
+    def validations_planned(cls, config) -> int:
+        # `finalists` per cluster, each on its share of the validation questions: random search's `finalists`
+        return RandomSearchAgent.validations_planned(config)
+
+    @classmethod
+    def finalists_for(cls, pairs: int, config) -> int:
+        """The finalists that make a run at `config` spend `pairs` oracle pairs: random search's number, its plan
+        being this one's."""
+        return RandomSearchAgent.finalists_for(pairs, config)
 
     def __init__(self, env, config, *, run=None, val_problems=None, engine=None):
         super().__init__(env, config, run=run, val_problems=val_problems, engine=engine)
@@ -106,6 +121,11 @@ class ClusterSearchAgent(Agent):
         if config.steps < len(self.centroids):
             raise ConfigError(f"--agent cluster gives each of its {len(self.centroids)} clusters at least one step: "
                               f"--steps must be >= {len(self.centroids)} (or fewer --clusters)")
+        fewest = config.steps // len(self.centroids) * config.prompts_per_question  # a cluster's candidates, at least
+        if self.val_problems and config.finalists > fewest:  # it would spend fewer pairs than random search's plan
+            raise ConfigError(f"--agent cluster samples at least {fewest} candidates in each of its "
+                              f"{len(self.centroids)} clusters: --finalists must be <= {fewest} (or more --steps, "
+                              "fewer --clusters)")
         self.searches: list[RandomSearchAgent] = []
         for c in range(len(self.centroids)):
             members = [p for p, a in zip(env.problems, assignment.tolist()) if a == c]

@@ -23,7 +23,7 @@ every agent and the evaluation use); the best is kept as the run's policy_best. 
 `checkpoint_every` steps the trained tensors, the optimizer and the random-number states are saved,
 so `--resume` continues exactly.
 
-Metrics per step: loss (mean NLL per target token), reward (the target's mean per-token
+Metrics per step: loss (mean NLL per target token), target_likelihood (the target's mean per-token
 probability, exp(-NLL), averaged over the questions), grad_norm, forward_passes and backward_passes
 (LLM rows: one per question per step; validation decodes are counted in oracle_pairs), step_s.
 """
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from rlprompt_math.checkpoint import POLICY_BEST
-from rlprompt_math.config import REFERENCE_PROMPTS, AlgorithmConfig, GradientConfig
+from rlprompt_math.config import REFERENCE_PROMPTS, AlgorithmConfig, ConfigError, GradientConfig
 from rlprompt_math.policies import PromptPolicy
 from rlprompt_math.vocab import EMPTY
 
@@ -63,6 +63,27 @@ class DifferentiableAgent(Agent):
     define `losses`, `prompt_policy` and `describe`."""
 
     name = "differentiable"
+    trains_by_gradient = True
+    reading = ""  # how the summary names `describe()`'s reading of the last prompt (soft prompts: nearest tokens)
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        config.gradient.validate()
+        if config.engine.engine != "transformers":
+            raise ConfigError(f"--agent {cls.name} trains by gradients through the frozen LLM, which needs its "
+                              "weights in this process: use --engine transformers (the default)")
+        if config.policy.shots:
+            raise ConfigError(f"--agent {cls.name} trains instruction tokens or embeddings by gradients, not "
+                              "exemplar choices: use --shots 0, or --agent reinforce or random for exemplars")
+
+    @classmethod
+    def training_pairs_planned(cls, config) -> int:
+        """None in the steps (a step is a gradient, not a decode); --loss-target own first asks for greedy
+        completions under as many prompts as it takes to find targets, which no plan knows."""
+        if config.gradient.loss_target == "own":
+            raise ValueError("--loss-target own spends oracle pairs on finding its targets until enough are found: "
+                             "its budget is known only after the run (summary.json's oracle_pairs)")
+        return 0
 
     def __init__(self, env, config: AlgorithmConfig, gradient: GradientConfig, *, run=None, val_problems=None,
                  engine=None):
@@ -142,9 +163,7 @@ class DifferentiableAgent(Agent):
     def update(self) -> dict:
         cfg, where = self.config, f"step {self.step}"
         start = time.perf_counter()
-        problems = self.training_problems()
-        index = self.rng.choice(len(problems), size=min(cfg.batch_size, len(problems)), replace=False)
-        batch = [problems[i] for i in index]
+        batch = self.draw_batch(self.training_problems())
         losses, extra = self.losses(batch)
         loss = losses.mean()
         check_finite("loss", loss, where)
@@ -164,7 +183,7 @@ class DifferentiableAgent(Agent):
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, cfg.max_grad_norm))
         self.optimizer.step()
         return {"step": self.step, "loss": float(loss.detach()),
-                "reward": float(torch.exp(-losses.detach()).mean()), "grad_norm": grad_norm,
+                "target_likelihood": float(torch.exp(-losses.detach()).mean()), "grad_norm": grad_norm,
                 "forward_passes": self.forward_passes, "backward_passes": self.backward_passes,
                 "oracle_pairs": self.oracle_pairs, "step_s": time.perf_counter() - start, **extra}
 

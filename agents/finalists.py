@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import prompt_space
-
 
 def ranked_prompts(prompt_rewards: dict[tuple, list[float]]) -> list[tuple[tuple, list[float]]]:
     """(actions, rewards) pairs, the best mean training reward first (ties: scored on more questions)."""
     return sorted(prompt_rewards.items(), key=lambda kv: (np.mean(kv[1]), len(kv[1])), reverse=True)
 
 
-def validate_finalists(env, val_problems, prompt_rewards: dict[tuple, list[float]], n: int) -> list[dict]:
-    """Score the `n` prompts with the best mean training reward on `val_problems` (ties: more questions).
+def validate_finalists(env, space, val_problems, prompt_rewards: dict[tuple, list[float]], n: int) -> list[dict]:
+    """Score the `n` prompts with the best mean training reward on `val_problems` (ties: more questions), each
+    decoded by `space` (the run's `PromptSpace`) and scored through `env.score`.
 
     Returns one dict per finalist, best training reward first: prompt (its label: the text, or a structured
     prompt's `str`), actions, train_reward, train_questions, val_accuracy, and the oracle pairs spent under
     "pairs".
     """
-    space, scored = prompt_space(env), []
+    scored = []
     for actions, rewards in ranked_prompts(prompt_rewards)[:n]:
         prompt = space.decode(list(actions))
         # Scored as an action, as in training: an env that conditions an action on the question (the knn agent's

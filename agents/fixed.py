@@ -13,6 +13,16 @@ from .base import Agent
 class FixedPromptAgent(Agent):
     name = "fixed"
 
+    @classmethod
+    def training_pairs_planned(cls, config) -> int:
+        return 0  # zero steps, whatever --steps says
+
+    @classmethod
+    def validations_planned(cls, config) -> int:
+        # Its zero-step loop validates the prompt once as the untrained point (AlgorithmConfig's eval_every is
+        # not 0), and `finish` once more (the engine's greedy cache answers the second).
+        return 2
+
     def __init__(self, env, text: str, *, run=None, val_problems=None, engine=None):
         super().__init__(env, AlgorithmConfig(steps=0), run=run, val_problems=val_problems, engine=engine)
         self.policy = FixedPrompt(text, env.prompt_length, len(env.vocab))

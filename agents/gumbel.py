@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from rlprompt_math.evaluation import policy_prompts
+from rlprompt_math.config import ConfigError
 from rlprompt_math.vocab import EMPTY
 
 from .base import policy_for
@@ -30,6 +30,13 @@ def tau_at(gradient, step: int, steps: int) -> float:
 
 class GumbelAgent(DifferentiableAgent):
     name = "gumbel"
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
+        if config.policy.policy == "autoregressive":
+            raise ConfigError("--agent gumbel trains --policy unconditioned or refiner (the autoregressive "
+                              "policy samples slot by slot; use --agent reinforce for it)")
 
     def __init__(self, env, policy, config, gradient, **kwargs):
         super().__init__(env, config, gradient, **kwargs)
@@ -57,7 +64,7 @@ class GumbelAgent(DifferentiableAgent):
 
     def initial_prompt(self, probe_problems):
         probe = list(probe_problems)[:1]
-        return policy_prompts(self.policy, self.env.vocab, probe, self.engine)[0] if probe else None
+        return str(self.greedy_prompts(probe, self.policy)[0]) if probe else None
 
     def losses(self, problems):
         tau = tau_at(self.gradient, self.step, self.config.steps)
@@ -71,7 +78,7 @@ class GumbelAgent(DifferentiableAgent):
         self._last_actions = index.detach()
         prompt = onehot @ self.rows  # [B, T, D]: the chosen tokens' embedding rows
         losses = self.engine.prompt_loss(prompt, [p.question for p in problems], self.targets(problems))
-        return losses, {"temperature": tau}  # metrics.csv's column keeps its first name
+        return losses, {"gumbel_tau": tau}
 
     def prompt_policy(self):
         return self.policy

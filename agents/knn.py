@@ -56,7 +56,17 @@ class RetrievingEnv:
 
 
 class KnnAgent(RandomSearchAgent):
+    """Random search's loop, draws, budget (`equal_budget`, its finalists: `finalists_for`) and finalist rule, as
+    inherited; only the space it samples, the env it scores through and the policy it keeps differ."""
+
     name = "knn"
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
+        if not config.policy.shots:
+            raise ConfigError("--agent knn shows each question its nearest pool problems: --shots must be >= 1 "
+                              "(for instruction words alone, use --agent random)")
 
     def __init__(self, env, config, *, run=None, val_problems=None, engine=None):
         super().__init__(env, config, run=run, val_problems=val_problems, engine=engine)
@@ -65,13 +75,6 @@ class KnnAgent(RandomSearchAgent):
                                           pool_keys=pool_features(self.engine, space) if space.shots else None)
         self.space = RetrievalSpace.of(space)
         self.env = RetrievingEnv(env, self.retrieval)
-
-    @classmethod
-    def from_config(cls, config, env, *, engine, run=None, val_problems=()):
-        if config.policy.shots == 0:
-            raise ConfigError("--agent knn shows each question its nearest pool problems: --shots must be >= 1 "
-                              "(for instruction words alone, use --agent random)")
-        return cls(env, config.algorithm, run=run, val_problems=val_problems, engine=engine)
 
     def fixed_prompt(self, actions: list[int]) -> NearestExemplars:
         """The policy a searched candidate (its form and words) stands for: exemplars retrieved per question."""

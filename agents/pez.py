@@ -23,6 +23,7 @@ from .differentiable import DifferentiableAgent, initial_prompt_embeddings
 
 class PezAgent(DifferentiableAgent):
     name = "pez"
+    names_policy = False
 
     def __init__(self, env, config, gradient, **kwargs):
         super().__init__(env, config, gradient, **kwargs)

@@ -18,15 +18,34 @@ from rlprompt_math.checkpoint import POLICY_BEST, POLICY_LAST
 from rlprompt_math.policies import FixedPrompt
 
 from .base import Agent
-from .finalists import prompt_rewards_from_json, prompt_rewards_to_json, ranked_prompts, validate_finalists
+from .finalists import prompt_rewards_from_json, prompt_rewards_to_json, ranked_prompts
 
 
 class RandomSearchAgent(Agent):
     name = "random"
+    chooses_exemplars = True
+    equal_budget = True
+    validates_during_training = False  # candidates meet the validation questions only at the end, as finalists
+
+    @classmethod
+    def validations_planned(cls, config) -> int:
+        return config.algorithm.finalists
+
+    @classmethod
+    def finalists_for(cls, pairs: int, config) -> int:
+        """The finalists that make a run at `config` spend `pairs` oracle pairs (another learner's
+        `oracle_pairs_planned`, for an equal budget); a ValueError where no number of finalists does."""
+        from dataclasses import replace
+
+        bare = replace(config, algorithm=replace(config.algorithm, finalists=0))
+        finalists, rest = divmod(pairs - cls.oracle_pairs_planned(bare), config.val_size)
+        if finalists < 0 or rest:
+            raise ValueError(f"random search at these settings spends {cls.oracle_pairs_planned(bare)} oracle pairs "
+                             f"and {config.val_size} more per finalist: no number of finalists makes {pairs}")
+        return finalists
 
     def __init__(self, env, config, *, run=None, val_problems=None, engine=None):
         super().__init__(env, config, run=run, val_problems=val_problems, engine=engine)
-        self.prompt_rewards: dict[tuple, list[float]] = {}  # every candidate's rewards, one per question
         self.policy: FixedPrompt | None = None  # the chosen prompt, once training is over
 
     @classmethod
@@ -34,31 +53,17 @@ class RandomSearchAgent(Agent):
         return cls(env, config.algorithm, run=run, val_problems=val_problems, engine=engine)
 
     def update(self) -> dict:
-        cfg, env = self.config, self.env
-        index = self.rng.choice(len(env.problems), size=min(cfg.batch_size, len(env.problems)), replace=False)
-        problems = [env.problems[i] for i in index]
-        candidates = self.space.sample(self.rng, cfg.prompts_per_question)
+        problems = self.draw_batch()
+        candidates = self.space.sample(self.rng, self.config.prompts_per_question)
         actions = np.repeat(candidates, len(problems), axis=0)
         pairs = [p for _ in range(len(candidates)) for p in problems]
-        rewards, infos = env.score(pairs, actions, batch_label=f"step {self.step}")
+        rewards, infos = self.env.score(pairs, actions, batch_label=f"step {self.step}")
         self.oracle_pairs += len(pairs)
-        per_candidate = rewards.reshape(len(candidates), len(problems))
-        for row, values in zip(candidates, per_candidate):
-            self.prompt_rewards.setdefault(tuple(int(a) for a in row), []).extend(values.tolist())
-        correct = np.array([i["correct"] for i in infos], dtype=float)
-        if self.run is not None:
-            self.run.log_samples(self.step, infos, rewards)
-        return {"step": self.step, "reward": float(rewards.mean()), "accuracy": float(correct.mean()),
-                "oracle_pairs": self.oracle_pairs, "sample_prompt": infos[int(np.argmax(rewards))]["prompt"]}
-
-    validates_during_training = False  # candidates meet the validation questions only at the end, as finalists
+        self.record_rewards(candidates.tolist(), rewards.reshape(len(candidates), len(problems)).tolist())
+        return self.step_metrics(rewards, infos)
 
     def validation_due(self) -> bool:
         return False
-
-    def fixed_prompt(self, actions: list[int]) -> FixedPrompt:
-        return FixedPrompt(self.space.decode(actions), self.env.prompt_length, len(self.env.vocab),
-                           actions=actions)
 
     def prompt_policy(self) -> FixedPrompt:
         """The chosen prompt once training is over; before, the best mean training reward so far."""
@@ -69,9 +74,7 @@ class RandomSearchAgent(Agent):
     def finish(self) -> dict:
         best, self.best_val = list(ranked_prompts(self.prompt_rewards)[0][0]), float("nan")  # NaN: not validated
         if self.val_problems and self.config.finalists:
-            scored = validate_finalists(self.env, self.val_problems, self.prompt_rewards, self.config.finalists)
-            self.oracle_pairs += sum(f["pairs"] for f in scored)
-            chosen = max(scored, key=lambda f: f["val_accuracy"])  # first of equals: best training reward
+            _, chosen = self.score_finalists()  # the first of equals: the best training reward
             best, self.best_val = chosen["actions"], chosen["val_accuracy"]
         self.policy = self.fixed_prompt(best)
         for name in (POLICY_BEST, POLICY_LAST):

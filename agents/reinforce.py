@@ -38,12 +38,11 @@ import torch
 from torch import nn
 
 from rlprompt_math.checkpoint import POLICY_BEST, optimizer_tensors, restore_optimizer
-from rlprompt_math.config import BASELINES, ENTROPY_SCHEDULES, AlgorithmConfig
-from rlprompt_math.evaluation import policy_prompts
-from rlprompt_math.policies import FixedPrompt, PromptPolicy
+from rlprompt_math.config import BASELINES, ENTROPY_SCHEDULES, AlgorithmConfig, ConfigError
+from rlprompt_math.policies import PromptPolicy
 
 from .base import Agent, check_finite, policy_for
-from .finalists import prompt_rewards_from_json, prompt_rewards_to_json, validate_finalists
+from .finalists import prompt_rewards_from_json, prompt_rewards_to_json
 
 __all__ = ["BASELINES", "ENTROPY_SCHEDULES", "AlgorithmConfig", "ReinforceAgent", "advantages", "entropy_coef_at"]
 
@@ -111,6 +110,21 @@ class ReinforceAgent(Agent):
     """Trains a prompt policy on a PromptRefineEnv (or anything with observe/score/problems/vocab)."""
 
     name = "reinforce"
+    chooses_exemplars = True
+    equal_budget = True
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        config.algorithm.validate()
+        if config.policy.shots and config.policy.policy == "autoregressive":
+            raise ConfigError("--policy autoregressive writes instruction tokens only: with --shots > 0 use "
+                              "--policy unconditioned or refiner")
+
+    @classmethod
+    def validations_planned(cls, config) -> int:
+        # `finalists` more at the end, for a policy whose prompt is the same for every question
+        finalists = config.algorithm.finalists if config.policy.policy == "unconditioned" else 0
+        return super().validations_planned(config) + finalists
 
     def __init__(self, env, policy: PromptPolicy, config: AlgorithmConfig, *, run=None,
                  val_problems=None, engine=None):
@@ -129,8 +143,6 @@ class ReinforceAgent(Agent):
             self.value_head = ValueHead(dim)
             self.value_optimizer = torch.optim.Adam(self.value_head.parameters(), lr=config.value_lr)
         self.baseline_state = BaselineState()
-        # Shared prompts' training rewards, one per question they were scored on (for `finalists`).
-        self.prompt_rewards: dict[tuple, list[float]] = {}
 
     @classmethod
     def from_config(cls, config, env, *, engine, run=None, val_problems=()):
@@ -139,7 +151,7 @@ class ReinforceAgent(Agent):
 
     def initial_prompt(self, probe_problems):
         probe = list(probe_problems)[:1]
-        return str(policy_prompts(self.policy, self.space, probe, self.engine)[0]) if probe else None
+        return str(self.greedy_prompts(probe, self.policy)[0]) if probe else None
 
     def _observe(self, policy, problems) -> torch.Tensor:
         if self.value_head is not None:  # the learned baseline reads every question's features
@@ -151,9 +163,7 @@ class ReinforceAgent(Agent):
     def update(self) -> dict:
         cfg, step = self.config, self.step
         where = f"step {step}"
-        index = self.rng.choice(len(self.env.problems), size=min(cfg.batch_size, len(self.env.problems)),
-                                replace=False)
-        problems = [self.env.problems[i] for i in index]
+        problems = self.draw_batch()
         k, m = cfg.prompts_per_question, len(problems)
         obs = self._observe(self.policy, problems)
         shared = not self.policy.uses_observation
@@ -171,8 +181,7 @@ class ReinforceAgent(Agent):
         check_finite("reward", rewards, where)
 
         if shared:
-            for row, column in zip(actions.tolist(), rewards.T.tolist()):
-                self.prompt_rewards.setdefault(tuple(row), []).extend(column)
+            self.record_rewards(actions.tolist(), rewards.T.tolist())
             if cfg.normalize_rewards:
                 # Each question z-scored across the K prompts before the mean, so every question
                 # weighs the same whatever its reward scale; `advantages` then z-scores the K means.
@@ -200,17 +209,9 @@ class ReinforceAgent(Agent):
             value_loss.backward()
             self.value_optimizer.step()
 
-        correct = np.array([info["correct"] for info in infos], dtype=float)
-        metrics = {"step": step, "reward": float(rewards_np.mean()), "accuracy": float(correct.mean()),
-                   "entropy": float(entropy.detach().mean()) / max(len(self.policy.slot_sizes), 1),
-                   **slot_entropy,
-                   "entropy_coef": coef, "loss": float(loss.detach()), "grad_norm": grad_norm,
-                   "oracle_pairs": self.oracle_pairs}
-        best = int(np.argmax(rewards_np))
-        metrics["sample_prompt"] = infos[best]["prompt"]
-        if self.run is not None:
-            self.run.log_samples(step, infos, rewards_np)
-        return metrics
+        return {**self.step_metrics(rewards_np, infos),
+                "entropy": float(entropy.detach().mean()) / max(len(self.policy.slot_sizes), 1), **slot_entropy,
+                "entropy_coef": coef, "loss": float(loss.detach()), "grad_norm": grad_norm}
 
     def entropy_by_slot_kind(self, obs: torch.Tensor, actions: torch.Tensor) -> dict:
         """Mean entropy per slot (nats) of the exemplar slots, the answer form and the instruction words, before
@@ -232,14 +233,10 @@ class ReinforceAgent(Agent):
         if not (self.config.finalists and self.prompt_rewards and self.val_problems
                 and not self.policy.uses_observation):
             return None
-        scored = validate_finalists(self.env, self.val_problems, self.prompt_rewards, self.config.finalists)
-        self.oracle_pairs += sum(f["pairs"] for f in scored)
-        best = max(scored, key=lambda f: f["val_accuracy"])
+        scored, best = self.score_finalists()
         if best["val_accuracy"] > self.best_val:
             self.best_val = best["val_accuracy"]
-            policy = FixedPrompt(self.space.decode(best["actions"]), self.policy.prompt_length, len(self.env.vocab),
-                                 actions=best["actions"])
-            self.save_prompt(POLICY_BEST, policy, val_accuracy=self.best_val)
+            self.save_prompt(POLICY_BEST, self.fixed_prompt(best["actions"]), val_accuracy=self.best_val)
             best = {**best, "kept": True}
         return {"finalists": scored, "chosen": best}
 

@@ -20,6 +20,8 @@ from .differentiable import DifferentiableAgent, initial_prompt_embeddings
 
 class SoftPromptAgent(DifferentiableAgent):
     name = "soft-prompt"
+    names_policy = False
+    reading = "nearest tokens"
 
     def __init__(self, env, config, gradient, **kwargs):
         super().__init__(env, config, gradient, **kwargs)

@@ -38,18 +38,34 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def train_one(engine, splits, settings: dict, seed: int, run_dir: Path, reuse: bool = False) -> dict:
-    """Train one prompt policy through the one wiring (`rlprompt_math.train`); its kept prompt and facts.
-    With `reuse`, a finished run already in `run_dir` with the same settings is loaded instead. Validation
-    every `settings["eval_every"]` steps, where given; else every steps // 3 (the equal-budget benches' rule)."""
-    from rlprompt_math.checkpoint import POLICY_BEST, SUMMARY, load_policy
+def run_config(settings: dict, seed: int = 0, run_dir: Path | None = None):
+    """The RunConfig `train_one` trains at `settings` (flat option names): validation every
+    `settings["eval_every"]` steps where given, else every steps // 3; no final comparison."""
     from rlprompt_math.config import RunConfig
-    from rlprompt_math.evaluation import policy_prompts
+
+    where = {"output_dir": str(run_dir.parent), "name": run_dir.name} if run_dir is not None else {}
+    return RunConfig.from_flat({**settings, "seed": seed, "no_final_eval": True, **where,
+                                "eval_every": settings.get("eval_every", max(1, settings["steps"] // 3))})
+
+
+def equal_budget(search: dict, learner: dict) -> dict:
+    """Random search's settings `search`, with as many finalists as make it spend the oracle pairs that a run at
+    `learner`'s settings spends (`train_one`'s runs; the library's equal-budget rule, `agents.oracle_pairs_planned`)."""
+    from rlprompt_math.agents import RandomSearchAgent, oracle_pairs_planned
+
+    pairs = oracle_pairs_planned(run_config(learner))
+    return {**search, "finalists": RandomSearchAgent.finalists_for(pairs, run_config({**search, "finalists": 0}))}
+
+
+def train_one(engine, splits, settings: dict, seed: int, run_dir: Path, reuse: bool = False) -> dict:
+    """Train one prompt policy through the one wiring (`rlprompt_math.train`) at `run_config(settings)`; its kept
+    prompt and facts. With `reuse`, a finished run already in `run_dir` with the same settings is loaded instead."""
+    from rlprompt_math.checkpoint import POLICY_BEST, SUMMARY, load_policy
+    from rlprompt_math.policies import policy_prompts
     from rlprompt_math.runlog import RunDir
     from rlprompt_math.train import train
 
-    config = RunConfig.from_flat({**settings, "seed": seed, "eval_every": settings.get("eval_every", max(1, settings["steps"] // 3)),
-                                  "output_dir": str(run_dir.parent), "name": run_dir.name, "no_final_eval": True})
+    config = run_config(settings, seed, run_dir)
     done = run_dir / SUMMARY
     # Not settings of the run itself; the shared engine decides dtype and device (recorded in place of auto).
     where = ("quiet", "output_dir", "name", "dtype", "device")

@@ -30,12 +30,11 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from common import HAND_WRITTEN, label as _label, pct as _pct, train_one as _train_one  # noqa: E402  (bench/ is on the path)
+from common import HAND_WRITTEN, equal_budget, label as _label, pct as _pct, train_one as _train_one  # noqa: E402  (bench/ is on the path)
 
 KINDS = ("arithmetic", "fractions", "percentages", "word_one_step", "linear_equation")
-# The systems trained on each seed (overrides of the shared settings), all on the same oracle budget:
-# random search validates as many finalists as REINFORCE validates greedy prompts (_train_one validates
-# every steps // 3 steps), so it spends the same pairs.
+# The systems trained on each seed (overrides of the shared settings), all on the same oracle budget: random
+# search validates as many finalists as make its pairs REINFORCE's at the same settings (common.equal_budget).
 SYSTEMS = {"one exemplar set for all (unconditioned)": {"policy": "unconditioned"},
            "exemplars per question (refiner)": {"policy": "refiner"},
            "random search (one set for all)": {"policy": "unconditioned", "agent": "random"}}
@@ -102,7 +101,7 @@ def main(seeds, kinds, steps, batch_size, prompts_per_question, shots, prompt_le
             policy = overrides["policy"] if overrides.get("agent") != "random" else "random"
             settings = {**base, **overrides}
             if policy == "random":
-                settings["finalists"] = len(range(0, steps, max(1, steps // 3)))
+                settings = equal_budget(settings, {**settings, "agent": "reinforce"})
             item = _train_one(engine, splits, settings, seed, out / f"{policy}-s{seed}", reuse)
             prompts = item["prompts_of"](test)
             name = f"{label}, seed {seed}"

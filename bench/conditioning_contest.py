@@ -26,7 +26,7 @@ from pathlib import Path
 import click
 import torch
 
-from common import HAND_WRITTEN, label, machine, pct, train_one  # noqa: E402  (bench/ is on the path)
+from common import HAND_WRITTEN, equal_budget, label, machine, pct, train_one  # noqa: E402  (bench/ is on the path)
 
 REFINER = "REINFORCE, refiner (a prompt per question)"
 LEARNERS = {REFINER: {"agent": "reinforce", "policy": "refiner"},
@@ -59,7 +59,6 @@ def main(seeds, steps, num_problems, test_size, dtype, reuse, report_only, out):
     if report_only:
         write_report(Path(out), json.loads((Path(out) / "contest.json").read_text()))
         return
-    from rlprompt_math.agents.base import validations_planned
     from rlprompt_math.config import DataConfig, EngineConfig, RunConfig
     from rlprompt_math.data import problems_from_config
     from rlprompt_math.engines import load_engine
@@ -84,8 +83,8 @@ def main(seeds, steps, num_problems, test_size, dtype, reuse, report_only, out):
         trained = {}
         for name, overrides in LEARNERS.items():
             settings = {**base, **overrides}
-            if overrides["agent"] == "random":  # its finalists: as many validations as REINFORCE's
-                settings["finalists"] = validations_planned(steps, eval_every)
+            if overrides["agent"] == "random":  # its finalists: REINFORCE's oracle pairs at the same settings
+                settings = equal_budget(settings, {**settings, "agent": "reinforce"})
             run_dir = out / f"{overrides['agent']}-{overrides['policy']}-s{seed}"
             trained[name] = train_one(engine, splits, settings, seed, run_dir, reuse)
             click.echo(f"seed {seed}, {name}: {trained[name]['summary']['oracle_pairs']} oracle pairs, "
@@ -101,7 +100,7 @@ def main(seeds, steps, num_problems, test_size, dtype, reuse, report_only, out):
         for name, prompt in few_shot_system(splits["train"], 2).items():
             systems[name] = [prompt] * len(test)
         report = compare_systems(engine, RewardMix(["correct"]), test, systems, decoding_from(RunConfig().oracle),
-                                 reference=REFINER, progress=False)
+                                 learned=REFINER, progress=False)
         report.pop("_results")
         curves = {}
         for name, overrides in LEARNERS.items():
@@ -126,6 +125,10 @@ def main(seeds, steps, num_problems, test_size, dtype, reuse, report_only, out):
 def write_report(out: Path, results: dict) -> None:
     """contest.md (a summary over seeds, then each seed's tables) and contest.png (validation curves, the refiner's
     entropy per kind of slot and its distinct validation prompts, per seed)."""
+    from rlprompt_math.evaluation import upgrade_report  # a contest.json from before `vs_learned` reads the same
+
+    for entry in results["seeds"].values():
+        entry["report"] = upgrade_report(entry["report"])
     summary = ["| seed | refiner | best one-for-all learner | refiner minus it (p) | "
                "refiner minus best hand-written (p) | refiner minus 2-shot (p) | "
                "refiner minus nearest neighbours (p) | kinds where the refiner is significantly "
@@ -137,14 +140,14 @@ def write_report(out: Path, results: dict) -> None:
         hand = max((label(p) for p in HAND_WRITTEN), key=lambda n: systems[n]["accuracy"])
         shot = next(n for n in systems if n.startswith("2-shot"))
 
-        def versus(name):
-            vs = systems[name]["vs_reference"]
-            return f"{100 * vs['accuracy_difference']:+.1f} ({vs['mcnemar_p']:.2g})"
+        def versus(name):  # the refiner minus the system, and McNemar p
+            vs = systems[name]["vs_learned"]
+            return f"{100 * (systems[REFINER]['accuracy'] - systems[name]['accuracy']):+.1f} ({vs['mcnemar_p']:.2g})"
 
         worse = [k for k, e in entry["report"].get("by_kind", {}).items()
                  for n in LEARNERS if n != REFINER
-                 if e["systems"][n]["vs_reference"]["accuracy_difference"] < 0
-                 and e["systems"][n]["vs_reference"]["mcnemar_p"] < 0.05]
+                 if e["systems"][n]["vs_learned"]["accuracy_minus_learned"] > 0
+                 and e["systems"][n]["vs_learned"]["mcnemar_p"] < 0.05]
         summary.append(f"| {seed} | {pct(systems[REFINER]['accuracy'])} | "
                        f"{one_for_all}: {pct(systems[one_for_all]['accuracy'])} "
                        f"| {versus(one_for_all)} | {versus(hand)} | {versus(shot)} | {versus(KNN)} | "
@@ -201,8 +204,8 @@ def seed_table(seed, entry) -> str:
              "| system | accuracy | 95% CI | refiner minus it | McNemar p | distinct prompts | oracle pairs |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, s in report["systems"].items():
-        vs = s.get("vs_reference")
-        diff = f"{100 * vs['accuracy_difference']:+.1f}" if vs else ""  # the reference (refiner) minus this system
+        vs = s.get("vs_learned")
+        diff = f"{100 * (report['systems'][REFINER]['accuracy'] - s['accuracy']):+.1f}" if vs else ""  # refiner minus it
         p = f"{vs['mcnemar_p']:.2g}" if vs else ""
         lines.append(f"| {name} | {pct(s['accuracy'])} | {pct(s['ci95'][0])}-{pct(s['ci95'][1])} | {diff} | {p} | "
                      f"{s['distinct_prompts']} | {entry['oracle_pairs'].get(name, '')} |")
@@ -216,7 +219,7 @@ def seed_table(seed, entry) -> str:
             cells = []
             for o in others:
                 c = k["systems"][o]
-                cells.append(f"{pct(c['accuracy'])} ({c['vs_reference']['mcnemar_p']:.2g})")
+                cells.append(f"{pct(c['accuracy'])} ({c['vs_learned']['mcnemar_p']:.2g})")
             lines.append(f"| {kind} | {k['n']} | {pct(k['systems'][REFINER]['accuracy'])} | " + " | ".join(cells)
                          + f" | {k['systems'][REFINER]['distinct_prompts']} |")
     return "\n".join(lines)

@@ -113,7 +113,7 @@ def main(seeds, heldout, train_args, out, reuse, report_only):
         problems = fresh_problems(config, seed, heldout)
         report = evaluate_run(run, problems=problems, limit=None, config=config, engine=engine,
                               output=out / f"default-s{seed}-heldout", log=lambda *_: None)
-        systems = {name: {k: v for k, v in s.items() if k in ("accuracy", "ci95", "vs_reference", "n")}
+        systems = {name: {k: v for k, v in s.items() if k in ("accuracy", "ci95", "vs_learned", "n")}
                    for name, s in report["systems"].items()}
         summary = json.loads((run / "summary.json").read_text())
         results["runs"].append({"seed": seed, "timing": timing, "dtype": str(engine.dtype).removeprefix("torch."),
@@ -148,11 +148,14 @@ def plot_curves(results: dict, path: Path) -> Path:
 
 
 def render(results: dict) -> str:
+    from rlprompt_math.evaluation import upgrade_report  # a results.json from before `vs_learned` reads the same
+
     pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
     lines = [f"Machine: {results['machine']}; run.py flags beyond `--agent reinforce --seed S`: "
              f"`{results['train_args'] or '(none)'}`; {results['heldout']} fresh held-out problems per seed.", ""]
     for r in results["runs"]:
-        learned = r["systems"]["learned policy"]
+        systems = upgrade_report(r)["systems"]
+        learned = systems["learned policy"]
         curve_text = " -> ".join(f"{pct(v)} ({'untrained' if s < 0 else f'step {s}'})" for s, v in r["curve"])
         timing = r["timing"]
         lines += [f"Seed {r['seed']} ({r['dtype']}): kept prompt `{r['prompt']}`; {timing['wall_s'] / 60:.1f} min, "
@@ -160,10 +163,10 @@ def render(results: dict) -> str:
                   f"{curve_text}.", "",
                   "| system | accuracy [95% CI] | learned minus it (points) | McNemar p |", "| --- | --- | --- | --- |",
                   f"| learned | {pct(learned['accuracy'])} [{pct(learned['ci95'][0])}, {pct(learned['ci95'][1])}] | | |"]
-        for name, s in r["systems"].items():
+        for name, s in systems.items():
             if name == "learned policy":
                 continue
-            p = s["vs_reference"]["mcnemar_p"]
+            p = s["vs_learned"]["mcnemar_p"]
             lines.append(f"| {name} | {pct(s['accuracy'])} [{pct(s['ci95'][0])}, {pct(s['ci95'][1])}] | "
                          f"{100 * (learned['accuracy'] - s['accuracy']):+.1f} | {p:.2g} |")
         lines.append("")

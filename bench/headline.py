@@ -48,8 +48,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from common import HAND_WRITTEN, label as _label, pct as _pct, train_one as _train_one  # noqa: E402  (bench/ is on the path)
-from rlprompt_math.agents.base import validations_planned  # noqa: E402
+from common import HAND_WRITTEN, equal_budget, label as _label, pct as _pct, train_one as _train_one  # noqa: E402  (bench/ is on the path)
 from rlprompt_math.config import field_default  # noqa: E402
 
 HARD_KINDS = ("word_two_step", "fractions", "percentages")
@@ -90,7 +89,7 @@ GRID_DIRS = {name: key for key, name in GRID_KEYS.items()}
 # Routes trained beside REINFORCE on every seed (--routes): overrides of the headline setting. The
 # differentiable ones also get --route-steps and --route-batch-size.
 ROUTES = {
-    # Its finalists are set to the number of REINFORCE's validations (see main): the same validation pairs.
+    # Its finalists make its oracle pairs REINFORCE's at the headline setting (common.equal_budget, in main).
     "random": ("random search (same oracle pairs)", {"agent": "random"}),
     "soft-prompt": ("soft prompt, gold-answer loss", {"agent": "soft-prompt"}),
     "soft-prompt-own": ("soft prompt, own-completion loss", {"agent": "soft-prompt", "loss_target": "own"}),
@@ -237,8 +236,8 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
         for key in route_keys:
             name, overrides = ROUTES[key]
             settings = {**base, **overrides}
-            if overrides["agent"] == "random":  # as many finalists as REINFORCE's validations (_train_one)
-                settings["finalists"] = validations_planned(steps, max(1, steps // 3))
+            if overrides["agent"] == "random":  # REINFORCE's oracle pairs (its run on this seed, at `base`)
+                settings = equal_budget(settings, base)
             else:
                 settings.update(steps=route_steps, batch_size=route_batch_size)
             route = _train_one(engine, splits, settings, seed, out / f"{key}-s{seed}", reuse)
@@ -255,10 +254,8 @@ def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, fina
             settings = {**base, "steps": budget}
             reinforce = trained[seed] if budget == steps else _train_one(
                 engine, splits, settings, seed, out / f"budget{budget}-reinforce-s{seed}", reuse)
-            validations = validations_planned(budget, max(1, budget // 3))  # REINFORCE's validations (_train_one)
-            # Random search validates only its finalists: as many as REINFORCE's validations and finalists,
-            # so both spend the same oracle pairs.
-            search = _train_one(engine, splits, {**settings, "agent": "random", "finalists": validations + finalists},
+            # Random search validates only its finalists: as many as make its oracle pairs REINFORCE's.
+            search = _train_one(engine, splits, equal_budget({**settings, "agent": "random"}, settings),
                                 seed, out / f"budget{budget}-random-s{seed}", reuse)
             scored = {}
             for agent, item in (("REINFORCE", reinforce), ("random search", search)):

@@ -20,8 +20,7 @@ import click
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from common import train_one as _train_one  # noqa: E402  (bench/ is on the path)
-from rlprompt_math.agents.base import validations_planned  # noqa: E402
+from common import equal_budget, train_one as _train_one  # noqa: E402  (bench/ is on the path)
 from rlprompt_math.checkpoint import dumps_json  # noqa: E402  (strict JSON: NaN and infinities as null)
 
 VARIANTS = {
@@ -67,14 +66,13 @@ def main(variants, seeds, steps, shots, val_size, dev_size, out):
                                         "lr", "prompt_length", "max_new_tokens")},
             "steps": steps, "batch_size": 8, "prompts_per_question": 8, "finalists": 0, "val_size": val_size,
             "shots": shots}
-    validations = validations_planned(steps, max(1, steps // 3))  # REINFORCE's validations in _train_one
     click.echo(f"dev: validation[{val_size}:{val_size + len(dev)}], {len(dev)} questions; dtype {engine.dtype}")
     results = {}
     for seed in [int(s) for s in seeds.split(",") if s.strip()]:
         for name in names:
             settings = {**base, **VARIANTS[name]}
-            if settings["agent"] == "random":  # as many validated finalists as REINFORCE's validations
-                settings["finalists"] = validations
+            if settings["agent"] == "random":  # as many validated finalists as make its pairs REINFORCE's
+                settings = equal_budget(settings, {**settings, "agent": "reinforce"})
             start = time.perf_counter()
             item = _train_one(engine, splits, settings, seed, out / f"{name}-s{seed}")
             prompts = item["prompts_of"](dev)

@@ -20,13 +20,13 @@ import time
 import click
 import torch
 
-from rlprompt_math.config import GRADIENT_AGENTS
+from rlprompt_math.agents import AGENTS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # REINFORCE and every gradient route; Gumbel-softmax on the Refiner (its question-conditioned policy).
 RUNS = {"reinforce": {"agent": "reinforce"},
-        **{agent: {"agent": agent} for agent in GRADIENT_AGENTS if agent != "gumbel"},
+        **{agent: {"agent": agent} for agent, cls in AGENTS.items() if cls.trains_by_gradient and agent != "gumbel"},
         "gumbel refiner": {"agent": "gumbel", "policy": "refiner"}}
 
 

@@ -22,9 +22,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from rlprompt_math.config import DataConfig, OracleConfig, PolicyConfig
+from rlprompt_math.config import DataConfig, OracleConfig, PolicyConfig, RunConfig
 from rlprompt_math.data import Problem, load_problems, problems_from_config, split_problems
 from rlprompt_math.engines import Engine
+from rlprompt_math.exemplars import ExemplarPool
 from rlprompt_math.oracle import Decoding, score_pairs
 from rlprompt_math.prompt_space import PromptSpace, draw_pool
 from rlprompt_math.rewards import RewardMix
@@ -35,9 +36,10 @@ from rlprompt_math.vocab import ActionVocab
 class PromptRefineEnv(gym.Env):
     """One episode = one problem and one prompt. See the module docstring.
 
-    Built from loaded objects (shared, never copied); `make_env` (the registered entry point) loads
-    them from names and settings. `space` (a PromptSpace over `vocab`) gives the action's slots; without
-    it, the space is `prompt_length` instruction slots of `vocab` (default PolicyConfig.prompt_length).
+    Built from loaded objects (shared, never copied); `assemble_env` builds one from a loaded engine and
+    settings, `make_env` (the registered entry point) also loads the engine and problems by name. `space`
+    (a PromptSpace over `vocab`) gives the action's slots; without it, the space is `prompt_length`
+    instruction slots of `vocab` (default PolicyConfig.prompt_length).
     """
 
     metadata = {"render_modes": ["ansi"]}
@@ -196,7 +198,31 @@ class PromptRefineSeqEnv(gym.Env):
         return self._obs(), reward, True, False, info
 
 
-# ---- the factory: names and settings in, an environment out (the registered entry points) ---------
+# ---- the one constructor, and the factory that loads by name (the registered entry points) --------
+
+
+def assemble_env(engine: Engine, problems: Sequence[Problem], *, pool: ExemplarPool | None = None,
+                 prompt_length: int = PolicyConfig.prompt_length,
+                 action_vocab: ActionVocab | str = PolicyConfig.action_vocab,
+                 empty_action: bool = PolicyConfig.empty_action, rewards: Sequence | RewardMix = OracleConfig.rewards,
+                 decoding: Decoding = Decoding(), shots: int = 0,
+                 answer_forms: Sequence[str] = PolicyConfig.answer_forms, **env_kwargs) -> PromptRefineEnv:
+    """The one constructor of the environment from a loaded engine and problems: the action vocabulary
+    (a spec, or an `ActionVocab`), the rewards (specs, or a `RewardMix`), the prompt space and the env.
+    `train.build_env` (a run's settings), `make_env` (the Gymnasium registry) and users by hand all come
+    here. With `pool` (see `prompt_space.draw_pool`), `shots` exemplar slots over it and `answer_forms`;
+    without, instruction slots only. Other keyword arguments go to `PromptRefineEnv`.
+
+    A served engine may give no prompt log-probabilities: with a reward that reads them, it is asked
+    once here, so the refusal comes before the first step (EngineCapabilityError)."""
+    vocab = (action_vocab if isinstance(action_vocab, ActionVocab)
+             else ActionVocab.from_spec(engine.tokenizer, action_vocab, empty=empty_action))
+    reward_mix = rewards if isinstance(rewards, RewardMix) else RewardMix(list(rewards), engine=engine)
+    if reward_mix.needs_engine and engine.kind != "transformers" and problems:
+        engine.answer_logprobs([engine.render("", problems[0].question)], [problems[0].answer])
+    space = (PromptSpace(vocab, prompt_length, pool, shots, answer_forms) if pool is not None
+             else PromptSpace(vocab, prompt_length))
+    return PromptRefineEnv(engine, problems, vocab, reward_mix, decoding, space=space, **env_kwargs)
 
 
 def _problems(dataset, split: str | None, split_seed: int) -> tuple[list[Problem], dict[str, list[Problem]]]:
@@ -215,37 +241,37 @@ def _problems(dataset, split: str | None, split_seed: int) -> tuple[list[Problem
 
 
 def make_env(engine: Engine | str | None = None, dataset: str | Sequence[Problem] | None = None, *,
-             prompt_length: int = PolicyConfig.prompt_length, action_vocab: ActionVocab | str = PolicyConfig.action_vocab,
+             seed: int = RunConfig.seed, prompt_length: int = PolicyConfig.prompt_length,
+             action_vocab: ActionVocab | str = PolicyConfig.action_vocab,
              empty_action: bool = PolicyConfig.empty_action, rewards: Sequence | RewardMix = OracleConfig.rewards,
              max_new_tokens: int = OracleConfig.max_new_tokens, stop_at_answer: bool = OracleConfig.stop_at_answer,
              temperature: float = Decoding.temperature, stop: Sequence[str] | None = None,
-             split: str | None = "train", split_seed: int = 0, shots: int = 0,
+             split: str | None = "train", split_seed: int | None = None, shots: int = 0,
              exemplar_pool: int = PolicyConfig.exemplar_pool, answer_forms: Sequence[str] = PolicyConfig.answer_forms,
              **env_kwargs) -> PromptRefineEnv:
-    """A PromptRefineEnv from names and settings: loads what is not loaded yet.
+    """A PromptRefineEnv from names and settings: loads what is not loaded yet, then `assemble_env`.
 
     `engine`: a loaded engine (shared) or a model name/path (None: the default model, in process). `dataset`:
     problems, a file or hub id, or None for the built-in generator; `split` picks one of its hashed
-    splits (None or "all": every problem). `shots` > 0 adds exemplar slots over `exemplar_pool` problems
-    of the dataset's training split (never validation or test, whatever `split` is). Other keyword
-    arguments go to `PromptRefineEnv`.
+    splits (None or "all": every problem), hashed with `split_seed` (default: `seed`, as a run splits).
+    `shots` > 0 adds exemplar slots over `exemplar_pool` problems of the dataset's training split (never
+    validation or test, whatever `split` is), drawn with `seed`: the pool a training run with that --seed
+    draws. (Before, the pool was drawn with `split_seed`.) Other keyword arguments go to `PromptRefineEnv`.
     """
     if not isinstance(engine, Engine):
         from rlprompt_math.engines.transformers import TransformersEngine
 
         engine = TransformersEngine.load(engine)
-    vocab = (action_vocab if isinstance(action_vocab, ActionVocab)
-             else ActionVocab.from_spec(engine.tokenizer, action_vocab, empty=empty_action))
-    reward_mix = rewards if isinstance(rewards, RewardMix) else RewardMix(list(rewards), engine=engine)
-    decoding = Decoding(int(max_new_tokens), float(temperature), None, tuple(stop or ()),
+    decoding = Decoding(max_new_tokens=int(max_new_tokens), temperature=float(temperature), stop=tuple(stop or ()),
                         stop_at_answer=bool(stop_at_answer))
-    problems, splits = _problems(dataset, split, split_seed)
+    problems, splits = _problems(dataset, split, seed if split_seed is None else split_seed)
     pool = None
     if shots:
-        pool, _ = draw_pool(splits, size=exemplar_pool, seed=split_seed, forms=answer_forms, engine=engine,
+        pool, _ = draw_pool(splits, size=exemplar_pool, seed=seed, forms=answer_forms, engine=engine,
                             decoding=decoding)
-    space = PromptSpace(vocab, prompt_length, pool, shots, answer_forms)
-    return PromptRefineEnv(engine, problems, vocab, reward_mix, decoding, space=space, **env_kwargs)
+    return assemble_env(engine, problems, pool=pool, prompt_length=prompt_length, action_vocab=action_vocab,
+                        empty_action=empty_action, rewards=rewards, decoding=decoding, shots=shots,
+                        answer_forms=answer_forms, **env_kwargs)
 
 
 def make_seq_env(engine=None, dataset=None, **kwargs) -> PromptRefineSeqEnv:

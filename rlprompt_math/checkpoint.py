@@ -36,7 +36,7 @@ FORMAT_VERSION = 1
 
 # The files of a run directory, by name: every writer and reader uses these.
 CONFIG = "config.yaml"  # the exact settings of the run
-SPLITS = "splits.json"  # which problems went to train, validation and test
+SPLIT_MANIFEST = "splits.json"  # which problems went to train, validation and test (data.SPLITS names them)
 METRICS = "metrics.csv"  # one row per training step
 SAMPLES = "samples.jsonl"  # the best and worst prompts of each step
 TENSORBOARD = "tensorboard"  # a directory: the metrics as TensorBoard events

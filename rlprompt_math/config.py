@@ -26,11 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 if TYPE_CHECKING:
     from .templates import PromptLike
 
-AGENTS = ("reinforce", "random", "fixed", "soft-prompt", "pez", "gumbel", "knn", "cluster")
-GRADIENT_AGENTS = ("soft-prompt", "pez", "gumbel")  # trained by gradients through the frozen LLM
-DEFAULT_SHOTS = 2  # exemplar slots when --shots is not given and the agent can choose exemplars
-DEFAULT_CLUSTERS = 4  # --agent cluster, --clusters 0, on problems that name no kind: 7-8 of 30 steps each
-EXEMPLAR_AGENTS = ("reinforce", "random", "knn", "cluster")  # the agents that choose exemplars (--shots)
+DEFAULT_SHOTS = 2  # exemplar slots when --shots is not given and the agent can choose exemplars (Agent.default_shots)
 SOFT_INITS = ("text", "random")
 LOSS_TARGETS = ("gold", "own")
 POLICY_KINDS = ("unconditioned", "refiner", "autoregressive")
@@ -417,13 +413,13 @@ class GradientConfig:
 class RunConfig:
     """One training run: which agent, the sections above, and where the run directory goes."""
 
-    agent: str = opt("reinforce", choices=AGENTS)
-    """reinforce: policy gradient; random: random search on the same oracle budget; fixed: a hand-written
-    prompt (--fixed-prompt); soft-prompt: prompt embeddings trained by gradient (EmbedGrad); pez: a
-    discrete prompt by projected gradients; gumbel: the policy (--policy unconditioned or refiner)
-    trained by straight-through Gumbel-softmax; knn: each question shown its nearest pool problems, the form and
-    words by random search, same oracle budget; cluster: k-means on question features (--clusters), random
-    search per cluster, same oracle budget."""
+    agent: str = "reinforce"
+    """The learner (its name and rules live on its class: `rlprompt_math.agents.AGENTS`). reinforce: policy
+    gradient; random: random search on the same oracle budget; fixed: a hand-written prompt (--fixed-prompt);
+    soft-prompt: prompt embeddings trained by gradient (EmbedGrad); pez: a discrete prompt by projected
+    gradients; gumbel: the policy (--policy unconditioned or refiner) trained by straight-through Gumbel-softmax;
+    knn: each question shown its nearest pool problems, the form and words by random search, same oracle budget;
+    cluster: k-means on question features (--clusters), random search per cluster, same oracle budget."""
     seed: int = 0
     """Seeds problem sampling, prompt sampling and the split."""
     val_size: int = 100
@@ -456,8 +452,8 @@ class RunConfig:
         self.algorithm.seed = self.seed
 
     def validate(self) -> "RunConfig":
-        if self.agent not in AGENTS:
-            raise ConfigError(f"agent must be one of {AGENTS}")
+        """The settings every agent shares, each in its range (ConfigError naming the flag). The agent's own rules
+        and the default --shots are its class's: `rlprompt_math.agents.check_config` checks a run whole."""
         if self.policy.policy not in POLICY_KINDS:
             raise ConfigError(f"policy must be one of {POLICY_KINDS}")
         if self.policy.prompt_length < 1:
@@ -466,20 +462,8 @@ class RunConfig:
             raise ConfigError("--finalists must be >= 0 (0: off)")
         if self.reference_shots < 0:
             raise ConfigError("--reference-shots must be >= 0 (0: no few-shot reference)")
-        if self.agent == "reinforce":
-            self.algorithm.validate()
-        if self.agent in GRADIENT_AGENTS:
-            self.gradient.validate()
-            if self.algorithm.steps < 1 or self.algorithm.batch_size < 1:
-                raise ConfigError("--steps and --batch-size must be >= 1")
         self.engine.validate()
-        if self.agent in GRADIENT_AGENTS and self.engine.engine != "transformers":
-            raise ConfigError(f"--agent {self.agent} trains by gradients through the frozen LLM, which needs its "
-                              "weights in this process: use --engine transformers (the default)")
         self._validate_shots()
-        if self.agent == "gumbel" and self.policy.policy == "autoregressive":
-            raise ConfigError("--agent gumbel trains --policy unconditioned or refiner (the autoregressive "
-                              "policy samples slot by slot; use --agent reinforce for it)")
         self._validate_ranges()
         return self
 
@@ -502,9 +486,8 @@ class RunConfig:
 
     def _validate_shots(self):
         policy = self.policy
-        if policy.shots is None:  # default: exemplars where they can be chosen (2026-12-03-exemplars-by-default.md)
-            can_choose = self.agent in EXEMPLAR_AGENTS and policy.policy != "autoregressive"
-            policy.shots = DEFAULT_SHOTS if can_choose else 0
+        if policy.shots is None:  # the agent's default, filled in by `agents.check_config`
+            return
         if policy.shots < 0:
             raise ConfigError("--shots must be >= 0 (0: instruction words only)")
         if not policy.shots:
@@ -514,12 +497,6 @@ class RunConfig:
         unknown = [f for f in policy.answer_forms if f not in ANSWER_FORMS]
         if not policy.answer_forms or unknown or len(set(policy.answer_forms)) != len(policy.answer_forms):
             raise ConfigError(f"--answer-form takes distinct values of {ANSWER_FORMS}, not {policy.answer_forms}")
-        if self.agent in GRADIENT_AGENTS:
-            raise ConfigError(f"--agent {self.agent} trains instruction tokens or embeddings by gradients, not "
-                              "exemplar choices: use --shots 0, or --agent reinforce or random for exemplars")
-        if self.agent == "reinforce" and policy.policy == "autoregressive":
-            raise ConfigError("--policy autoregressive writes instruction tokens only: with --shots > 0 use "
-                              "--policy unconditioned or refiner")
 
     # ---- the flat view: CLI options, --config YAML keys, config.yaml ---------------------------
 

@@ -13,6 +13,10 @@ Every system (the policy's greedy prompts, each reference prompt) is scored by t
     on the discordant pairs; identical systems give p = 1);
   * mean partial credit, the rate at which an answer could be extracted, mean completion length
     in tokens, oracle rows and wall time, and the most common prompts.
+
+In report.json, `learned` names the learned policy's system, and every other system's `vs_learned` is its
+paired comparison with it (`paired_comparison`: `accuracy_minus_learned`, `mcnemar_p`, ...); "reference"
+means only the hand-written prompts. `upgrade_report` reads a report written before these names.
 """
 
 from __future__ import annotations
@@ -28,19 +32,18 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from .config import NO_PROMPT, REFERENCE_PROMPTS, ConfigError, RunConfig, prompt_label
 from .data import Problem
 from .exemplars import few_shot_reference, reference_name
 from .oracle import Decoding, decoding_from, score_pairs
-from .policies import PromptPolicy
+from .policies import policy_prompts
 from .rewards import RewardMix
 from .templates import Prompt, PromptLike
 
 __all__ = ["NO_PROMPT", "bootstrap_ci", "by_kind", "compare_systems", "evaluate_run", "few_shot_system", "format_table",
-           "mcnemar_p", "paired_comparison", "policy_prompts", "reference_systems", "run_prompts", "run_train_problems",
-           "score_system", "write_report"]
+           "mcnemar_p", "paired_comparison", "reference_systems", "run_prompts", "run_train_problems",
+           "score_system", "upgrade_report", "write_report"]
 
 
 def bootstrap_ci(values: Sequence[float], *, resamples: int = 2000, seed: int = 0, level: float = 0.95):
@@ -64,17 +67,40 @@ def mcnemar_p(a: Sequence[bool], b: Sequence[bool]) -> float:
     return float(min(1.0, 2 * tail))
 
 
-def paired_comparison(system: Sequence[bool], reference: Sequence[bool]) -> dict:
-    """A system against a reference on the same problems (per-problem correctness of each): the
-    accuracy difference (reference minus system), McNemar's exact p, and the problems only one of them
-    solved. The `vs_reference` entry of `compare_systems`; bench/headline.py tests against several."""
-    system, reference = np.asarray(system, bool), np.asarray(reference, bool)
-    if system.shape != reference.shape:
-        raise ValueError(f"paired comparison of {system.shape} and {reference.shape} results: not the same problems")
-    return {"accuracy_difference": float(reference.mean() - system.mean()),
-            "mcnemar_p": mcnemar_p(reference, system),
-            "reference_only_correct": int((reference & ~system).sum()),
-            "this_only_correct": int((~reference & system).sum())}
+def paired_comparison(system: Sequence[bool], learned: Sequence[bool]) -> dict:
+    """A system against the learned policy on the same problems (per-problem correctness of each): the
+    accuracy difference (this system minus the learned policy: positive where the system does better),
+    McNemar's exact p, and the problems only one of them solved. The `vs_learned` entry of
+    `compare_systems`; bench scripts read its (symmetric) p for other pairs too."""
+    system, learned = np.asarray(system, bool), np.asarray(learned, bool)
+    if system.shape != learned.shape:
+        raise ValueError(f"paired comparison of {system.shape} and {learned.shape} results: not the same problems")
+    return {"accuracy_minus_learned": float(system.mean() - learned.mean()),
+            "mcnemar_p": mcnemar_p(learned, system),
+            "learned_only_correct": int((learned & ~system).sum()),
+            "this_only_correct": int((~learned & system).sum())}
+
+
+def upgrade_report(report: dict) -> dict:
+    """A report (report.json, or a bench file holding reports or their `systems`) with the keys of before the
+    rename read as today's: `reference` (the learned policy's name) -> `learned`; each `vs_reference` ->
+    `vs_learned`, its `accuracy_difference` (learned minus system) -> `accuracy_minus_learned` (system minus
+    learned) and `reference_only_correct` -> `learned_only_correct`. A current report comes back as it is."""
+    def comparison(old: dict) -> dict:
+        renamed = {"accuracy_difference": "accuracy_minus_learned", "reference_only_correct": "learned_only_correct"}
+        return {renamed.get(k, k): (0.0 - v if k == "accuracy_difference" else v) for k, v in old.items()}
+
+    def system(entry: dict) -> dict:
+        return {("vs_learned" if k == "vs_reference" else k): (comparison(v) if k == "vs_reference" else v)
+                for k, v in entry.items()}
+
+    out = {("learned" if k == "reference" else k): v for k, v in report.items()}
+    if "systems" in out:
+        out["systems"] = {name: system(entry) for name, entry in out["systems"].items()}
+    if "by_kind" in out:
+        out["by_kind"] = {kind: {**entry, "systems": {n: system(c) for n, c in entry["systems"].items()}}
+                          for kind, entry in out["by_kind"].items()}
+    return out
 
 
 @dataclass
@@ -119,16 +145,6 @@ def score_system(name: str, engine, reward_mix: RewardMix, problems: Sequence[Pr
     return SystemResult(name, list(prompts), infos, wall, engine.stats.generated_rows - rows_before, lengths)
 
 
-def policy_prompts(policy: PromptPolicy, space, problems: Sequence[Problem], feature_engine) -> list[PromptLike]:
-    """Greedy prompt per problem (`space` decodes the policy's actions: its `PromptSpace`, or an
-    `ActionVocab`). Question-conditioned policies need their own model's features."""
-    if not policy.uses_observation:
-        return policy.prompts(torch.zeros(len(problems), 1), space)
-    # The features training and validation read (one question per forward pass), so a near tie between two
-    # pool problems breaks the same way here as when the policy was kept.
-    return policy.prompts(feature_engine.question_features([p.question for p in problems]), space)
-
-
 def run_prompts(run_dir: str | Path, questions: Sequence[str], *, checkpoint: str = "best", engine=None,
                 log=print) -> list[dict]:
     """The prompt a saved run's policy writes for each new question (`run.py prompt`): a question-conditioned
@@ -161,48 +177,49 @@ def run_prompts(run_dir: str | Path, questions: Sequence[str], *, checkpoint: st
 
 
 def compare_systems(engine, reward_mix: RewardMix, problems: Sequence[Problem], systems: dict[str, list[PromptLike]],
-                    decoding: Decoding, *, reference: str | None = None, progress: bool = True) -> dict:
-    """Score each system's prompts; paired tests of `reference` (default: the first) against the rest."""
+                    decoding: Decoding, *, learned: str | None = None, progress: bool = True) -> dict:
+    """Score each system's prompts; paired tests of `learned` (the learned policy's system; default: the first)
+    against the rest (each one's `vs_learned`)."""
     from tqdm.auto import tqdm
 
     results = {}
     for name, prompts in tqdm(systems.items(), desc="evaluating", disable=not progress, unit="system"):
         results[name] = score_system(name, engine, reward_mix, problems, prompts, decoding)
-    reference = reference or next(iter(systems))
-    ref = results[reference].correct
-    report = {"model": engine.name, "n_problems": len(problems), "reference": reference,
+    learned = learned or next(iter(systems))
+    base = results[learned].correct
+    report = {"model": engine.name, "n_problems": len(problems), "learned": learned,
               "decoding": decoding.__dict__, "rewards": reward_mix.describe(), "systems": {}}
     for name, result in results.items():
         summary = result.summary()
         summary["distinct_prompts"] = len(set(map(str, result.prompts)))
-        if name != reference:
-            summary["vs_reference"] = paired_comparison(result.correct, ref)
+        if name != learned:
+            summary["vs_learned"] = paired_comparison(result.correct, base)
         report["systems"][name] = summary
-    kinds = by_kind(problems, results, reference)
+    kinds = by_kind(problems, results, learned)
     if kinds:
         report["by_kind"] = kinds
     report["_results"] = results
     return report
 
 
-def by_kind(problems: Sequence[Problem], results: dict[str, "SystemResult"], reference: str) -> dict:
+def by_kind(problems: Sequence[Problem], results: dict[str, "SystemResult"], learned: str) -> dict:
     """Per problem kind (`Problem.kind`; {} unless the problems name at least two): each system's accuracy with
-    its interval, the distinct prompts it wrote for that kind, and `reference` against it (McNemar p) on that
-    kind's questions alone."""
+    its interval, the distinct prompts it wrote for that kind, and the system `learned` against it (its
+    `vs_learned`: McNemar p) on that kind's questions alone."""
     kinds = [p.kind for p in problems]
     if None in kinds or len(set(kinds)) < 2:
         return {}
     table = {}
     for kind in sorted(set(kinds)):
         rows = np.array([k == kind for k in kinds])
-        ref = results[reference].correct[rows]
+        base = results[learned].correct[rows]
         entry = {"n": int(rows.sum()), "systems": {}}
         for name, result in results.items():
             correct = result.correct[rows]
             cell = {"accuracy": float(correct.mean()), "ci95": list(bootstrap_ci(correct)),
                     "distinct_prompts": len({str(q) for q, r in zip(result.prompts, rows) if r})}
-            if name != reference:
-                cell["vs_reference"] = paired_comparison(correct, ref)
+            if name != learned:
+                cell["vs_learned"] = paired_comparison(correct, base)
             entry["systems"][name] = cell
         table[kind] = entry
     return table
@@ -241,7 +258,7 @@ def _bar_chart(report: dict, path: Path) -> None:
     hi = [report["systems"][n]["ci95"][1] - a for n, a in zip(names, acc)]
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(names)), 4))
     ax.bar(range(len(names)), acc, yerr=[lo, hi], capsize=4,
-           color=["tab:blue" if n == report["reference"] else "tab:gray" for n in names])
+           color=["tab:blue" if n == report["learned"] else "tab:gray" for n in names])
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels([n if len(n) < 28 else n[:25] + "..." for n in names], rotation=20, ha="right")
     ax.set_ylabel(f"accuracy (n={report['n_problems']}, 95% bootstrap CI)")
@@ -255,32 +272,32 @@ def _bar_chart(report: dict, path: Path) -> None:
 def format_table(report: dict) -> str:
     # Names up to 52 characters in full (the few-shot reference's), longer ones cut.
     width = min(52, max([38, *map(len, report["systems"])]))
-    lines = [f"{'system':{width}s} {'accuracy':>9s} {'95% CI':>15s} {'credit':>7s} {'extracted':>9s} {'p vs ref':>9s}"
+    lines = [f"{'system':{width}s} {'accuracy':>9s} {'95% CI':>15s} {'credit':>7s} {'extracted':>9s} {'p vs learned':>12s}"
              f" {'prompts':>7s}"]
     for name, s in report["systems"].items():
-        p = s.get("vs_reference", {}).get("mcnemar_p")
+        p = s.get("vs_learned", {}).get("mcnemar_p")
         lines.append(f"{(name[:width - 2] + '..') if len(name) > width else name:{width}s} {s['accuracy']:9.1%} "
                      f"[{s['ci95'][0]:5.1%}, {s['ci95'][1]:5.1%}] {s['mean_credit']:7.3f} "
-                     f"{s['extraction_rate']:9.1%} {'' if p is None else f'{p:9.3g}':>9s} {s.get('distinct_prompts', ''):>7}")
+                     f"{s['extraction_rate']:9.1%} {'' if p is None else f'{p:12.3g}':>12s} {s.get('distinct_prompts', ''):>7}")
     if report.get("by_kind"):
         lines += ["", format_kind_table(report)]
     return "\n".join(lines)
 
 
 def format_kind_table(report: dict) -> str:
-    """Accuracy per kind (rows) and system (columns; the reference first), with the reference's McNemar p
-    against each other system in brackets and the distinct prompts the reference wrote for the kind."""
+    """Accuracy per kind (rows) and system (columns; the learned policy first), with the learned policy's
+    McNemar p against each other system in brackets and the distinct prompts it wrote for the kind."""
     names = list(report["systems"])
-    short = ["ref" if n == report["reference"] else (n[:14] + "..") if len(n) > 16 else n for n in names]
-    lines = [f"{'kind':20s} {'n':>4s} " + " ".join(f"{s:>16s}" for s in short) + "  ref prompts"]
+    short = ["learned" if n == report["learned"] else (n[:14] + "..") if len(n) > 16 else n for n in names]
+    lines = [f"{'kind':20s} {'n':>4s} " + " ".join(f"{s:>16s}" for s in short) + "  learned prompts"]
     for kind, entry in report["by_kind"].items():
         cells = []
         for name in names:
             cell = entry["systems"][name]
-            p = cell.get("vs_reference", {}).get("mcnemar_p")
+            p = cell.get("vs_learned", {}).get("mcnemar_p")
             cells.append(f"{cell['accuracy']:6.1%}" + (f" (p {p:.2g})" if p is not None else "").ljust(10))
         lines.append(f"{kind[:20]:20s} {entry['n']:4d} " + " ".join(f"{c:>16s}" for c in cells)
-                     + f"  {entry['systems'][report['reference']]['distinct_prompts']:>11d}")
+                     + f"  {entry['systems'][report['learned']]['distinct_prompts']:>15d}")
     return "\n".join(lines)
 
 
@@ -308,12 +325,12 @@ def few_shot_system(train_problems: Sequence[Problem], shots: int, form: str = "
 def run_train_problems(run_dir: Path, config: RunConfig) -> list[Problem]:
     """The run's training split, as its settings give it, checked against the run's split manifest
     (splits.json) where it has one: the few-shot reference must show the problems the run trained on."""
-    from .checkpoint import SPLITS, CheckpointError
+    from .checkpoint import SPLIT_MANIFEST, CheckpointError
     from .data import problems_from_config
 
     _, splits, _ = problems_from_config(config.data, config.seed)
     train = splits["train"]
-    manifest = Path(run_dir) / SPLITS
+    manifest = Path(run_dir) / SPLIT_MANIFEST
     if manifest.exists():
         recorded = json.loads(manifest.read_text())["splits"]["train"]
         if [p.id for p in train] != recorded:

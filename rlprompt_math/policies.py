@@ -47,7 +47,7 @@ from .vocab import EMPTY, ActionVocab
 
 __all__ = ["POLICY_KINDS", "AutoregressiveRefiner", "ClusterPrompts", "FixedPrompt", "NearestExemplars", "PromptPolicy",
            "Refiner", "SoftPrompt", "Unconditioned", "build_policy", "centred_cosine", "nearest_centroid",
-           "nearest_tokens", "pool_features", "prompts_for"]
+           "nearest_tokens", "policy_prompts", "pool_features"]
 
 
 POINTER_THRESHOLD = 0.5  # the cosine similarity at which the pointer's exemplar and "none" start level (Refiner)
@@ -589,6 +589,16 @@ def build_policy(kind: str, *, engine, vocab: ActionVocab | None = None, prompt_
                                  width=width, factor_sizes=factor_sizes)
 
 
-def prompts_for(policy: PromptPolicy, space, obs: torch.Tensor) -> list[PromptLike]:
-    """The greedy prompt for each observation (any prompt source: see `PromptPolicy.prompts`)."""
-    return policy.prompts(obs, space)
+def policy_prompts(policy: PromptPolicy, space, problems: Sequence, feature_engine=None, *,
+                   observe=None) -> list[PromptLike]:
+    """The greedy prompt of `policy` for each problem: what validation, finalists, evaluation and the user see,
+    the one way to ask for it. `space` decodes the policy's actions (its `PromptSpace`; an `ActionVocab` for
+    instruction slots only). A question-conditioned policy reads its own model's features: `observe(problems)`
+    where given (an env's, which keeps each question's features), else `feature_engine.question_features`,
+    one question per forward pass as training reads them, so a near tie between two pool problems breaks
+    the same way here as when the policy was kept."""
+    if not policy.uses_observation:
+        return policy.prompts(torch.zeros(len(problems), 1), space)
+    if observe is not None:
+        return policy.prompts(torch.as_tensor(observe(problems), dtype=torch.float32), space)
+    return policy.prompts(feature_engine.question_features([p.question for p in problems]), space)

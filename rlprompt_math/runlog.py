@@ -15,11 +15,24 @@ import yaml
 from .checkpoint import CONFIG, LEARNING_CURVE, METRICS, SAMPLES, TENSORBOARD, dumps_json
 from .config import ConfigError, read_settings
 
-# The columns of metrics.csv. "temperature" is the Gumbel-softmax tau of the step (--agent gumbel, set by
-# --gumbel-tau); the column keeps its first name so that metrics.csv files compare across versions.
+# The columns of metrics.csv. "reward" is the mean reward of the step's scored pairs (REINFORCE, random search);
+# the differentiable routes score none in training and write "target_likelihood" (exp(-loss), the target's mean
+# per-token probability) and, for gumbel, "gumbel_tau" (the step's Gumbel-softmax temperature).
 METRIC_FIELDS = ["step", "reward", "accuracy", "val_accuracy", "entropy", "entropy_coef", "loss", "grad_norm",
-                 "oracle_pairs", "wall_s", "sample_prompt", "temperature", "forward_passes", "backward_passes",
-                 "step_s", "entropy_exemplars", "entropy_form", "entropy_words", "val_distinct_prompts"]
+                 "oracle_pairs", "wall_s", "sample_prompt", "gumbel_tau", "target_likelihood", "forward_passes",
+                 "backward_passes", "step_s", "entropy_exemplars", "entropy_form", "entropy_words",
+                 "val_distinct_prompts"]
+
+
+def _current_columns(row: dict) -> dict:
+    """A row of an older metrics.csv under today's column names (a resumed run rewrites its file): "temperature"
+    held the Gumbel tau, and a differentiable route's row (one with forward_passes) held exp(-loss) in "reward"."""
+    row = dict(row)
+    if "temperature" in row:
+        row["gumbel_tau"] = row.pop("temperature")
+    if "target_likelihood" not in row and row.get("forward_passes"):
+        row["target_likelihood"] = row.pop("reward", "")
+    return row
 
 
 def unwritable_reason(path: str | Path) -> str | None:
@@ -58,7 +71,7 @@ class RunDir:
         """On resume, drop logged rows from steps after the checkpoint (they will be redone)."""
         if self.metrics_path.exists():
             with open(self.metrics_path, newline="") as handle:
-                rows = [r for r in csv.DictReader(handle) if int(r["step"]) < step]
+                rows = [_current_columns(r) for r in csv.DictReader(handle) if int(r["step"]) < step]
             self._write_rows(rows)
         if self.samples_path.exists():
             lines = [ln for ln in self.samples_path.read_text().splitlines() if json.loads(ln)["step"] < step]
@@ -128,7 +141,8 @@ class RunDir:
         fig, ax = plt.subplots(figsize=(7, 4))
         window = max(1, min(10, len(trained) // 4))
         for key, label, color in (("reward", "train reward", "tab:blue"),
-                                  ("accuracy", "train accuracy (sampled prompts)", "tab:orange")):
+                                  ("accuracy", "train accuracy (sampled prompts)", "tab:orange"),
+                                  ("target_likelihood", "train target likelihood, exp(-loss)", "tab:purple")):
             if not trained or not all(r.get(key) for r in trained):
                 continue  # not logged by this agent (the differentiable routes do not decode in training)
             values = np.array([float(r[key]) for r in trained])

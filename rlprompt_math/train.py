@@ -34,7 +34,7 @@ from .checkpoint import (
     POLICY_LAST,
     POLICY_FORMAT,
     PROMPT,
-    SPLITS,
+    SPLIT_MANIFEST,
     STATE_LAST,
     SUMMARY,
     CheckpointError,
@@ -43,17 +43,17 @@ from .checkpoint import (
     load_state,
 )
 from .checkpoint import read as read_checkpoint
-from .config import EXEMPLAR_AGENTS, GRADIENT_AGENTS, ConfigError, RunConfig, saved_config
+from .config import ConfigError, RunConfig, saved_config
 from .data import DataError, Problem, problems_from_config, write_split_manifest
 from .engines import Engine, EngineError, load_engine, pin_engine_settings
 from .engines.transformers.loading import ModelLoadError
 from .exemplars import ExemplarPool
 from .oracle import decoding_from
-from .prompt_space import PromptSpace, draw_pool
-from .rewards import RewardError, RewardMix
+from .prompt_space import draw_pool
+from .rewards import RewardError
 from .runlog import RunDir, unwritable_reason
 from .templates import as_prompt, chat_content_template
-from .vocab import ActionVocab, VocabError
+from .vocab import VocabError
 
 
 class TrainError(RuntimeError):
@@ -134,18 +134,15 @@ def _shown(value) -> str:
 
 
 def build_env(config: RunConfig, engine: Engine, problems: list[Problem], *, pool: ExemplarPool | None = None):
-    """The training environment: the config's vocabulary, rewards, decoding and prompt space (its prompt
-    length; with `pool`, the config's exemplar slots and answer forms over it: see `exemplar_pool`)."""
-    from .envs import PromptRefineEnv
+    """The training environment: `envs.assemble_env` with the config's vocabulary, rewards, decoding and prompt
+    space (its prompt length; with `pool`, the config's exemplar slots and answer forms over it: see
+    `exemplar_pool`)."""
+    from .envs import assemble_env
 
-    vocab = ActionVocab.from_spec(engine.tokenizer, config.policy.action_vocab, empty=config.policy.empty_action)
-    reward_mix = RewardMix(list(config.oracle.rewards), engine=engine)
-    if reward_mix.needs_engine and engine.kind != "transformers":
-        # Fail before training, not at the first step: a served engine may have no prompt log-probs.
-        engine.answer_logprobs([engine.render("", problems[0].question)], [problems[0].answer])
-    space = (PromptSpace(vocab, config.policy.prompt_length, pool, config.policy.shots, config.policy.answer_forms)
-             if pool is not None else PromptSpace(vocab, config.policy.prompt_length))
-    return PromptRefineEnv(engine, problems, vocab, reward_mix, decoding_from(config.oracle), space=space)
+    return assemble_env(engine, problems, pool=pool, prompt_length=config.policy.prompt_length,
+                        action_vocab=config.policy.action_vocab, empty_action=config.policy.empty_action,
+                        rewards=config.oracle.rewards, decoding=decoding_from(config.oracle),
+                        shots=config.policy.shots, answer_forms=config.policy.answer_forms)
 
 
 def exemplar_pool(config: RunConfig, engine: Engine, splits: dict[str, list[Problem]], run: RunDir, *,
@@ -153,7 +150,9 @@ def exemplar_pool(config: RunConfig, engine: Engine, splits: dict[str, list[Prob
     """(the run's exemplar pool, the oracle pairs spent on it): None without exemplar slots (--shots 0, or an
     agent that does not choose exemplars). Drawn from the training split only and saved in the run
     directory (EXEMPLARS); a resumed run reads it back and asks the engine for nothing."""
-    if not config.policy.shots or config.agent not in EXEMPLAR_AGENTS:
+    from .agents import AGENTS
+
+    if not config.policy.shots or not AGENTS[config.agent].chooses_exemplars:
         return None, 0
     path = run.path / EXEMPLARS
     if config.resume and path.exists():
@@ -182,7 +181,9 @@ def build(config: RunConfig, *, engine: Engine | None = None, splits: dict[str, 
     `engine` and `splits` may be given to share them between runs (the headline script); otherwise the
     config's engine and data settings load them. A config with `resume` set continues that run.
     """
-    config.validate()  # every setting in range before anything is read, loaded or written
+    from .agents import AGENTS, check_config
+
+    check_config(config)  # every setting in range, the agent's rules too, before anything is read, loaded or written
     resume_step = None
     if config.resume:
         run_path = Path(config.resume)
@@ -193,7 +194,7 @@ def build(config: RunConfig, *, engine: Engine | None = None, splits: dict[str, 
         resume_step = state["step"]
         check_state_fits(config, run_path, state)
     else:
-        policy = "" if config.agent in ("soft-prompt", "pez") else f"-{config.policy.policy}"  # they have none
+        policy = f"-{config.policy.policy}" if AGENTS[config.agent].names_policy else ""
         name = config.name or f"{config.agent}{policy}-s{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_path = Path(config.output_dir) / name
         if (run_path / STATE_LAST).exists():
@@ -228,7 +229,7 @@ def build(config: RunConfig, *, engine: Engine | None = None, splits: dict[str, 
     try:
         run.write_config({k: v for k, v in config.to_flat().items() if k != "quiet"})
         if loaded_splits:
-            write_split_manifest(run.path / SPLITS, splits, config.seed)
+            write_split_manifest(run.path / SPLIT_MANIFEST, splits, config.seed)
         pool, pool_pairs = exemplar_pool(config, engine, splits, run, log=log)
         env = build_env(config, engine, splits["train"], pool=pool)
         log(f"action vocabulary: {len(env.vocab)} tokens ({config.policy.action_vocab}); "
@@ -346,7 +347,7 @@ def write_kept_prompt(built: Built) -> dict | None:
     {"instruction", "exemplars", "messages_for_a_question"}. A question-conditioned policy writes a prompt
     per question: the file holds the one for the first test question, and says so. None for a soft prompt
     (embeddings, not text) or a run that saved no policy."""
-    from .evaluation import policy_prompts
+    from .policies import policy_prompts
 
     path = next((built.run.path / name for name in (POLICY_BEST, POLICY_LAST) if (built.run.path / name).exists()),
                 None)
@@ -390,13 +391,13 @@ def train(config: RunConfig, *, engine: Engine | None = None, splits: dict[str, 
     built.run.close()
     log(f"trained: {summary['steps']} steps, {summary['oracle_pairs']} oracle pairs, "
         + (f"{summary['forward_passes']} forward and {summary['backward_passes']} backward LLM rows, "
-           if config.agent in GRADIENT_AGENTS else "")
+           if built.agent.trains_by_gradient else "")
         + f"{summary['wall_s']:.0f} s; best validation accuracy {summary['best_val_accuracy']:.1%}"
         + (f" (untrained: {summary['untrained_val_accuracy']:.1%})" if summary.get("untrained_val_accuracy") is not None
            else ""))
     if "last_prompt" in summary:
-        log(f"the last prompt{' (nearest tokens)' if config.agent == 'soft-prompt' else ''}: "
-            f"{summary['last_prompt']!r}")
+        reading = f" ({built.agent.reading})" if built.agent.reading else ""  # a soft prompt: its nearest tokens
+        log(f"the last prompt{reading}: {summary['last_prompt']!r}")
     if built.initial_prompt is not None:
         summary["initial_prompt"] = built.initial_prompt
         log(f"the untrained policy's greedy prompt: {built.initial_prompt!r}")

@@ -1,72 +1,24 @@
-"""The loop every agent shares (agents/base.py): callbacks, resume of random search, state files, the registry."""
+"""The loop every agent shares (agents/base.py): callbacks, resume after a crash (every agent and route), state files,
+the registry."""
 
-import csv
-import importlib
 
-import numpy as np
 import pytest
 import torch
+from conftest import EXEMPLAR_RUN, FAST_RUN, OWN_TARGETS, ROUTES, BanditEnv, metrics_rows, route_run
 
-import rlprompt_math.config as config_module
 import rlprompt_math.train as training
 from rlprompt_math.agents import AGENTS, Agent, AlgorithmConfig, RandomSearchAgent, ReinforceAgent
-from rlprompt_math.checkpoint import (
-    METRICS,
-    POLICY_BEST,
-    POLICY_FORMAT,
-    POLICY_LAST,
-    SAMPLES,
-    STATE_LAST,
-    load_policy,
-    load_state,
-    read,
-    save_state,
-)
+from rlprompt_math.checkpoint import POLICY_BEST, POLICY_FORMAT, STATE_LAST, load_state, read, save_state
 from rlprompt_math.config import RunConfig
-from rlprompt_math.data import Problem, generate_problems
+from rlprompt_math.data import generate_problems
 from rlprompt_math.policies import Unconditioned
 from rlprompt_math.runlog import RunDir
 
 
-class ToyVocab:
-    def __init__(self, n):
-        self.n = n
 
-    def __len__(self):
-        return self.n
-
-    def decode(self, actions):
-        return " ".join(map(str, actions))
-
-    def to_dict(self):
-        return {"size": self.n}
-
-
-class ToyEngine:
-    def fingerprint(self):
-        return {"model": "toy"}
-
-
-class ToyEnv:
-    """Reward = share of slots on the target arm + a per-question offset; no noise, so reruns are exact."""
-
-    def __init__(self, vocab_size=6, length=2, target=(3, 5)):
-        self.vocab, self.prompt_length, self.engine = ToyVocab(vocab_size), length, ToyEngine()
-        self.target = np.array(target)
-        self.problems = [Problem(str(i), f"q{i}", "0") for i in range(12)]
-
-    def observe(self, problems):
-        return np.ones((len(problems), 4), np.float32)
-
-    def score(self, problems, actions, prompts=None, batch_label=""):
-        if actions is None:  # validation passes prompt texts
-            actions = [[int(x) for x in p.split()] for p in prompts]
-        actions = np.asarray(actions)
-        match = (actions == self.target).mean(1)
-        rewards = match + np.array([int(p.id) / 100 for p in problems])
-        infos = [{"correct": bool(m == 1), "prompt": self.vocab.decode(a), "question": p.question, "completion": "",
-                  "extracted": None, "gold": "0"} for m, a, p in zip(match, actions, problems)]
-        return rewards, infos
+def _bandit():
+    """A bandit whose rewards also differ by question (6 arms, 12 questions, no noise: reruns are exact)."""
+    return BanditEnv(vocab_size=6, questions=12, per_question=0.01)
 
 
 def _config(**settings):
@@ -78,8 +30,8 @@ def _config(**settings):
 
 def test_a_callback_is_called_once_per_step_with_its_metrics():
     seen = []
-    agent = ReinforceAgent(ToyEnv(), Unconditioned(2, 6), _config(steps=5, eval_every=2),
-                           val_problems=ToyEnv().problems[:4])
+    agent = ReinforceAgent(_bandit(), Unconditioned(2, 6), _config(steps=5, eval_every=2),
+                           val_problems=_bandit().problems[:4])
     agent.train(progress=False, callbacks=[lambda agent, metrics: seen.append((agent.step, metrics))])
     assert [step for step, _ in seen] == [1, 2, 3, 4, 5]  # called after each step is done
     assert [metrics for _, metrics in seen] == agent.history  # with the step's logged metrics, validation included
@@ -96,14 +48,13 @@ def test_a_callback_can_stop_training(tmp_path):
             return metrics["step"] == self.step
 
     stop, later = StopAfter(2), []
-    env = ToyEnv()
+    env = _bandit()
     agent = RandomSearchAgent(env, _config(steps=10, checkpoint_every=5, finalists=2), run=RunDir(tmp_path),
                               val_problems=env.problems[:4])
     summary = agent.train(progress=False, callbacks=[stop, lambda agent, metrics: later.append(metrics["step"])])
     assert stop.calls == 3 and later == [0, 1, 2]  # every callback sees the stopping step
     assert summary["steps"] == agent.step == len(agent.history) == 3
-    with open(tmp_path / METRICS, newline="") as handle:
-        assert [int(r["step"]) for r in csv.DictReader(handle)] == [0, 1, 2]
+    assert [int(r["step"]) for r in metrics_rows(tmp_path)] == [0, 1, 2]
     assert load_state(tmp_path / STATE_LAST)[1]["step"] == 3  # the stop is checkpointed: --resume continues from it
     # The end still runs: two finalists compared on the 4 validation questions, the best kept.
     assert summary["oracle_pairs"] == 3 * 3 * 2 + 2 * 4
@@ -113,53 +64,41 @@ def test_a_callback_can_stop_training(tmp_path):
 
 # ---- resume ---------------------------------------------------------------------------------------------
 
-FAST = {"agent": "random", "dtype": "float32", "steps": 5, "batch_size": 2, "prompts_per_question": 2, "val_size": 3,
-        "test_size": 4, "checkpoint_every": 2, "finalists": 2, "max_new_tokens": 4, "num_problems": 100, "quiet": True,
-        "no_final_eval": True}
+
+RESUMES = [  # a run's settings, the step whose update Ctrl-C stops, the step of the checkpoint it resumes from
+    pytest.param({**FAST_RUN, "agent": "random", "steps": 5, "checkpoint_every": 2, "finalists": 2}, 3, 2, (),
+                 id="random"),
+    # A question-conditioned policy, and a learned baseline whose value head is state too.
+    pytest.param({**FAST_RUN, "agent": "reinforce", "policy": "refiner", "policy_width": 16, "prompt_length": 2,
+                  "shots": 0, "baseline": "learned", "rewards": ["partial"], "steps": 6, "batch_size": 3,
+                  "checkpoint_every": 2, "eval_every": 2, "seed": 5}, 4, 4, (), id="reinforce"),
+    # The exemplar pool's completions are the model's: a resumed run reads them from the run directory.
+    pytest.param(EXEMPLAR_RUN, 1, 1, ("rlprompt_math.exemplars.ExemplarPool.collect_completions",),
+                 id="reinforce-exemplars"),
+    *(pytest.param(route_run(agent), 3, 2, (), id=agent) for agent in ROUTES),
+    # The model's own answers, collected at the first step, are saved state: not asked for again.
+    pytest.param(route_run("soft-prompt", **OWN_TARGETS), 3, 2,
+                 ("rlprompt_math.agents.differentiable.DifferentiableAgent.collect_own_targets",),
+                 id="soft-prompt-own-targets"),
+]
 
 
-def _rows(run, name):
-    with open(run / name, newline="") as handle:
-        return [{k: v for k, v in row.items() if k != "wall_s"} for row in csv.DictReader(handle)]
-
-
-def test_random_search_resumes_to_the_same_result(tiny_model_dir, tiny_engine, tmp_path):
-    settings = {**FAST, "model": str(tiny_model_dir), "output_dir": str(tmp_path)}
-    whole = training.build(RunConfig.from_flat({**settings, "name": "whole"}), engine=tiny_engine, log=lambda _: None)
-    whole_summary = whole.agent.train(progress=False)
-    part = training.build(RunConfig.from_flat({**settings, "name": "part"}), engine=tiny_engine, log=lambda _: None)
-    real_update = part.agent.update
-
-    def crash_at_step_3():
-        if part.agent.step == 3:  # after the checkpoint of step 2, mid-way to the next
-            raise KeyboardInterrupt
-        return real_update()
-
-    part.agent.update = crash_at_step_3
-    with pytest.raises(KeyboardInterrupt):
-        part.agent.train(progress=False)
-    resumed = training.build(training.resume_config(tmp_path / "part", quiet=True), engine=tiny_engine,
-                             log=lambda _: None)
-    assert resumed.agent.step == 2
-    summary = resumed.agent.train(progress=False)
-
-    assert resumed.agent.prompt_rewards == whole.agent.prompt_rewards  # every candidate, with every reward
-    assert {k: v for k, v in summary.items() if k != "wall_s"} == {k: v for k, v in whole_summary.items()
-                                                                   if k != "wall_s"}
-    assert _rows(tmp_path / "part", METRICS) == _rows(tmp_path / "whole", METRICS)
-    assert len(_rows(tmp_path / "part", METRICS)) == 5
-    samples = [(tmp_path / run / SAMPLES).read_text() for run in ("whole", "part")]
-    assert samples[0] == samples[1] and samples[0]
-    for name in (POLICY_BEST, POLICY_LAST):  # the kept prompt
-        kept = [load_policy(tmp_path / run / name, tiny_engine)[0] for run in ("whole", "part")]
-        assert (kept[0].text, kept[0].actions) == (kept[1].text, kept[1].actions)
+@pytest.mark.parametrize("settings, crash_at, resumes_at, forbidden", RESUMES)
+def test_a_run_stopped_mid_step_resumes_to_the_same_result(settings, crash_at, resumes_at, forbidden,
+                                                           tiny_model_dir, resume_matches_whole_run, request):
+    splits = None
+    if settings.get("loss_target") == "own":  # questions the tiny model answers, so that it has targets
+        problems, _ = request.getfixturevalue("answerable")
+        splits = {"train": problems, "validation": problems[:3], "test": problems[:4]}
+    resume_matches_whole_run({**settings, "model": str(tiny_model_dir)}, crash_at, resumes_at, splits=splits,
+                             forbidden=forbidden)
 
 
 # ---- state files ----------------------------------------------------------------------------------------
 
 
 def test_a_state_file_loads_only_into_its_agent(tmp_path):
-    env = ToyEnv()
+    env = _bandit()
     RandomSearchAgent(env, _config(steps=2), run=RunDir(tmp_path / "random")).train(progress=False)
     with pytest.raises(ValueError, match="holds a random run, not reinforce"):
         ReinforceAgent(env, Unconditioned(2, 6), _config(steps=2)).load_state(tmp_path / "random" / STATE_LAST)
@@ -183,13 +122,14 @@ def test_a_state_file_loads_only_into_its_agent(tmp_path):
 
 
 def test_the_registry_has_one_agent_class_per_agent_name():
-    assert tuple(AGENTS) == config_module.AGENTS
+    assert list(AGENTS) == ["reinforce", "random", "fixed", "soft-prompt", "pez", "gumbel", "knn",
+                            "cluster"]  # --agent's values
     for name, cls in AGENTS.items():
         assert issubclass(cls, Agent) and cls.name == name
         assert cls.from_config.__func__ is not Agent.from_config.__func__, name  # each knows how to build itself
 
 
-@pytest.mark.parametrize("name", config_module.AGENTS)
+@pytest.mark.parametrize("name", list(AGENTS))
 def test_make_agent_builds_the_registered_class(name, tiny_engine):
     config = RunConfig.from_flat({"agent": name, "prompt_length": 2, "policy_width": 8,
                                   "policy": "refiner" if name == "gumbel" else "unconditioned"})
@@ -197,15 +137,3 @@ def test_make_agent_builds_the_registered_class(name, tiny_engine):
     agent, _ = training.make_agent(config, env, engine=tiny_engine)
     assert type(agent) is AGENTS[name]
 
-
-def test_a_registry_that_disagrees_with_the_config_fails_at_import(monkeypatch):
-    import rlprompt_math.agents as agents
-
-    try:
-        monkeypatch.setattr(config_module, "AGENTS", (*config_module.AGENTS, "new-agent"))
-        with pytest.raises(ImportError, match="new-agent"):
-            importlib.reload(agents)
-    finally:
-        monkeypatch.undo()
-        importlib.reload(agents)
-    assert tuple(agents.AGENTS) == config_module.AGENTS

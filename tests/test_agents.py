@@ -1,51 +1,18 @@
-"""REINFORCE and its baselines on toy bandits; policies, checkpoints and resume on the tiny model."""
+"""REINFORCE and its baselines on toy bandits; policies and checkpoints on the tiny model (resume: test_agent_loop)."""
 
 import numpy as np
 import pytest
 import torch
+from conftest import BanditEnv
 
 from rlprompt_math.agents import AlgorithmConfig, ReinforceAgent
 from rlprompt_math.agents.base import NonFiniteError
 from rlprompt_math.agents.reinforce import BASELINES, BaselineState, advantages
-from rlprompt_math.checkpoint import (POLICY_BEST, POLICY_FORMAT, STATE_LAST, CheckpointError, atomic_save,
+from rlprompt_math.checkpoint import (POLICY_BEST, POLICY_FORMAT, CheckpointError, atomic_save,
                                       load_policy, read, save_policy)
-from rlprompt_math.data import Problem, generate_problems
+from rlprompt_math.data import generate_problems
 from rlprompt_math.policies import POLICY_KINDS, Unconditioned, build_policy
 from rlprompt_math.runlog import RunDir
-
-
-class ToyVocab:
-    def __init__(self, n):
-        self.n = n
-
-    def __len__(self):
-        return self.n
-
-    def decode(self, actions):
-        return " ".join(map(str, actions))
-
-
-class BanditEnv:
-    """Reward = offset + share of slots equal to the target arm (+ noise). Same interface as the env."""
-
-    def __init__(self, vocab_size=8, length=2, target=(3, 5), offset=0.0, noise=0.0, seed=0):
-        self.vocab, self.prompt_length = ToyVocab(vocab_size), length
-        self.target, self.offset, self.noise = np.array(target), offset, noise
-        self.problems = [Problem(str(i), f"q{i}", "0") for i in range(16)]
-        self.rng = np.random.default_rng(seed)
-
-    def observe(self, problems):
-        return np.ones((len(problems), 4), np.float32)
-
-    def score(self, problems, actions, prompts=None, batch_label=""):
-        if actions is None:  # validation passes prompt texts
-            actions = [[int(x) for x in p.split()] for p in prompts]
-        actions = np.asarray(actions)
-        match = (actions == self.target).mean(1)
-        rewards = self.offset + match + self.noise * self.rng.standard_normal(len(match))
-        infos = [{"correct": bool(m == 1), "prompt": self.vocab.decode(a), "question": p.question,
-                  "completion": "", "extracted": None, "gold": "0"} for m, a, p in zip(match, actions, problems)]
-        return rewards, infos
 
 
 def test_reinforce_finds_the_best_arm():
@@ -222,18 +189,6 @@ def test_a_policy_file_from_before_the_renames_loads(kind, tiny_engine, tmp_path
         assert key == loaded_key and torch.equal(value, loaded_value), key
 
 
-def _agent(tiny_engine, run_path, steps):
-    from rlprompt_math.envs import make_env
-
-    problems = generate_problems(40, seed=0, kinds=["arithmetic"])
-    env = make_env(tiny_engine, problems, split=None, prompt_length=2, max_new_tokens=4, rewards=["partial"])
-    torch.manual_seed(0)
-    policy = build_policy("refiner", engine=tiny_engine, vocab=env.vocab, prompt_length=2, width=16)
-    config = AlgorithmConfig(steps=steps, batch_size=3, prompts_per_question=2, checkpoint_every=2,
-                             eval_every=2, seed=5, baseline="learned")
-    return ReinforceAgent(env, policy, config, run=RunDir(run_path), val_problems=problems[:4], engine=tiny_engine)
-
-
 @pytest.mark.parametrize("kind", ["unconditioned", "refiner", "autoregressive"])
 def test_a_logit_table_steps_at_lr_and_a_network_at_network_lr(tiny_engine, kind):
     """--lr 1 suits a table of logits (the refiner's per-choice biases are one); on a network's weights it
@@ -251,30 +206,6 @@ def test_a_logit_table_steps_at_lr_and_a_network_at_network_lr(tiny_engine, kind
     else:  # the refiner's per-choice biases are its table; the autoregressive policy has none
         assert groups.get(0.5, set()) == ({id(policy.slot_bias)} if kind == "refiner" else set())
         assert id(policy.norm.weight) in groups[0.02]
-
-
-def test_interrupted_run_resumes_to_the_same_result(tiny_engine, tmp_path):
-    full = _agent(tiny_engine, tmp_path / "full", 6)
-    full.train(progress=False)
-
-    interrupted = _agent(tiny_engine, tmp_path / "cut", 6)
-    original_update = interrupted.update
-
-    def crash_at_step_4():
-        if interrupted.step == 4:
-            raise KeyboardInterrupt
-        return original_update()
-
-    interrupted.update = crash_at_step_4
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.train(progress=False)
-    resumed = _agent(tiny_engine, tmp_path / "cut", 6)
-    resumed.load_state(tmp_path / "cut" / STATE_LAST)
-    assert resumed.step == 4
-    resumed.train(progress=False)
-    for (name, a), (_, b) in zip(full.policy.state_dict().items(), resumed.policy.state_dict().items()):
-        assert torch.equal(a, b), name
-    assert [h["reward"] for h in full.history[4:]] == [h["reward"] for h in resumed.history]
 
 
 def test_atomic_save_keeps_previous_checkpoint(tiny_engine, tmp_path, monkeypatch):
@@ -326,7 +257,7 @@ def test_the_learning_curve_starts_from_the_untrained_policy_which_writes_no_pro
 @pytest.mark.parametrize("steps,eval_every", [(2, 1), (16, 5), (30, 10), (7, 0), (5, 9)])
 def test_validations_planned_counts_what_a_run_validates(tiny_engine, steps, eval_every):
     """Equal-budget benches give random search as many finalists as REINFORCE validates: the count must be exact."""
-    from rlprompt_math.agents.base import validations_planned
+    from rlprompt_math.config import RunConfig
     from rlprompt_math.envs import make_env
 
     problems = generate_problems(12, seed=0, kinds=["arithmetic"])
@@ -338,7 +269,8 @@ def test_validations_planned_counts_what_a_run_validates(tiny_engine, steps, eva
     validate = agent.validate
     agent.validate = lambda: (calls.append(agent.step), validate())[1]
     agent.train(progress=False)
-    assert len(calls) == validations_planned(steps, eval_every)
+    config = RunConfig.from_flat({"steps": steps, "eval_every": eval_every})
+    assert len(calls) == ReinforceAgent.validations_planned(config)
 
 
 def test_the_untrained_prompt_is_never_kept_even_when_it_validates_best(tiny_engine, tmp_path):

@@ -121,8 +121,8 @@ CASES = [
     ("eval-every-negative", [*T, "--eval-every", "-1"], ["--eval-every", ">= 0"], True),
     ("pointer-scale-negative", [*T, "--pointer-scale", "-1"], ["--pointer-scale", ">= 0"], True),
     ("clusters-negative", [*T, "--agent", "cluster", "--clusters", "-1"], ["--clusters", ">= 0", "one per kind"], True),
-    ("knn-without-exemplar-slots", [*T, *NO_EVAL, "--agent", "knn", "--shots", "0"],
-     ["--agent knn", "--shots must be >= 1"], False),  # after the model and data load lines
+    ("knn-without-exemplar-slots", [*T, "--agent", "knn", "--shots", "0"], ["--agent knn", "--shots must be >= 1"],
+     True),
     ("kind-field-missing-column", [*T, *NO_EVAL, "--dataset", "{root}/plain.csv", "--kind-field", "topic"],
      ["plain.csv", "no column 'topic' for --kind-field"], False),  # after the dataset's own load lines
     ("dtype-unknown", [*T, "--dtype", "int3"], ["--dtype", "float32", "int3"], True),

@@ -4,6 +4,7 @@ import csv
 import json
 
 from click.testing import CliRunner
+from conftest import FAST_FLAGS, FAST_RUN, as_flags, metrics_rows
 
 from rlprompt_math.checkpoint import (
     CONFIG,
@@ -13,15 +14,11 @@ from rlprompt_math.checkpoint import (
     POLICY_BEST,
     POLICY_LAST,
     SAMPLES,
-    SPLITS,
+    SPLIT_MANIFEST,
     STATE_LAST,
     TENSORBOARD,
 )
 from rlprompt_math.cli import main
-
-FAST = ["--dtype", "float32", "--steps", "3", "--batch-size", "2", "--prompts-per-question", "2",
-        "--val-size", "4", "--test-size", "6", "--eval-every", "2", "--max-new-tokens", "4", "--quiet",
-        "--num-problems", "200"]
 
 
 def _run(args):
@@ -47,33 +44,32 @@ def test_help_explains():
 def test_three_step_run_resume_and_evaluate(tiny_model_dir, tmp_path):
     out = tmp_path / "runs"
     result = _run(["--agent", "reinforce", "--model", str(tiny_model_dir), "--policy", "refiner",
-                   "--output-dir", str(out), "--name", "r", "--reward", "correct", "--reward", "partial:0.5", *FAST])
+                   "--output-dir", str(out), "--name", "r", "--reward", "correct", "--reward", "partial:0.5",
+                   *FAST_FLAGS])
     assert result.exit_code == 0, result.output
     run = out / "r"
-    for name in (CONFIG, SPLITS, METRICS, SAMPLES, POLICY_BEST, POLICY_LAST, STATE_LAST, LEARNING_CURVE,
+    for name in (CONFIG, SPLIT_MANIFEST, METRICS, SAMPLES, POLICY_BEST, POLICY_LAST, STATE_LAST, LEARNING_CURVE,
                  f"{FINAL_EVAL}/report.json"):
         assert (run / name).exists(), name
     assert any((run / TENSORBOARD).iterdir())
     assert "learned prompt(s):" in result.output and "(no prompt)" in result.output
-    with open(run / METRICS) as handle:
-        rows = list(csv.DictReader(handle))
+    rows = metrics_rows(run)
     # The untrained policy's validation first (step -1: the learning curve's start), then one row per step.
     assert [int(r["step"]) for r in rows] == [-1, 0, 1, 2] and rows[0]["val_accuracy"] != "" and rows[0]["reward"] == ""
 
     result = _run(["--resume", str(run), "--steps", "5", "--quiet", "--no-final-eval"])
     assert result.exit_code == 0, result.output
     assert "resumed" in result.output
-    with open(run / METRICS) as handle:
-        assert [int(r["step"]) for r in csv.DictReader(handle)] == [-1, 0, 1, 2, 3, 4]  # kept on resume, not redone
+    assert [int(r["step"]) for r in metrics_rows(run)] == [-1, 0, 1, 2, 3, 4]  # kept on resume, not redone
 
-    result = _run(["evaluate", str(run), "--limit", "5", "--reference-prompt", "Be exact.", "--quiet"])
+    result = _run(["evaluate", str(run), "--limit", "4", "--reference-prompt", "Be exact.", "--quiet"])
     assert result.exit_code == 0, result.output
     report = json.loads((run / "eval-test" / "report.json").read_text())
     assert set(report["systems"]) == {"learned policy", "(no prompt)", "Let's think step by step.",
                                       "Answer with only the final number.", "Give the answer as a single number.",
                                       "Be exact.", "2-shot (first 2 training problems, spaced form)"}
     with open(run / "eval-test" / "per_question.csv") as handle:
-        assert len(list(csv.DictReader(handle))) == 7 * 5
+        assert len(list(csv.DictReader(handle))) == 7 * 4
 
 
 def test_random_and_fixed_agents_and_config_file(tiny_model_dir, tmp_path):
@@ -81,7 +77,7 @@ def test_random_and_fixed_agents_and_config_file(tiny_model_dir, tmp_path):
     cfg.write_text(f"model: {tiny_model_dir}\nprompt_length: 2\nsteps: 2\n")
     for agent in ("random", "fixed"):
         result = _run(["--config", str(cfg), "--agent", agent, "--output-dir", str(tmp_path), "--name", agent,
-                       *FAST[:2], *FAST[4:]])
+                       *as_flags({**FAST_RUN, "eval_every": 2})])  # no --steps: the file's steps: 2 holds
         assert result.exit_code == 0, result.output
         saved = (tmp_path / agent / CONFIG).read_text()
         assert "prompt_length: 2" in saved and f"agent: {agent}" in saved
@@ -91,10 +87,10 @@ def test_clear_errors(tiny_model_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q1", "answer": "1"}\n{"question": "q2"}\n')
     result = CliRunner().invoke(main, ["--model", str(tiny_model_dir), "--dataset", str(bad), "--output-dir",
-                                       str(tmp_path), *FAST])
+                                       str(tmp_path), *FAST_FLAGS])
     assert result.exit_code != 0 and "bad.jsonl:2" in result.output
     result = CliRunner().invoke(main, ["--model", str(tmp_path / "missing.gguf"), "--output-dir", str(tmp_path),
-                                       *FAST])
+                                       *FAST_FLAGS])
     assert result.exit_code != 0 and "GGUF file not found" in result.output
     cfg = tmp_path / "typo.yaml"
     cfg.write_text("stepz: 3\n")
@@ -109,7 +105,8 @@ def test_prompt_prints_a_conditioned_policys_prompt_per_question(tiny_model_dir,
     out = tmp_path / "runs"
     # --network-lr 0: the refiner stays as it starts, at nearest-neighbour retrieval (its pointer head).
     result = _run(["--agent", "reinforce", "--model", str(tiny_model_dir), "--policy", "refiner", "--kinds", "all",
-                   "--network-lr", "0", "--output-dir", str(out), "--name", "r", "--no-final-eval", *FAST])
+                   "--network-lr", "0", "--output-dir", str(out), "--name", "r", "--no-final-eval",
+                   *FAST_FLAGS])
     assert result.exit_code == 0, result.output
     run = out / "r"
     pool = [p["question"] for p in json.loads((run / EXEMPLARS).read_text())["problems"]]

@@ -3,20 +3,22 @@ cluster-then-search (`--agent cluster`), on random search's loop and oracle budg
 
 import pytest
 import torch
+from conftest import FAST_RUN
 
 import rlprompt_math.train as training
+from rlprompt_math.agents import check_config
 from rlprompt_math.agents.cluster_search import kmeans
-from rlprompt_math.checkpoint import POLICY_BEST, STATE_LAST, load_policy
-from rlprompt_math.config import RunConfig, prompt_label
+from rlprompt_math.checkpoint import POLICY_BEST, load_policy
+from rlprompt_math.config import ConfigError, RunConfig, prompt_label
 from rlprompt_math.data import generate_problems
-from rlprompt_math.evaluation import policy_prompts, run_prompts
-from rlprompt_math.policies import ClusterPrompts, NearestExemplars
+from rlprompt_math.evaluation import run_prompts
+from rlprompt_math.policies import ClusterPrompts, NearestExemplars, policy_prompts
 from rlprompt_math.prompt_space import draw_pool
 from rlprompt_math.runlog import RunDir
 
 STEPS, BATCH, K, FINALISTS = 4, 3, 2, 2
-SETTINGS = {"steps": STEPS, "batch_size": BATCH, "prompts_per_question": K, "finalists": FINALISTS,
-            "prompt_length": 2, "max_new_tokens": 4, "exemplar_pool": 6, "answer_forms": ["bare", "spaced"]}
+SETTINGS = {**FAST_RUN, "steps": STEPS, "batch_size": BATCH, "prompts_per_question": K, "finalists": FINALISTS,
+            "prompt_length": 2, "exemplar_pool": 6, "answer_forms": ["bare", "spaced"]}
 
 
 class CountingEngine:
@@ -40,10 +42,10 @@ def problems():
     return mixed[:44], mixed[44:]
 
 
-def _trained(agent_name, engine, problems, *, run=None, seed=0):
+def _trained(agent_name, engine, problems, *, run=None, seed=0, **settings):
     """(the trained agent, its summary, the rows the engine was asked to answer) for one agent at SETTINGS."""
     train, val = problems
-    config = RunConfig.from_flat({**SETTINGS, "agent": agent_name, "seed": seed}).validate()
+    config = check_config(RunConfig.from_flat({**SETTINGS, "agent": agent_name, "seed": seed, **settings}))
     pool, _ = draw_pool({"train": train, "validation": val, "test": []}, size=config.policy.exemplar_pool,
                         seed=seed, forms=config.policy.answer_forms)
     counting = CountingEngine(engine)
@@ -165,28 +167,17 @@ def test_kmeans_finds_separated_groups_and_merges_a_cluster_too_small_for_a_batc
     assert len(centroids) == 2 and torch.bincount(assignment).min() >= 3
 
 
-def test_cluster_search_resumes_to_the_same_kept_policy(tiny_model_dir, tiny_engine, tmp_path):
-    settings = {**SETTINGS, "agent": "cluster", "model": str(tiny_model_dir), "dtype": "float32", "val_size": 4,
-                "test_size": 2, "checkpoint_every": 2, "num_problems": 80, "kinds": "arithmetic,word_one_step",
-                "output_dir": str(tmp_path), "quiet": True, "no_final_eval": True}
-    whole = training.build(RunConfig.from_flat({**settings, "name": "whole"}), engine=tiny_engine, log=lambda _: None)
-    whole.agent.train(progress=False)
-    part = training.build(RunConfig.from_flat({**settings, "name": "part"}), engine=tiny_engine, log=lambda _: None)
-    real_update = part.agent.update
-
-    def crash_at_step_3():
-        if part.agent.step == 3:  # after the checkpoint of step 2
-            raise KeyboardInterrupt
-        return real_update()
-
-    part.agent.update = crash_at_step_3
-    with pytest.raises(KeyboardInterrupt):
-        part.agent.train(progress=False)
-    assert (tmp_path / "part" / STATE_LAST).exists()
-    resumed = training.build(training.resume_config(tmp_path / "part", quiet=True), engine=tiny_engine,
-                             log=lambda _: None)
-    assert resumed.agent.step == 2
-    resumed.agent.train(progress=False)
-    assert ([s.prompt_rewards for s in resumed.agent.searches] == [s.prompt_rewards for s in whole.agent.searches])
+def test_cluster_search_resumes_to_the_same_kept_policy(resume_matches_whole_run):
+    whole, resumed = resume_matches_whole_run(
+        {**SETTINGS, "agent": "cluster", "kinds": "arithmetic,word_one_step", "val_size": 4, "test_size": 2,
+         "num_problems": 80, "checkpoint_every": 2, "no_final_eval": True}, crash_at=3, resumes_at=2)
+    assert len(whole.agent.searches) == 2  # one search per kind, each resumed with its own candidates
+    assert [s.prompt_rewards for s in resumed.agent.searches] == [s.prompt_rewards for s in whole.agent.searches]
     assert torch.equal(resumed.agent.policy.actions, whole.agent.policy.actions)
-    assert resumed.agent.oracle_pairs == whole.agent.oracle_pairs
+
+
+def test_cluster_search_refuses_finalists_a_cluster_cannot_have_sampled(tiny_engine, problems):
+    """Each cluster compares `finalists` of its own candidates on its validation questions: with fewer sampled in
+    a cluster, the run would spend fewer pairs than random search at the same settings."""
+    with pytest.raises(ConfigError, match="--finalists must be <= 4"):  # 2 clusters, 2 steps each, 2 candidates a step
+        _trained("cluster", tiny_engine, problems, finalists=5)

@@ -194,6 +194,28 @@ def test_a_server_that_ignores_echo_is_detected(stub, tiny_engine):
         engine.answer_logprobs(["Q: 1+1="], ["2"])
 
 
+def test_both_routes_to_an_env_refuse_a_likelihood_reward_without_prompt_logprobs(stub, tiny_engine):
+    """gym.make and a training run build the env through one constructor, which asks a served engine for
+    prompt log-probs before the first step when a reward reads them; a reward that does not builds."""
+    import gymnasium as gym
+
+    import rlprompt_math.envs  # noqa: F401  (registers the environments)
+    from rlprompt_math import train as training
+    from rlprompt_math.config import RunConfig
+    from rlprompt_math.data import generate_problems
+
+    server = stub(completions_reply(lambda p: " 2"))
+    engine = served(tiny_engine, server.base_url, served_model="m")
+    problems = generate_problems(6, seed=0, kinds=["arithmetic"])
+    with pytest.raises(EngineCapabilityError, match="ignored `echo`.*--reward correct"):
+        gym.make("rlprompt_math/PromptRefine-v0", engine=engine, dataset=problems, split=None)
+    with pytest.raises(EngineCapabilityError, match="ignored `echo`.*--reward correct"):
+        training.build_env(RunConfig(), engine, problems)  # the default reward: answer_likelihood
+    asked = len(server.requests)
+    env = gym.make("rlprompt_math/PromptRefine-v0", engine=engine, dataset=problems, split=None, rewards=["correct"])
+    assert env.unwrapped.engine is engine and len(server.requests) == asked  # nothing asked
+
+
 def test_the_answer_cut_matches_the_local_stop_rule():
     assert cut_at_answer("36 + 32 = 68\n\nMore text\n", answer_is_complete) == "36 + 32 = 68\n\n"
     text = "Let me add.\nSo the answer is 68.\nWhy? Because\n"
@@ -202,12 +224,13 @@ def test_the_answer_cut_matches_the_local_stop_rule():
 
 
 def test_gradient_agents_and_missing_urls_are_config_errors(stub, tiny_engine):
+    from rlprompt_math.agents import check_config
     from rlprompt_math.config import ConfigError, RunConfig
 
     with pytest.raises(ConfigError, match="needs --base-url"):
-        RunConfig.from_flat({"engine": "openai"}).validate()
+        check_config(RunConfig.from_flat({"engine": "openai"}))
     with pytest.raises(ConfigError, match="--engine transformers"):
-        RunConfig.from_flat({"engine": "openai", "base_url": ["http://x/v1"], "agent": "pez"}).validate()
+        check_config(RunConfig.from_flat({"engine": "openai", "base_url": ["http://x/v1"], "agent": "pez"}))
     with pytest.raises(EngineCapabilityError, match="--engine transformers"):
         served(tiny_engine, stub(completions_reply()).base_url).prompt_loss(None, ["q"], ["1"])
 

@@ -102,9 +102,15 @@ def test_greedy_cache_makes_repeats_free(tiny_engine):
 
 
 def test_token_observations(tiny_engine):
+    """observation="tokens": the question's own token ids (no special tokens), cut at max_question_tokens and
+    padded with the pad id."""
     env = make_env(tiny_engine, PROBLEMS, observation="tokens", max_question_tokens=32, split=None)
-    obs, _ = env.reset(seed=0)
+    obs, info = env.reset(seed=0)
     assert obs.shape == (32,) and obs.dtype == np.int64 and env.observation_space.contains(obs)
+    ids = tiny_engine.tokenizer(info["question"], add_special_tokens=False)["input_ids"]
+    assert 1 < len(ids) < 32 and obs.tolist() == ids + [tiny_engine.tokenizer.pad_token_id] * (32 - len(ids))
+    short = make_env(tiny_engine, PROBLEMS, observation="tokens", max_question_tokens=2, split=None)
+    assert short.observe([env.unwrapped._problem])[0].tolist() == ids[:2]
 
 
 def test_action_vocab_kinds(tiny_engine, tmp_path):
@@ -120,26 +126,93 @@ def test_action_vocab_kinds(tiny_engine, tmp_path):
     assert len(with_empty.vocab) == 3 and with_empty.vocab.decode([0, 0]) == ""
 
 
-def test_sb3_ppo_runs_without_adapter(tiny_engine):
+class StepLog(gym.Wrapper):
+    """Records each step as the learner saw it: the observation and problem of the reset before, the action, the
+    reward and the info."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.steps, self._seen = [], None
+
+    def reset(self, **kwargs):
+        observation, info = self.env.reset(**kwargs)
+        self._seen = (observation.copy(), info["problem_id"])
+        return observation, info
+
+    def step(self, action):
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        self.steps.append((*self._seen, np.asarray(action).copy(), reward, info))
+        return observation, reward, terminated, truncated, info
+
+
+def _ppo_rewards_are_the_grades_of_its_prompts(env, n_steps, timesteps):
+    """SB3's PPO trains on `env` as a user runs it (no adapter). Each reward it learns from must be the grade of
+    the prompt its action decodes to (`space.decode`), on the question it observed, as `score` gives it."""
     from stable_baselines3 import PPO
 
-    env = gym.make("rlprompt_math/PromptRefine-v0", engine=tiny_engine, dataset=PROBLEMS, prompt_length=2,
-                   max_new_tokens=4, split=None, rewards=["partial"])
-    model = PPO("MlpPolicy", env, n_steps=64, batch_size=32, n_epochs=1, seed=0, verbose=0, device="cpu")
-    model.learn(total_timesteps=256)
+    logged = StepLog(env)
+    model = PPO("MlpPolicy", logged, n_steps=n_steps, batch_size=n_steps // 2, n_epochs=1, seed=0, verbose=0,
+                device="cpu")
+    model.learn(total_timesteps=timesteps)
+    base = env.unwrapped
+    by_id = {p.id: p for p in base.problems}
+    observations, problem_ids, actions, rewards, infos = zip(*logged.steps)
+    assert len(rewards) == timesteps
+    problems = [by_id[i] for i in problem_ids]
+    assert [info["problem_id"] for info in infos] == list(problem_ids)  # graded on the question it observed
+    np.testing.assert_array_equal(np.stack(observations), base.observe(problems))
+    prompts = [base.space.decode(action) for action in actions]
+    assert [info["prompt"] for info in infos] == [str(p) for p in prompts]
+    graded, _ = base.score(problems, None, prompts=prompts)
+    np.testing.assert_allclose(rewards, graded, rtol=1e-5)
+    # PPO's last update learned from exactly these rewards (float32 in its buffer), step for step.
+    np.testing.assert_array_equal(model.rollout_buffer.rewards[:, 0], np.float32(rewards[-n_steps:]))
     action, _ = model.predict(env.reset(seed=0)[0], deterministic=True)
     assert env.action_space.contains(action)
+    return prompts, rewards
+
+
+def test_sb3_ppo_learns_from_the_grades_of_its_prompts_without_an_adapter(tiny_engine):
+    env = gym.make("rlprompt_math/PromptRefine-v0", engine=tiny_engine, dataset=PROBLEMS, prompt_length=2,
+                   max_new_tokens=4, split=None)  # the default reward: the answer's likelihood, never flat
+    prompts, rewards = _ppo_rewards_are_the_grades_of_its_prompts(env, n_steps=64, timesteps=256)
+    assert len(set(prompts)) > 1 and len(set(rewards)) > 1  # the check above compared something
 
 
 def test_sb3_ppo_trains_the_exemplar_slots_too(tiny_engine):
     """With --shots the action is still one MultiDiscrete: exemplar slots, answer form, instruction tokens."""
-    from stable_baselines3 import PPO
-
     env = gym.make("rlprompt_math/PromptRefine-v0", engine=tiny_engine, dataset=PROBLEMS, prompt_length=2,
                    max_new_tokens=4, split="train", rewards=["partial"], shots=2, exemplar_pool=4,
                    answer_forms=("bare", "equation"))
     assert env.action_space.nvec.tolist() == [5, 5, 2] + [len(env.unwrapped.vocab)] * 2
-    model = PPO("MlpPolicy", env, n_steps=32, batch_size=16, n_epochs=1, seed=0, verbose=0, device="cpu")
-    model.learn(total_timesteps=64)
-    action, _ = model.predict(env.reset(seed=0)[0], deterministic=True)
-    assert env.action_space.contains(action)
+    prompts, _ = _ppo_rewards_are_the_grades_of_its_prompts(env, n_steps=32, timesteps=64)
+    assert any(getattr(prompt, "exemplars", ()) for prompt in prompts)  # its exemplar choices reach the prompt
+
+
+def test_gym_make_builds_the_env_a_training_run_trains_on(tiny_engine, tmp_path):
+    """The registry and a run share one constructor: the same settings give the same problems, exemplar pool
+    (drawn with the run's seed), decoding, vocabulary, rewards and action space."""
+    from rlprompt_math import train as training
+    from rlprompt_math.config import RunConfig
+    from rlprompt_math.data import split_problems
+
+    seed, settings = 3, dict(prompt_length=2, max_new_tokens=4, shots=2, exemplar_pool=4,
+                             answer_forms=("bare", "equation"), rewards=("partial",), action_vocab="words")
+    config = RunConfig.from_flat({**settings, "seed": seed, "agent": "reinforce", "output_dir": str(tmp_path),
+                                  "name": "run", "quiet": True, "steps": 1})
+    built = training.build(config, engine=tiny_engine, splits=split_problems(PROBLEMS, seed), log=lambda *_: None)
+    built.run.close()
+    run_env = built.env
+    gym_env = gym.make("rlprompt_math/PromptRefine-v0", engine=tiny_engine, dataset=PROBLEMS, seed=seed,
+                       split="train", **settings).unwrapped
+    assert [p.id for p in gym_env.problems] == [p.id for p in run_env.problems]
+    assert gym_env.space.pool.to_dict() == run_env.space.pool.to_dict()
+    assert gym_env.space.to_dict() == run_env.space.to_dict()
+    assert gym_env.decoding == run_env.decoding
+    assert gym_env.vocab.token_ids == run_env.vocab.token_ids
+    assert gym_env.reward_mix.describe() == run_env.reward_mix.describe()
+    assert gym_env.action_space == run_env.action_space
+    # The pool follows the run's seed, not the seed that splits the problems.
+    other = make_env(tiny_engine, PROBLEMS, seed=seed + 1, split_seed=seed, **settings)
+    assert [p.id for p in other.problems] == [p.id for p in run_env.problems]
+    assert other.space.pool.to_dict() != run_env.space.pool.to_dict()

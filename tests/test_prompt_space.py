@@ -5,10 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import EXEMPLAR_RUN, metrics_rows
 from gymnasium.utils.env_checker import check_env
 
 import rlprompt_math.train as training
-from rlprompt_math.checkpoint import EXEMPLARS, METRICS, POLICY_BEST, PROMPT, STATE_LAST, load_policy, save_policy
+from rlprompt_math.agents import check_config
+from rlprompt_math.checkpoint import EXEMPLARS, POLICY_BEST, PROMPT, load_policy, save_policy
 from rlprompt_math.config import ConfigError, RunConfig
 from rlprompt_math.data import Problem, generate_problems
 from rlprompt_math.exemplars import ExemplarPool
@@ -154,13 +156,13 @@ def test_the_autoregressive_policy_and_the_gradient_routes_refuse_exemplars(tiny
     assert isinstance(build_policy("autoregressive", engine=tiny_engine, space=PromptSpace(vocab, 2)),
                       AutoregressiveRefiner)
     with pytest.raises(ConfigError, match="unconditioned or refiner"):
-        RunConfig.from_flat({"shots": 2, "policy": "autoregressive"}).validate()
+        check_config(RunConfig.from_flat({"shots": 2, "policy": "autoregressive"}))
     for agent in ("soft-prompt", "pez", "gumbel"):
         with pytest.raises(ConfigError, match="--shots 0"):
-            RunConfig.from_flat({"agent": agent, "shots": 1, "policy": "refiner"}).validate()
+            check_config(RunConfig.from_flat({"agent": agent, "shots": 1, "policy": "refiner"}))
     with pytest.raises(ConfigError, match="answer-form"):
-        RunConfig.from_flat({"shots": 1, "answer_forms": ["words"]}).validate()
-    RunConfig.from_flat({"agent": "random", "shots": 2, "policy": "autoregressive"}).validate()  # no policy to train
+        check_config(RunConfig.from_flat({"shots": 1, "answer_forms": ["words"]}))
+    check_config(RunConfig.from_flat({"agent": "random", "shots": 2, "policy": "autoregressive"}))  # no policy to train
 
 
 def test_policy_files_keep_the_space_and_structured_fixed_prompts(tiny_engine, vocab, tmp_path):
@@ -211,14 +213,8 @@ def test_env_with_exemplar_slots_passes_check_env(tiny_engine):
 
 # ---- the wiring ---------------------------------------------------------------------------------------
 
-SHOTS = {"agent": "reinforce", "policy": "refiner", "policy_width": 8, "shots": 2, "exemplar_pool": 4,
-         "answer_forms": ["bare", "equation", "completion"], "prompt_length": 2, "steps": 2, "batch_size": 2,
-         "prompts_per_question": 2, "val_size": 3, "test_size": 4, "checkpoint_every": 1, "eval_every": 1,
-         "max_new_tokens": 4, "num_problems": 100, "dtype": "float32", "quiet": True, "no_final_eval": True}
-
-
 def test_no_validation_or_test_problem_can_appear_in_a_prompt(tiny_model_dir, tiny_engine, tmp_path):
-    config = RunConfig.from_flat({**SHOTS, "exemplar_pool": 10_000, "model": str(tiny_model_dir),
+    config = RunConfig.from_flat({**EXEMPLAR_RUN, "exemplar_pool": 10_000, "model": str(tiny_model_dir),
                                   "output_dir": str(tmp_path), "name": "leak"})
     built = training.build(config, engine=tiny_engine, log=lambda _: None)
     space, splits = built.env.space, built.splits
@@ -235,9 +231,8 @@ def test_no_validation_or_test_problem_can_appear_in_a_prompt(tiny_model_dir, ti
     assert {p.id for p in space.pool.problems} <= train_ids and not {p.id for p in space.pool.problems} & held_ids
 
 
-def test_a_run_with_exemplars_writes_its_prompt_and_pool_and_resumes_exactly(tiny_model_dir, tiny_engine, tmp_path,
-                                                                             monkeypatch):
-    settings = {**SHOTS, "model": str(tiny_model_dir), "output_dir": str(tmp_path)}
+def test_a_run_with_exemplars_writes_its_prompt_and_pool(tiny_model_dir, tiny_engine, tmp_path):
+    settings = {**EXEMPLAR_RUN, "model": str(tiny_model_dir), "output_dir": str(tmp_path)}
     whole = training.train(RunConfig.from_flat({**settings, "name": "whole"}), engine=tiny_engine, log=lambda _: None)
     run = tmp_path / "whole"
     pool = ExemplarPool.from_dict(json.loads((run / EXEMPLARS).read_text()))
@@ -253,44 +248,8 @@ def test_a_run_with_exemplars_writes_its_prompt_and_pool_and_resumes_exactly(tin
     pool_questions = {p.question for p in pool.problems}
     assert all(e["question"] in pool_questions for e in kept["exemplars"])
 
-    part = training.build(RunConfig.from_flat({**settings, "name": "part"}), engine=tiny_engine, log=lambda _: None)
-    real_update = part.agent.update
-
-    def crash_at_step_1():
-        if part.agent.step == 1:
-            raise KeyboardInterrupt
-        return real_update()
-
-    part.agent.update = crash_at_step_1
-    with pytest.raises(KeyboardInterrupt):
-        part.agent.train(progress=False)
-
-    def no_model_calls(*args, **kwargs):
-        raise AssertionError("a resumed run reads its exemplar pool from the run directory")
-
-    monkeypatch.setattr(ExemplarPool, "collect_completions", no_model_calls)
-    resumed = training.build(training.resume_config(tmp_path / "part", quiet=True), engine=tiny_engine,
-                             log=lambda _: None)
-    assert resumed.agent.step == 1 and (tmp_path / "part" / STATE_LAST).exists()
-    summary = resumed.agent.train(progress=False)
-    assert summary["oracle_pairs"] == whole.summary["oracle_pairs"]
-    assert (tmp_path / "part" / EXEMPLARS).read_text() == (run / EXEMPLARS).read_text()
-    for (name, a), (_, b) in zip(whole.built.agent.policy.state_dict().items(),
-                                 resumed.agent.policy.state_dict().items()):
-        assert torch.equal(a, b), name
-    rows = [[{k: v for k, v in r.items() if k != "wall_s"} for r in _csv(tmp_path / name / METRICS)]
-            for name in ("whole", "part")]
-    assert rows[0] == rows[1] and [r["step"] for r in rows[0]] == ["-1", "0", "1"]  # the untrained validation first
-    assert training.write_kept_prompt(resumed) == kept
-    best = [load_policy(tmp_path / name / POLICY_BEST, tiny_engine)[1] for name in ("whole", "part")]
-    assert best[0].slot_sizes == best[1].slot_sizes == [5, 5, 3] + [len(whole.built.env.vocab)] * 2
-
-
-def _csv(path):
-    import csv
-
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    assert [r["step"] for r in metrics_rows(run)] == ["-1", "0", "1"]  # the untrained validation first
+    assert load_policy(run / POLICY_BEST, tiny_engine)[1].slot_sizes == [5, 5, 3] + [len(whole.built.env.vocab)] * 2
 
 
 # ---- the Refiner's pointer head: exemplars by similarity, without replacement --------------------------

@@ -3,31 +3,27 @@
 On tiny random Llamas: the soft prompt travels through the same text, generation and teacher-forcing
 paths as a text prompt; each route lowers its own training loss on a fixed batch (and stops with a
 message when the gradient is cut, the seed project's bug); the LLM's weights never change; saved
-runs evaluate through `run.py evaluate`; resume is exact; fp16/bf16 models give finite losses.
+runs evaluate through `run.py evaluate`; fp16/bf16 models give finite losses. (Resume: test_agent_loop.)
 """
 
-import csv
-import dataclasses
 import itertools
 import json
 
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import OWN_TARGETS, ROUTES, as_flags, metrics_rows, route_run
 
 import rlprompt_math.train as training
-from rlprompt_math.checkpoint import METRICS, POLICY_LAST, SUMMARY, CheckpointError, load_policy
+from rlprompt_math.checkpoint import POLICY_LAST, SUMMARY, CheckpointError, load_policy
 from rlprompt_math.cli import main
-from rlprompt_math.config import GRADIENT_AGENTS, RunConfig
+from rlprompt_math.agents import AGENTS, check_config
+from rlprompt_math.config import RunConfig
 from rlprompt_math.data import generate_problems
 from rlprompt_math.evaluation import evaluate_run
 from rlprompt_math.engines.transformers import TransformersEngine
 
-ROUTES = {  # agent -> settings for a short run on a tiny model
-    "soft-prompt": {"grad_lr": 0.05},
-    "pez": {"grad_lr": 0.2, "action_vocab": "full", "prompt_length": 4, "soft_init": "random"},
-    "gumbel": {"gumbel_lr": 1e-3, "prompt_length": 2, "policy": "refiner"},
-}
+GRADIENT_AGENTS = [name for name, cls in AGENTS.items() if cls.trains_by_gradient]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +43,7 @@ def batch():
 def _agent(engine, problems, agent, **settings):
     config = RunConfig.from_flat({"agent": agent, "steps": 12, "batch_size": len(problems), "eval_every": 0,
                                   **ROUTES[agent], **settings})
-    config.validate()
+    check_config(config)
     env = training.build_env(config, engine, problems)
     return training.make_agent(config, env, engine=engine)[0]
 
@@ -140,7 +136,7 @@ def test_each_route_lowers_its_training_loss_on_a_fixed_batch(smooth_engine, bat
     after = min(losses) if agent_name == "pez" else losses[-1]
     assert after < before - 0.01, (before, losses)
     assert agent.forward_passes == agent.backward_passes == 12 * len(batch)
-    assert isinstance(agent.describe(), str)
+    assert agent.describe().strip()  # the prompt a person reads (metrics.csv, the summary) is never blank
 
 
 @pytest.mark.parametrize("agent_name", GRADIENT_AGENTS)
@@ -167,29 +163,32 @@ def test_the_llm_is_bit_for_bit_unchanged(tiny_engine, batch, agent_name):
     assert not optimised & {id(p) for p in tiny_engine.model.parameters()}
 
 
-# ---- runs: save, load, evaluate, resume ----------------------------------------------------------------
-
-FAST = {"dtype": "float32", "steps": 4, "batch_size": 2, "val_size": 3, "test_size": 4, "eval_every": 2,
-        "checkpoint_every": 2, "max_new_tokens": 4, "num_problems": 100, "quiet": True}
+# ---- runs: save, load, evaluate ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("agent_name", GRADIENT_AGENTS)
 def test_a_saved_run_evaluates_like_any_policy(tiny_model_dir, tmp_path, agent_name,
                                                evaluate_repeats_final_comparison):
-    args = ["--agent", agent_name, "--model", str(tiny_model_dir), "--output-dir", str(tmp_path), "--name", "r"]
-    for key, value in {**FAST, **ROUTES[agent_name]}.items():
-        flag = "--" + key.replace("_", "-")
-        args += [flag] if value is True else [flag, str(value)]
+    settings = route_run(agent_name)
+    args = [*as_flags(settings), "--model", str(tiny_model_dir), "--output-dir", str(tmp_path), "--name", "r"]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     run = tmp_path / "r"
-    evaluate_repeats_final_comparison(run, limit=4)
-    untrained, *metrics = _metrics(run)  # the untrained prompt's validation (step -1), then the steps
+    evaluate_repeats_final_comparison(run, limit=settings["test_size"])
+    untrained, *metrics = metrics_rows(run)  # the untrained prompt's validation (step -1), then the steps
     assert untrained["step"] == "-1" and untrained["val_accuracy"] != ""
-    assert len(metrics) == FAST["steps"] and all(float(r["step_s"]) > 0 and float(r["loss"]) > 0 for r in metrics)
+    assert len(metrics) == settings["steps"] and all(float(r["step_s"]) > 0 and float(r["loss"]) > 0 for r in metrics)
     assert [int(r["forward_passes"]) for r in metrics] == [2, 4, 6, 8] and metrics[1]["val_accuracy"] != ""
+    # The columns say what they hold: no reward is scored in training, the target's likelihood is, and gumbel's tau.
+    assert all(r["reward"] == "" and 0 < float(r["target_likelihood"]) <= 1 for r in metrics)
+    taus = [float(r["gumbel_tau"]) for r in metrics if r["gumbel_tau"]]
+    if agent_name == "gumbel":  # annealed from --gumbel-tau (1) to --gumbel-tau-end (0.1) over the steps
+        assert len(taus) == settings["steps"] and taus == sorted(taus)[::-1]
+        assert taus[0] == 1.0 and abs(taus[-1] - 0.1) < 1e-9
+    else:
+        assert taus == []
     summary = json.loads((run / SUMMARY).read_text())
-    assert summary["forward_passes"] == summary["backward_passes"] == FAST["steps"] * FAST["batch_size"]
+    assert summary["forward_passes"] == summary["backward_passes"] == settings["steps"] * settings["batch_size"]
 
     engine = TransformersEngine.load(str(tiny_model_dir), device="cpu", dtype="float32")
     policy, _, meta = load_policy(run / POLICY_LAST, engine)
@@ -206,63 +205,12 @@ def test_a_saved_run_evaluates_like_any_policy(tiny_model_dir, tmp_path, agent_n
         assert policy.text == summary["last_prompt"] and len(policy.actions) == 4
 
 
-@pytest.mark.parametrize("agent_name", GRADIENT_AGENTS)
-def test_resume_is_exact(tiny_model_dir, tiny_engine, tmp_path, agent_name):
-    settings = {**FAST, **ROUTES[agent_name], "agent": agent_name, "model": str(tiny_model_dir), "output_dir": str(tmp_path),
-                "no_final_eval": True}
-    whole = training.build(RunConfig.from_flat({**settings, "name": "whole"}), engine=tiny_engine, log=lambda _: None)
-    whole.agent.train(progress=False)
-    part = training.build(RunConfig.from_flat({**settings, "name": "part"}), engine=tiny_engine, log=lambda _: None)
-    real_update = part.agent.update
-
-    def crash_at_step_3():
-        if part.agent.step == 3:  # after the checkpoint of step 2 (checkpoint_every 2), mid-way to the next
-            raise KeyboardInterrupt
-        return real_update()
-
-    part.agent.update = crash_at_step_3
-    with pytest.raises(KeyboardInterrupt):
-        part.agent.train(progress=False)
-    resumed = training.build(training.resume_config(tmp_path / "part", quiet=True), engine=tiny_engine,
-                             log=lambda _: None)
-    assert resumed.agent.step == 2
-    summary = resumed.agent.train(progress=False)
-    assert summary["steps"] == 4
-    for a, b in zip(whole.agent.parameters, resumed.agent.parameters):
-        assert torch.equal(a, b)
-    assert resumed.agent.oracle_pairs == whole.agent.oracle_pairs
-    assert resumed.agent.forward_passes == whole.agent.forward_passes
-    timeless = [{k: v for k, v in r.items() if k not in ("wall_s", "step_s")} for r in _metrics(tmp_path / "whole")]
-    assert timeless == [{k: v for k, v in r.items() if k not in ("wall_s", "step_s")} for r in _metrics(tmp_path / "part")]
-
-
 # ---- --loss-target own: the loss at the model's own answer ---------------------------------------------
-
-OWN = {"loss_target": "own", "target_questions": 40, "max_new_tokens": 16}
-
-
-@pytest.fixture(scope="module")
-def answerable(tiny_engine):
-    """40 training problems. The first 10 the tiny model answers with a number under the init text get
-    that number as their gold answer (so its completion is correct); the rest get one it never writes."""
-    problems = generate_problems(40, seed=0, kinds=["arithmetic"])
-    config = RunConfig.from_flat({"agent": "soft-prompt", **OWN})
-    env = training.build_env(config, tiny_engine, problems)
-    _, infos = env.score(problems, None, prompts=[config.gradient.init_text] * len(problems))
-    out, solved = [], {}
-    for problem, info in zip(problems, infos):
-        if str(info["extracted"]).isdigit() and len(solved) < 10:
-            out.append(dataclasses.replace(problem, answer=info["extracted"]))
-            solved[problem.id] = info["completion"]
-        else:
-            out.append(dataclasses.replace(problem, answer="-987654321"))
-    assert len(solved) == 10
-    return out, solved
 
 
 def test_own_targets_are_the_models_correct_completions(tiny_engine, answerable, monkeypatch):
     problems, solved = answerable
-    agent = _agent(tiny_engine, problems, "soft-prompt", **OWN)
+    agent = _agent(tiny_engine, problems, "soft-prompt", **OWN_TARGETS)
     agent.config.batch_size = 4
     seen = []
     real = type(tiny_engine).prompt_loss
@@ -277,35 +225,7 @@ def test_own_targets_are_the_models_correct_completions(tiny_engine, answerable,
     for questions, answers in seen:
         assert len(questions) == 4 and [by_question[q] for q in questions] == list(answers)
     with pytest.raises(RuntimeError, match="no greedy completion of 3 training questions"):
-        _agent(tiny_engine, [p for p in problems if p.id not in solved][:3], "soft-prompt", **OWN).update()
-
-
-def test_resume_with_own_targets_is_exact_and_asks_for_none(tiny_model_dir, tiny_engine, answerable, tmp_path):
-    problems, _ = answerable
-    splits = {"train": problems, "validation": problems[:3], "test": problems[:4]}
-    settings = {**FAST, **ROUTES["soft-prompt"], **OWN, "agent": "soft-prompt", "model": str(tiny_model_dir),
-                "output_dir": str(tmp_path), "no_final_eval": True}
-    whole = training.build(RunConfig.from_flat({**settings, "name": "whole"}), engine=tiny_engine, splits=splits,
-                           log=lambda _: None)
-    whole.agent.train(progress=False)
-    part = training.build(RunConfig.from_flat({**settings, "name": "part"}), engine=tiny_engine, splits=splits,
-                          log=lambda _: None)
-    real_update = part.agent.update
-    part.agent.update = lambda: (_ for _ in ()).throw(KeyboardInterrupt) if part.agent.step == 3 else real_update()
-    with pytest.raises(KeyboardInterrupt):
-        part.agent.train(progress=False)
-    resumed = training.build(training.resume_config(tmp_path / "part", quiet=True), engine=tiny_engine, splits=splits,
-                             log=lambda _: None)
-    resumed.agent.collect_own_targets = lambda: pytest.fail("resume asked the oracle for targets again")
-    summary = resumed.agent.train(progress=False)
-    assert summary["own_targets"] == len(whole.agent.own_targets) == 10
-    assert torch.equal(whole.agent.parameters[0], resumed.agent.parameters[0])
-    assert resumed.agent.oracle_pairs == whole.agent.oracle_pairs
-
-
-def _metrics(run):
-    with open(run / METRICS, newline="") as handle:
-        return list(csv.DictReader(handle))
+        _agent(tiny_engine, [p for p in problems if p.id not in solved][:3], "soft-prompt", **OWN_TARGETS).update()
 
 
 def test_gumbel_forward_is_the_hard_choice_and_pez_stays_in_the_action_vocabulary(tiny_engine, batch, monkeypatch):
@@ -337,4 +257,4 @@ def test_settings_the_routes_refuse(settings, message):
     from rlprompt_math.config import ConfigError
 
     with pytest.raises(ConfigError, match=message):
-        RunConfig.from_flat(settings).validate()
+        check_config(RunConfig.from_flat(settings))

@@ -11,14 +11,13 @@ import dataclasses
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import FAST_FLAGS, FAST_RUN
 
 import rlprompt_math.train as training
 from rlprompt_math.cli import main
+from rlprompt_math.agents import AGENTS, check_config
 from rlprompt_math.cli import train as train_command
 from rlprompt_math.config import (
-    AGENTS,
-    EXEMPLAR_AGENTS,
-    GRADIENT_AGENTS,
     REFERENCE_PROMPTS,
     AlgorithmConfig,
     ConfigError,
@@ -31,10 +30,6 @@ from rlprompt_math.config import (
     flat_field_names,
 )
 from rlprompt_math.vocab import EMPTY
-
-FAST = ["--dtype", "float32", "--steps", "3", "--batch-size", "2", "--prompts-per-question", "2",
-        "--val-size", "4", "--test-size", "6", "--eval-every", "2", "--max-new-tokens", "4", "--quiet",
-        "--num-problems", "200"]
 
 
 class Parsed(Exception):
@@ -226,7 +221,9 @@ POLICY_FLAGS = {  # reinforce only: the policy it trains
     "pointer_scale": ("3.5", lambda b: b.config.policy.pointer_scale == 3.5),
 }
 FIXED_FLAGS = {"fixed_prompt": ("Be exact.", lambda b: b.agent.policy.text == "Be exact.")}
-EXEMPLAR_FLAGS = {  # reinforce and random: the prompt space's exemplar slots (config.EXEMPLAR_AGENTS)
+EXEMPLAR_AGENTS = ("reinforce", "random", "knn", "cluster")  # by hand: the agents whose prompts have exemplar slots
+GRADIENT_AGENTS = ("soft-prompt", "pez", "gumbel")  # by hand: the agents trained by gradients through the LLM
+EXEMPLAR_FLAGS = {  # EXEMPLAR_AGENTS: the prompt space's exemplar slots
     "shots": ("2", lambda b: b.env.space.shots == 2 and b.env.space.factor_sizes == [4, 4, 1]
               and b.env.action_space.shape == (2 + 1 + 3,)
               and (b.agent.policy is None or b.agent.policy.slot_sizes == b.env.space.slot_sizes)),
@@ -341,9 +338,9 @@ def test_prompt_length_has_one_route(tiny_engine):
 def test_final_comparison_and_evaluate_report_the_same_systems(agent, tiny_model_dir, tmp_path,
                                                                evaluate_repeats_final_comparison):
     result = CliRunner().invoke(main, ["--agent", agent, "--model", str(tiny_model_dir), "--output-dir",
-                                       str(tmp_path), "--name", "r", *FAST], catch_exceptions=False)
+                                       str(tmp_path), "--name", "r", *FAST_FLAGS], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    evaluate_repeats_final_comparison(tmp_path / "r", limit=6)
+    evaluate_repeats_final_comparison(tmp_path / "r", limit=FAST_RUN["test_size"])  # the final comparison's questions
 
 
 def _one_line_error(result, *needles):
@@ -355,7 +352,7 @@ def _one_line_error(result, *needles):
 
 
 def test_user_errors_are_one_line_messages(tiny_model_dir, tmp_path):
-    base = ["--model", str(tiny_model_dir), "--output-dir", str(tmp_path), *FAST]
+    base = ["--model", str(tiny_model_dir), "--output-dir", str(tmp_path), *FAST_FLAGS]
     plugin = tmp_path / "my_reward.py"
     plugin.write_text("def bad(prompts, completions, **kwargs):\n    raise ValueError('boom')\n")
     _one_line_error(CliRunner().invoke(main, [*base, "--reward", f"{plugin}:bad"]), "'bad' raised ValueError: boom")
@@ -365,12 +362,14 @@ def test_user_errors_are_one_line_messages(tiny_model_dir, tmp_path):
     broken.write_text('{"question": "What is 1+1?", "answer": "2"}\n{"question": "What is 2+2?", "answer": 4\n')
     _one_line_error(CliRunner().invoke(main, [*base, "--dataset", str(broken)]), "broken.jsonl:2", "not valid JSON")
     _one_line_error(CliRunner().invoke(main, [*base, "--finalists", "-1"]), "--finalists must be >= 0")
+    # The agent names are the registry's (one spelling, on the classes): an unknown one is refused with them all.
+    _one_line_error(CliRunner().invoke(main, [*base, "--agent", "bogus"]), "--agent must be one of reinforce, random, "
+                    "fixed, soft-prompt, pez, gumbel", "'bogus'")
 
 
 def test_python_users_train_through_the_same_wiring(tiny_model_dir, tmp_path):
-    config = RunConfig.from_flat({"model": str(tiny_model_dir), "dtype": "float32", "steps": 2, "batch_size": 2,
-                                  "prompts_per_question": 2, "val_size": 3, "test_size": 4, "max_new_tokens": 4,
-                                  "num_problems": 100, "output_dir": str(tmp_path), "name": "py", "quiet": True})
+    config = RunConfig.from_flat({**FAST_RUN, "model": str(tiny_model_dir), "steps": 2, "output_dir": str(tmp_path),
+                                  "name": "py"})
     result = training.train(config, log=lambda _: None)
     assert result.run_dir == tmp_path / "py" and result.summary["steps"] == 2
     assert "learned policy" in result.report["systems"] and "(no prompt)" in result.report["systems"]
@@ -379,6 +378,8 @@ def test_python_users_train_through_the_same_wiring(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("args, shots", [
     ([], 2),                                                   # the default run: 2 exemplar slots
     (["--agent", "random"], 2),
+    (["--agent", "knn"], 2),                                   # the conditioned baselines search exemplars too
+    (["--agent", "cluster"], 2),
     (["--policy", "refiner"], 2),
     (["--shots", "0"], 0),                                     # instruction words only, as asked
     (["--shots", "3"], 3),
@@ -389,4 +390,4 @@ def test_python_users_train_through_the_same_wiring(tiny_model_dir, tmp_path):
 def test_shots_default_to_exemplars_where_they_can_be_chosen(monkeypatch, args, shots):
     config = _parsed(monkeypatch, args)
     assert config.policy.shots is None or config.policy.shots == shots  # unset until validated
-    assert config.validate().policy.shots == shots
+    assert check_config(config).policy.shots == shots

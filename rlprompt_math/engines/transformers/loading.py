@@ -245,7 +245,22 @@ def _quantization_config(load_in_8bit: bool, device: torch.device):
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def _from_pretrained(source: str, gguf_file: str | None, *, dtype, quant, device, trust_remote_code):
+def gguf_unpacked_config(dequantize: bool = True):
+    """The `quantization_config` that asks transformers to unpack a GGUF's weights into plain dense layers
+    (`GgufConfig(dequantize=True)`), or None on a transformers without `GgufConfig` (before 5.x), which always
+    unpacks. Pinned because the packed path (GGUF blocks with float32 kernels, where transformers has a kernel for
+    the architecture and device) computes in float32 whatever dtype is asked, so greedy answers would change under a
+    routine transformers upgrade; on transformers 5.25 it is not taken for SmolLM2 (llama) on a CPU anyway, and
+    unpacked bf16 is what the benches measured (`bench/gguf_paths.py`)."""
+    try:
+        from transformers import GgufConfig
+    except ImportError:
+        return None
+    return GgufConfig(dequantize=dequantize)
+
+
+def _from_pretrained(source: str, gguf_file: str | None, *, dtype, quant, device, trust_remote_code,
+                     gguf_dequantize: bool = True):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"trust_remote_code": trust_remote_code}
@@ -253,6 +268,10 @@ def _from_pretrained(source: str, gguf_file: str | None, *, dtype, quant, device
         kwargs["gguf_file"] = gguf_file
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     model_kwargs = dict(kwargs, dtype=dtype)
+    if gguf_file is not None and quant is None:
+        unpacked = gguf_unpacked_config(gguf_dequantize)
+        if unpacked is not None:
+            model_kwargs["quantization_config"] = unpacked
     if quant is not None:
         model_kwargs["quantization_config"] = quant
         model_kwargs["device_map"] = {"": device.index or 0}
