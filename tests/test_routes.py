@@ -99,6 +99,17 @@ def test_a_soft_prompt_of_a_texts_embeddings_is_that_text(tiny_engine, batch):
         tiny_engine.encode([plain[0].replace(text, "\u27e6soft-prompt 0000000000000000\u27e7")])
 
 
+def test_a_registered_soft_prompt_keeps_its_values_when_the_caller_changes_them(tiny_engine, batch):
+    """An agent registers its soft prompt, then its optimizer moves those very tensors in place: the marker must
+    still stand for the values it was made from (in fp32 on the CPU, `.to` would have shared their storage)."""
+    weights = torch.randn(3, tiny_engine.hidden_size)
+    text = [tiny_engine.render(tiny_engine.soft_prompt_text(weights), p.question) for p in batch]
+    before = tiny_engine.answer_logprobs(text, [p.answer for p in batch])
+    with torch.no_grad():
+        weights.add_(1.0)  # as an optimizer step does
+    assert tiny_engine.answer_logprobs(text, [p.answer for p in batch]) == pytest.approx(before, abs=1e-6)
+
+
 def test_the_soft_prompt_goes_where_the_template_puts_the_prompt(tiny_model_dir, batch):
     engine = TransformersEngine.load(str(tiny_model_dir), device="cpu", dtype="float32",
                                      template="chat:{prompt} {question}")

@@ -41,7 +41,9 @@ class SoftPrompts:
         digest = hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:16]
         marker = f"{SOFT_PROMPT_MARK}{digest}{SOFT_PROMPT_END}"
         if marker not in self._soft_spans:
-            new = rows.to(device=self.device, dtype=self.dtype)
+            # A copy: in fp32 on the CPU `.to` returns the caller's own storage, which an optimizer then moves in
+            # place under a marker that names the values it had.
+            new = rows.to(device=self.device, dtype=self.dtype, copy=True)
             first = 0 if self._soft_table is None else len(self._soft_table)
             self._soft_table = new if self._soft_table is None else torch.cat([self._soft_table, new])
             self._soft_spans[marker] = (first, len(rows))
