@@ -1,20 +1,29 @@
-"""The Refiner (a prompt per question) against one prompt for all, on mixed problems, at equal oracle pairs.
+"""The Refiner (a prompt per question) against one prompt for all and two conditioned baselines, on mixed problems,
+at equal oracle pairs.
 
     python bench/conditioning_contest.py --seeds 0,1,2                  # the default run's settings, every kind
-    python bench/conditioning_contest.py --seeds 0 --steps 10 --test-size 100 --out runs/contest-smoke
+    python bench/conditioning_contest.py --seeds 0 --steps 13 --test-size 100 --out runs/contest-smoke
+    python bench/conditioning_contest.py --seeds 0 --learners refiner,knn --reuse   # a subset, the refiner among them
 
-Issue 33's first goal. Per seed, on the generator's every kind (`--kinds all`), three learners train with the
-default run's settings (30 steps x 8 questions x 8 prompts, 100 validation questions every 10 steps, 2 exemplar
-slots over a 32-problem pool, answer form, 8 instruction slots, answer_likelihood) through the one wiring:
-  * REINFORCE with the Refiner (question features -> a prompt per question; its exemplar slots a pointer head
-    started at nearest-neighbour retrieval);
-  * REINFORCE with one prompt for all (unconditioned);
-  * random search, validating as many finalists as REINFORCE validates greedy prompts (the same pairs).
-Then, on the seed's test problems, every learned system beside the hand-written prompts, the 2-shot reference
-and nearest-neighbour retrieval (each question's 2 most similar pool problems, with the answer form and words
-random search kept: the conditioned baseline that needs no RL), paired against the Refiner: accuracy with 95%
-bootstrap intervals, McNemar p, and the same per kind (`evaluation.by_kind`), with the distinct prompts each wrote.
-Written to --out/contest.json and --out/contest.md.
+Issue 33's first goal. Per seed, on the generator's every kind (`--kinds all`), up to five learners (`--learners`,
+by short name; default all) train with the default run's settings (30 steps x 8 questions x 8 prompts, 100
+validation questions every 10 steps, 2 exemplar slots over a 32-problem pool, answer form, 8 instruction slots,
+answer_likelihood) through the one wiring (`common.train_one`):
+  * refiner: REINFORCE with the Refiner (question features -> a prompt per question; its exemplar slots a pointer
+    head started at nearest-neighbour retrieval);
+  * reinforce: REINFORCE with one prompt for all (unconditioned);
+  * random: random search, one prompt for all;
+  * knn: nearest-neighbour exemplars per question (`--agent knn`: each question's 2 most similar pool problems,
+    answer form and words found by random search with the retrieved exemplars in place);
+  * cluster: cluster-then-search (`--agent cluster`: k-means on question features, k the number of kinds, random
+    search per cluster; it gives every cluster a step, so --steps must be at least the kinds, 13).
+The last three validate as many finalists as make their oracle pairs REINFORCE's at the same settings
+(`common.equal_budget`); each learner's oracle pairs, from its run summary, are in the tables.
+Then, on the seed's test problems, every learned system beside the hand-written prompts and the 2-shot reference,
+paired against the Refiner: accuracy with 95% bootstrap intervals, McNemar p, and the same per kind
+(`evaluation.by_kind`), with the distinct prompts each wrote. Written to --out/contest.json and --out/contest.md;
+`--report-only` renders them again from contest.json, one from before the knn and cluster learners included (its
+"nearest-neighbour exemplars" row is the untrained refiner's pointer with random search's form and words).
 """
 
 from __future__ import annotations
@@ -24,26 +33,27 @@ import time
 from pathlib import Path
 
 import click
-import torch
 
 from common import HAND_WRITTEN, equal_budget, label, machine, pct, train_one  # noqa: E402  (bench/ is on the path)
 
 REFINER = "REINFORCE, refiner (a prompt per question)"
+KNN = "nearest-neighbour exemplars per question, searched form and words (--agent knn)"
+CLUSTER = "cluster-then-search, a prompt per cluster (--agent cluster)"
 LEARNERS = {REFINER: {"agent": "reinforce", "policy": "refiner"},
             "REINFORCE, one prompt for all": {"agent": "reinforce", "policy": "unconditioned"},
-            "random search, one prompt for all": {"agent": "random", "policy": "unconditioned"}}
-KNN = "nearest-neighbour exemplars (+ random search's form and words)"
+            "random search, one prompt for all": {"agent": "random", "policy": "unconditioned"},
+            KNN: {"agent": "knn", "policy": "unconditioned"},
+            CLUSTER: {"agent": "cluster", "policy": "unconditioned"}}
+SHORT = dict(zip(("refiner", "reinforce", "random", "knn", "cluster"), LEARNERS))  # --learners names
+ONE_FOR_ALL = ("REINFORCE, one prompt for all", "random search, one prompt for all")
+# contest.json files from before the knn agent hold this row instead: the untrained refiner's pointer (its 2 most
+# similar pool problems) with random search's form and words, trained by no one; --report-only still shows it.
+UNTRAINED_POINTER = "nearest-neighbour exemplars (+ random search's form and words)"
 
 
-def nearest_neighbour_prompts(refiner, space, search_policy, obs: torch.Tensor) -> list:
-    """Each question's 2 most similar pool problems (the refiner's untrained pointer: cosine on centred features),
-    in the answer form and with the instruction of random search's kept prompt."""
-    from rlprompt_math.templates import Prompt, as_prompt
-
-    kept = as_prompt(search_policy.prompt)
-    form = space.form(search_policy.actions) if search_policy.actions is not None else "spaced"
-    nearest = refiner.similarity(obs).topk(2, dim=-1).indices.tolist()
-    return [Prompt(kept.instruction, tuple(space.pool.exemplar(i, form) for i in row)) for row in nearest]
+def run_dir(out: Path, name: str, seed: int) -> Path:
+    overrides = LEARNERS[name]
+    return out / f"{overrides['agent']}-{overrides['policy']}-s{seed}"
 
 
 @click.command()
@@ -52,10 +62,19 @@ def nearest_neighbour_prompts(refiner, space, search_policy, obs: torch.Tensor) 
 @click.option("--num-problems", default=4000, show_default=True, help="generated problems per seed (before the split)")
 @click.option("--test-size", default=400, show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
+@click.option("--learners", default=",".join(SHORT), show_default=True,
+              help=f"comma list of the learners to train (of {', '.join(SHORT)}; the refiner is the one every system "
+                   "is paired against, so it must be among them)")
 @click.option("--reuse", is_flag=True, help="load each run already finished under --out with the same settings")
 @click.option("--report-only", is_flag=True, help="write contest.md and contest.png again from --out/contest.json")
 @click.option("--out", default="runs/conditioning-contest", show_default=True, type=click.Path(file_okay=False))
-def main(seeds, steps, num_problems, test_size, dtype, reuse, report_only, out):
+def main(seeds, steps, num_problems, test_size, dtype, learners, reuse, report_only, out):
+    chosen = [x.strip() for x in learners.split(",") if x.strip()]
+    unknown = [x for x in chosen if x not in SHORT]
+    if unknown or "refiner" not in chosen:
+        raise click.BadParameter(f"give learners of {', '.join(SHORT)}, refiner among them (got {learners!r})",
+                                 param_hint="--learners")
+    chosen = [name for short, name in SHORT.items() if short in chosen]  # the table's order
     if report_only:
         write_report(Path(out), json.loads((Path(out) / "contest.json").read_text()))
         return
@@ -76,25 +95,22 @@ def main(seeds, steps, num_problems, test_size, dtype, reuse, report_only, out):
     base = {**{k: v for k, v in defaults.items() if k not in not_settings},
             "kinds": "all", "num_problems": num_problems, "steps": steps, "eval_every": eval_every, "quiet": True}
     click.echo(f"machine: {machine(engine)}")
-    results = {"machine": machine(engine), "model": engine.name, "settings": base, "seeds": {}}
+    results = {"machine": machine(engine), "model": engine.name, "settings": base,
+               "learners": [short for short, name in SHORT.items() if name in chosen], "seeds": {}}
     for seed in [int(s) for s in seeds.split(",") if s.strip()]:
         _, splits, _ = problems_from_config(DataConfig(kinds="all", num_problems=num_problems), seed)
         test = splits["test"][:test_size]
         trained = {}
-        for name, overrides in LEARNERS.items():
+        for name in chosen:
+            overrides = LEARNERS[name]
             settings = {**base, **overrides}
-            if overrides["agent"] == "random":  # its finalists: REINFORCE's oracle pairs at the same settings
+            if overrides["agent"] != "reinforce":  # random search, knn, cluster: finalists for REINFORCE's pairs
                 settings = equal_budget(settings, {**settings, "agent": "reinforce"})
-            run_dir = out / f"{overrides['agent']}-{overrides['policy']}-s{seed}"
-            trained[name] = train_one(engine, splits, settings, seed, run_dir, reuse)
+            trained[name] = train_one(engine, splits, settings, seed, run_dir(out, name, seed), reuse)
             click.echo(f"seed {seed}, {name}: {trained[name]['summary']['oracle_pairs']} oracle pairs, "
                        f"validation {pct(trained[name]['summary']['best_val_accuracy'] or float('nan'))}, "
                        f"{trained[name]['wall_s']:.0f} s")
         systems = {name: item["prompts_of"](test) for name, item in trained.items()}
-        refiner = trained[REFINER]
-        obs = engine.question_features([p.question for p in test])
-        systems[KNN] = nearest_neighbour_prompts(refiner["policy"], refiner["vocab"],
-                                                 trained["random search, one prompt for all"]["policy"], obs)
         for prompt in HAND_WRITTEN:
             systems[label(prompt)] = [prompt] * len(test)
         for name, prompt in few_shot_system(splits["train"], 2).items():
@@ -103,8 +119,8 @@ def main(seeds, steps, num_problems, test_size, dtype, reuse, report_only, out):
                                  learned=REFINER, progress=False)
         report.pop("_results")
         curves = {}
-        for name, overrides in LEARNERS.items():
-            metrics = out / f"{overrides['agent']}-{overrides['policy']}-s{seed}" / "metrics.csv"
+        for name in chosen:
+            metrics = run_dir(out, name, seed) / "metrics.csv"
             import csv
             with open(metrics) as handle:
                 rows = list(csv.DictReader(handle))
@@ -131,27 +147,39 @@ def write_report(out: Path, results: dict) -> None:
         entry["report"] = upgrade_report(entry["report"])
     summary = ["| seed | refiner | best one-for-all learner | refiner minus it (p) | "
                "refiner minus best hand-written (p) | refiner minus 2-shot (p) | "
-               "refiner minus nearest neighbours (p) | kinds where the refiner is significantly "
-               "worse than one-for-all (p < 0.05) | refiner's distinct test prompts |",
-               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+               "refiner minus nearest neighbours (p) | refiner minus cluster-then-search (p) | kinds where the "
+               "refiner is significantly worse than one-for-all (p < 0.05) | refiner's distinct test prompts | "
+               "learners' oracle pairs |",
+               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for seed, entry in results["seeds"].items():
         systems = entry["report"]["systems"]
-        one_for_all = max((n for n in LEARNERS if n != REFINER), key=lambda n: systems[n]["accuracy"])
+        one_for_alls = [n for n in ONE_FOR_ALL if n in systems]  # a --learners subset may have trained none
+        one_for_all = max(one_for_alls, key=lambda n: systems[n]["accuracy"]) if one_for_alls else None
         hand = max((label(p) for p in HAND_WRITTEN), key=lambda n: systems[n]["accuracy"])
         shot = next(n for n in systems if n.startswith("2-shot"))
 
-        def versus(name):  # the refiner minus the system, and McNemar p
+        def versus(name):  # the refiner minus the system, and McNemar p; a learner not trained: absent
+            if name not in systems:
+                return "-"
             vs = systems[name]["vs_learned"]
             return f"{100 * (systems[REFINER]['accuracy'] - systems[name]['accuracy']):+.1f} ({vs['mcnemar_p']:.2g})"
 
+        nearest = (versus(KNN) if KNN in systems else
+                   f"{versus(UNTRAINED_POINTER)} untrained pointer" if UNTRAINED_POINTER in systems else "-")
         worse = [k for k, e in entry["report"].get("by_kind", {}).items()
-                 for n in LEARNERS if n != REFINER
+                 for n in one_for_alls
                  if e["systems"][n]["vs_learned"]["accuracy_minus_learned"] > 0
                  and e["systems"][n]["vs_learned"]["mcnemar_p"] < 0.05]
-        summary.append(f"| {seed} | {pct(systems[REFINER]['accuracy'])} | "
-                       f"{one_for_all}: {pct(systems[one_for_all]['accuracy'])} "
-                       f"| {versus(one_for_all)} | {versus(hand)} | {versus(shot)} | {versus(KNN)} | "
-                       f"{', '.join(sorted(set(worse))) or 'none'} | {systems[REFINER]['distinct_prompts']} |")
+        pairs = entry["oracle_pairs"]
+        budget = (f"{next(iter(pairs.values()))} each" if len(set(pairs.values())) == 1 else
+                  ", ".join(f"{next((s for s, n in SHORT.items() if n == name), name)} {v}"
+                            for name, v in pairs.items()))
+        best = f"{one_for_all}: {pct(systems[one_for_all]['accuracy'])}" if one_for_all else "-"
+        summary.append(f"| {seed} | {pct(systems[REFINER]['accuracy'])} | {best} "
+                       f"| {versus(one_for_all) if one_for_all else '-'} | {versus(hand)} | {versus(shot)} | "
+                       f"{nearest} | {versus(CLUSTER)} | "
+                       f"{', '.join(sorted(set(worse))) or 'none'} | {systems[REFINER]['distinct_prompts']} | "
+                       f"{budget} |")
     text = "\n\n".join(seed_table(seed, entry) for seed, entry in results["seeds"].items())
     total = f" Total {results['wall_s'] / 60:.1f} min." if "wall_s" in results else ""
     (out / "contest.md").write_text(f"Machine: {results['machine']}.{total}\n\n" + "\n".join(summary) + f"\n\n{text}\n")
@@ -198,6 +226,11 @@ def _plot(path: Path, results: dict) -> None:
     plt.close(fig)
 
 
+def shown(name: str) -> str:
+    """A system's name in the tables: an old file's retrieval row says it is the untrained pointer's."""
+    return f"{name}, untrained pointer" if name == UNTRAINED_POINTER else name
+
+
 def seed_table(seed, entry) -> str:
     report = entry["report"]
     lines = [f"### Seed {seed}: {entry['n_test']} test problems", "",
@@ -207,13 +240,14 @@ def seed_table(seed, entry) -> str:
         vs = s.get("vs_learned")
         diff = f"{100 * (report['systems'][REFINER]['accuracy'] - s['accuracy']):+.1f}" if vs else ""  # refiner minus it
         p = f"{vs['mcnemar_p']:.2g}" if vs else ""
-        lines.append(f"| {name} | {pct(s['accuracy'])} | {pct(s['ci95'][0])}-{pct(s['ci95'][1])} | {diff} | {p} | "
+        lines.append(f"| {shown(name)} | {pct(s['accuracy'])} | {pct(s['ci95'][0])}-{pct(s['ci95'][1])} | {diff} | {p} | "
                      f"{s['distinct_prompts']} | {entry['oracle_pairs'].get(name, '')} |")
     kinds = report.get("by_kind", {})
     if kinds:
-        others = [n for n in report["systems"] if n != REFINER][:3] + [label("Give the answer as a single number.")]
+        # every learner beside the refiner (and an old file's untrained-pointer row), then a person's best prompt
+        others = [n for n in (*LEARNERS, UNTRAINED_POINTER) if n != REFINER] + [label("Give the answer as a single number.")]
         others = list(dict.fromkeys(o for o in others if o in report["systems"]))
-        lines += ["", "| kind | n | refiner | " + " | ".join(f"{o} (p)" for o in others) + " | refiner prompts |",
+        lines += ["", "| kind | n | refiner | " + " | ".join(f"{shown(o)} (p)" for o in others) + " | refiner prompts |",
                   "| --- | --- | --- | " + " | ".join("---" for _ in others) + " | --- |"]
         for kind, k in kinds.items():
             cells = []
