@@ -1,4 +1,5 @@
-"""What the bench scripts share: the hand-written prompts, labels, the machine's description, training one learner.
+"""What the bench scripts share: the hand-written prompts, labels, the machine's description, the base settings,
+training one learner.
 
 Scripts import it as `from common import ...` (bench/ is the script's own directory, so it is on the path), in
 place of another script's private helpers (`grading.py` still reads `peer_suites.py`'s public names).
@@ -21,13 +22,34 @@ from rlprompt_math.config import NO_PROMPT, REFERENCE_PROMPTS  # noqa: E402
 HAND_WRITTEN = (*REFERENCE_PROMPTS, "Take a deep breath and work on this problem step-by-step.")
 
 
-def machine(engine) -> str:
-    """The CPU (model name and vector extensions), torch, and the engine's dtype: what every figure names."""
+def machine_without_engine() -> str:
+    """The machine every figure names: the CPU (model name and vector extensions), its cores, torch, and the GPU
+    where there is one."""
     import torch
 
     from rlprompt_math.engines.transformers.loading import cpu_description
 
-    return f"{cpu_description()}, {os.cpu_count()} cores, torch {torch.__version__}, dtype {engine.dtype}"
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu_description()}, {os.cpu_count()} cores, torch {torch.__version__}{gpu}"
+
+
+def machine(engine) -> str:
+    """`machine_without_engine()` and the dtype and device `engine` runs in."""
+    from rlprompt_math.engines.transformers.loading import dtype_name
+
+    return f"{machine_without_engine()}, dtype {dtype_name(engine.dtype)} on {engine.device}"
+
+
+# The learner a bench trains unless told otherwise: these options at the library's defaults.
+LEARNER = ("agent", "action_vocab", "rewards", "baseline", "entropy_coef", "lr")
+
+
+def base_settings(*defaults: str, **settings) -> dict:
+    """Flat run settings: the options in LEARNER and `defaults` at the library's defaults, then `settings`."""
+    from rlprompt_math.config import RunConfig
+
+    flat = RunConfig().to_flat()
+    return {**{k: flat[k] for k in (*LEARNER, *defaults)}, **settings}
 
 
 def label(prompt: str) -> str:

@@ -20,7 +20,6 @@ question's own kind (against the pool's share of that kind: what choosing by kin
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,9 +27,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from common import HAND_WRITTEN, equal_budget, label as _label, pct as _pct, train_one as _train_one  # noqa: E402  (bench/ is on the path)
+# bench/ is on the path
+from common import HAND_WRITTEN, base_settings, equal_budget, label as _label, machine, pct as _pct, train_one as _train_one
 
 KINDS = ("arithmetic", "fractions", "percentages", "word_one_step", "linear_equation")
 # The systems trained on each seed (overrides of the shared settings), all on the same oracle budget: random
@@ -56,10 +54,9 @@ SYSTEMS = {"one exemplar set for all (unconditioned)": {"policy": "unconditioned
 @click.option("--out", default="runs/conditioning", show_default=True, type=click.Path(file_okay=False))
 def main(seeds, kinds, steps, batch_size, prompts_per_question, shots, prompt_length, val_size, per_kind,
          max_new_tokens, reference_shots, reuse, out):
-    from rlprompt_math.config import DataConfig, RunConfig
+    from rlprompt_math.config import DataConfig
     from rlprompt_math.data import problems_from_config
     from rlprompt_math.engines.transformers import TransformersEngine
-    from rlprompt_math.engines.transformers.loading import cpu_description
     from rlprompt_math.evaluation import paired_comparison, score_system
     from rlprompt_math.exemplars import few_shot_reference, reference_name
     from rlprompt_math.oracle import Decoding
@@ -77,14 +74,10 @@ def main(seeds, kinds, steps, batch_size, prompts_per_question, shots, prompt_le
     test_kinds = np.array([p.extra["kind"] for p in test])
     decoding = Decoding(max_new_tokens)
     grader = RewardMix(["correct"])
-    defaults = RunConfig().to_flat()
-    base = {**{k: defaults[k] for k in ("agent", "action_vocab", "rewards", "baseline", "entropy_coef", "lr",
-                                        "network_lr")},
-            "kinds": ",".join(kinds), "num_problems": 1500 * len(kinds), "steps": steps, "batch_size": batch_size,
-            "prompts_per_question": prompts_per_question, "shots": shots, "prompt_length": prompt_length,
-            "val_size": val_size, "max_new_tokens": max_new_tokens, "finalists": 0}
-    machine = f"{cpu_description()}, dtype {engine.dtype}"
-    click.echo(f"machine: {machine}; train {len(splits['train'])}, test {len(test)} ({per_kind} per kind)")
+    base = base_settings("network_lr", kinds=",".join(kinds), num_problems=1500 * len(kinds), steps=steps,
+                         batch_size=batch_size, prompts_per_question=prompts_per_question, shots=shots,
+                         prompt_length=prompt_length, val_size=val_size, max_new_tokens=max_new_tokens, finalists=0)
+    click.echo(f"machine: {machine(engine)}; train {len(splits['train'])}, test {len(test)} ({per_kind} per kind)")
 
     systems: dict[str, np.ndarray] = {}
     for prompt in HAND_WRITTEN:
@@ -120,7 +113,7 @@ def main(seeds, kinds, steps, batch_size, prompts_per_question, shots, prompt_le
         pool_kinds = Counter(p["extra"]["kind"] for p in json.loads(pool_file.read_text())["problems"])
         pool_share = {k: pool_kinds[k] / sum(pool_kinds.values()) for k in kinds}
 
-    results = {"machine": machine, "model": engine.name, "settings": base, "kinds": kinds, "per_kind": per_kind,
+    results = {"machine": machine(engine), "model": engine.name, "settings": base, "kinds": kinds, "per_kind": per_kind,
                "n_per_kind": {k: int((test_kinds == k).sum()) for k in kinds}, "best_hand_written": best_hand, "learned": learned, "own_kind": own_kind, "pool_share": pool_share,
                "accuracy": {name: {**{k: float(c[test_kinds == k].mean()) for k in kinds}, "all": float(c.mean())}
                             for name, c in systems.items()},

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import click
 
-from common import HAND_WRITTEN, equal_budget, label, machine, pct, train_one  # noqa: E402  (bench/ is on the path)
+from common import HAND_WRITTEN, equal_budget, label, machine, pct, train_one  # bench/ is on the path
 
 REFINER = "REINFORCE, refiner (a prompt per question)"
 KNN = "nearest-neighbour exemplars per question, searched form and words (--agent knn)"

@@ -30,9 +30,9 @@ import click
 import numpy as np
 import torch
 
-from common import HAND_WRITTEN, label, machine, pct  # noqa: E402  (bench/ is on the path)
+from common import HAND_WRITTEN, label, machine, pct  # bench/ is on the path
 
-from rlprompt_math.config import DataConfig, EngineConfig, GENERATOR_KINDS  # noqa: E402
+from rlprompt_math.config import DataConfig, EngineConfig, GENERATOR_KINDS
 
 SINGLE_NUMBER = "Give the answer as a single number."
 

@@ -17,8 +17,6 @@ run's validation curve (the untrained policy first). Prints a markdown table; wr
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -27,7 +25,7 @@ from pathlib import Path
 
 import click
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import machine_without_engine  # bench/ is on the path; run.py runs offline too
 
 ROOT = Path(__file__).resolve().parent.parent
 # Runs run.py in this process and writes its peak resident set size (KiB on Linux) where the caller asks.
@@ -81,10 +79,7 @@ def curve(run: Path) -> list[tuple[int, float]]:
 @click.option("--reuse", is_flag=True, help="Score runs already in --out (their timing from the last results.json).")
 @click.option("--report-only", is_flag=True, help="Print the table and draw the curves from --out/results.json only.")
 def main(seeds, heldout, train_args, out, reuse, report_only):
-    import torch
-
     from rlprompt_math.config import saved_config
-    from rlprompt_math.engines.transformers.loading import cpu_description
     from rlprompt_math.evaluation import evaluate_run
     from rlprompt_math.checkpoint import dumps_json  # strict JSON: NaN and infinities as null
     from rlprompt_math.runlog import RunDir
@@ -97,8 +92,7 @@ def main(seeds, heldout, train_args, out, reuse, report_only):
         click.echo(render(results) + f"\ncurves: {plot_curves(results, out / 'validation_curves.png')}")
         return
     previous = {r["seed"]: r for r in json.loads(results_path.read_text())["runs"]} if results_path.exists() else {}
-    machine = f"{cpu_description()}, {os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__}"
-    results = {"machine": machine, "train_args": train_args, "heldout": heldout, "runs": []}
+    results = {"machine": machine_without_engine(), "train_args": train_args, "heldout": heldout, "runs": []}
     engine = None
     for seed in [int(s) for s in seeds.split(",") if s.strip()]:
         run = out / f"default-s{seed}"

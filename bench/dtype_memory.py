@@ -20,6 +20,8 @@ import time
 
 import click
 
+from common import machine_without_engine  # bench/ is on the path
+
 VARIANTS = {
     "float32": ("float32", {}),
     "bfloat16": ("bfloat16", {}),
@@ -68,9 +70,7 @@ def main(pairs, max_new_tokens, threads, random_weights, variants, child_dtype):
     if child_dtype:
         print(json.dumps(child(child_dtype, pairs, max_new_tokens, random_weights)))
         return
-    from rlprompt_math.engines.transformers.loading import cpu_description
-
-    print(f"machine: {cpu_description()}, {os.cpu_count()} cores; {threads} threads; {pairs} pairs, "
+    print(f"machine: {machine_without_engine()}; {threads} threads; {pairs} pairs, "
           f"{max_new_tokens} new tokens" + (f"; random weights from {random_weights}" if random_weights else ""))
     for label in variants.split(";"):
         dtype, extra_env = VARIANTS[label]

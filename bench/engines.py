@@ -38,10 +38,8 @@ import time
 import click
 import torch
 
+from common import machine_without_engine  # bench/ is on the path
 from rlprompt_math.config import REFERENCE_PROMPTS
-from rlprompt_math.engines.transformers.loading import cpu_description
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def pairs(num_questions: int, seed: int = 0):
@@ -177,8 +175,7 @@ def main(questions, max_new_tokens, device, dtype, random_weights, slots, batch_
     from rlprompt_math.engines.transformers import TransformersEngine
     from rlprompt_math.engines.transformers.loading import load_random_weights
 
-    print(f"machine: {cpu_description()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(f"machine: {machine_without_engine()}, {torch.get_num_threads()} threads")
     if random_weights:
         model, tokenizer, name = load_random_weights(random_weights, device=device, dtype=dtype)
         engine = TransformersEngine(model, tokenizer, name=name)

@@ -37,19 +37,15 @@ interrupted run still leaves what it measured.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import click
 import numpy as np
-import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from common import HAND_WRITTEN, equal_budget, label as _label, pct as _pct, train_one as _train_one  # noqa: E402  (bench/ is on the path)
-from rlprompt_math.config import field_default  # noqa: E402
+# bench/ is on the path
+from common import HAND_WRITTEN, base_settings, equal_budget, label as _label, machine, pct as _pct, train_one as _train_one
+from rlprompt_math.config import field_default
 
 HARD_KINDS = ("word_two_step", "fractions", "percentages")
 # The headline setting is the defaults (with the budgets of the options below); its label says which.
@@ -89,7 +85,7 @@ GRID_DIRS = {name: key for key, name in GRID_KEYS.items()}
 # Routes trained beside REINFORCE on every seed (--routes): overrides of the headline setting. The
 # differentiable ones also get --route-steps and --route-batch-size.
 ROUTES = {
-    # Its finalists make its oracle pairs REINFORCE's at the headline setting (common.equal_budget, in main).
+    # Its finalists make its oracle pairs REINFORCE's at the headline setting (common.equal_budget, in Headline.train_seeds).
     "random": ("random search (same oracle pairs)", {"agent": "random"}),
     "soft-prompt": ("soft prompt, gold-answer loss", {"agent": "soft-prompt"}),
     "soft-prompt-own": ("soft prompt, own-completion loss", {"agent": "soft-prompt", "loss_target": "own"}),
@@ -138,167 +134,210 @@ ROUTES = {
 def main(seeds, steps, batch_size, prompts_per_question, prompt_length, lr, finalists, val_size, test_size, hard_size,
          max_new_tokens, grid, grid_steps, routes, route_steps, route_batch_size, shots, reference_shots, budgets, reuse,
          out, render_only):
-    from rlprompt_math.config import DataConfig, RunConfig
-    from rlprompt_math.data import generate_problems, problems_from_config
-    from rlprompt_math.evaluation import SystemResult, paired_comparison, score_system
-    from rlprompt_math.engines.transformers import TransformersEngine
-    from rlprompt_math.exemplars import few_shot_reference, reference_name
-    from rlprompt_math.oracle import Decoding
-    from rlprompt_math.rewards import RewardMix
-
     out = Path(out)
     if render_only:
-        results = json.loads((out / "results.json").read_text())
-        (out / "results.md").write_text(render(results))
-        plot_routes(results, out)
-        plot_budgets(results, out)
-        click.echo((out / "results.md").read_text())
+        render_only_from(out)
         return
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    machine = (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-               f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
-    engine = TransformersEngine.load()
-    problems, splits, _ = problems_from_config(DataConfig(num_problems=6000), 0)  # default kinds and levels
-    test = splits["test"][:test_size]
-    hard = {kind: generate_problems(hard_size, seed=1, kinds=[kind], difficulty=[1, 2]) for kind in HARD_KINDS} \
-        if hard_size else {}
-    defaults = RunConfig().to_flat()  # the headline setting: the defaults, with these budgets
-    base = {**{k: defaults[k] for k in ("agent", "policy", "action_vocab", "rewards", "baseline", "entropy_coef")},
-            "prompt_length": prompt_length, "lr": lr, "steps": steps, "batch_size": batch_size, "prompts_per_question": prompts_per_question,
-            "finalists": finalists, "val_size": val_size, "max_new_tokens": max_new_tokens, "shots": shots}
-    decoding = Decoding(max_new_tokens)
-    grader = RewardMix(["correct"])
-    results = {"machine": machine, "model": engine.name, "settings": base, "n_test": len(test),
-               "n_train": len(splits["train"]), "hand_written": {}, "seeds": [], "hard": {}, "grid": [],
-               "grid_steps": grid_steps, "budgets": [], "routes": [], "route_settings": {"steps": route_steps,
-                                                                             "batch_size": route_batch_size}}
+    seeds = [int(s) for s in seeds.split(",") if s.strip()]
+    base = base_settings("policy", prompt_length=prompt_length, lr=lr, steps=steps, batch_size=batch_size,
+                         prompts_per_question=prompts_per_question, finalists=finalists, val_size=val_size,
+                         max_new_tokens=max_new_tokens, shots=shots)  # the headline setting: the defaults, these budgets
+    bench = Headline(out, base, test_size, hard_size, reuse, {"steps": route_steps, "batch_size": route_batch_size},
+                     grid_steps)
     route_keys = list(ROUTES) if routes == "all" else [r.strip() for r in routes.split(",") if r.strip()]
     unknown = set(route_keys) - set(ROUTES)
     if unknown:
         raise click.BadParameter(f"unknown routes {sorted(unknown)}; choose from {', '.join(ROUTES)}")
+    bench.score_references(reference_shots)
+    bench.train_seeds(seeds, route_keys, route_steps, route_batch_size)
+    bench.budget_curves(seeds, sorted({int(b) for b in budgets.split(",") if b.strip()} | ({steps} if budgets else set())))
+    bench.hard_sets()
+    bench.grid(list(VARIANTS) if grid == "all" else [GRID_KEYS[g.strip()] for g in grid.split(",") if g.strip()],
+               grid_steps)
+    bench.write()
+    click.echo((out / "results.md").read_text())
 
-    solved = np.zeros(len(test), bool)  # test questions that some system's prompt solved
 
-    def score(problems, prompts, name) -> SystemResult:
-        result = score_system(name, engine, grader, problems, prompts, decoding)
-        if problems is test:
-            solved[:] |= result.correct
-            results["solved_by_any_system"] = float(solved.mean())
+def render_only_from(out: Path) -> None:
+    """--render-only: results.md and the plots again from --out's results.json."""
+    results = json.loads((out / "results.json").read_text())
+    (out / "results.md").write_text(render(results))
+    plot_routes(results, out)
+    plot_budgets(results, out)
+    click.echo((out / "results.md").read_text())
+
+
+class Headline:
+    """One headline run: the model and problems loaded once, the results so far (rewritten under `out` after every
+    finished item), and one method per mode, in the order main() runs them."""
+
+    def __init__(self, out: Path, base: dict, test_size: int, hard_size: int, reuse: bool, route_settings: dict,
+                 grid_steps: int):
+        from rlprompt_math.config import DataConfig
+        from rlprompt_math.data import generate_problems, problems_from_config
+        from rlprompt_math.engines.transformers import TransformersEngine
+        from rlprompt_math.oracle import Decoding
+        from rlprompt_math.rewards import RewardMix
+
+        out.mkdir(parents=True, exist_ok=True)
+        self.out, self.base, self.reuse = out, base, reuse
+        self.started = time.perf_counter()
+        self.engine = TransformersEngine.load()
+        _, self.splits, _ = problems_from_config(DataConfig(num_problems=6000), 0)  # default kinds and levels
+        self.test = self.splits["test"][:test_size]
+        self.hard = {kind: generate_problems(hard_size, seed=1, kinds=[kind], difficulty=[1, 2])
+                     for kind in HARD_KINDS} if hard_size else {}
+        self.decoding = Decoding(base["max_new_tokens"])
+        self.grader = RewardMix(["correct"])
+        self.results = {"machine": machine(self.engine), "model": self.engine.name, "settings": base,
+                        "n_test": len(self.test), "n_train": len(self.splits["train"]), "hand_written": {},
+                        "seeds": [], "hard": {}, "grid": [], "grid_steps": grid_steps, "budgets": [], "routes": [],
+                        "route_settings": route_settings}
+        self.solved = np.zeros(len(self.test), bool)  # test questions that some system's prompt solved
+        self.hand, self.best_hand, self.few_shot = {}, None, None
+        self.trained = {}  # seed -> the headline setting's run on it
+
+    def score(self, problems, prompts, name):
+        from rlprompt_math.evaluation import score_system
+
+        result = score_system(name, self.engine, self.grader, problems, prompts, self.decoding)
+        if problems is self.test:
+            self.solved[:] |= result.correct
+            self.results["solved_by_any_system"] = float(self.solved.mean())
         return result
 
-    def p_value(system: SystemResult, reference: SystemResult) -> float:
-        return paired_comparison(system.correct, reference.correct)["mcnemar_p"]
+    def versus_best_hand(self, system) -> float:
+        return _p_value(system, self.hand[self.best_hand])
 
-    def write():
-        results["total_wall_s"] = time.perf_counter() - started
+    def write(self):
         from rlprompt_math.checkpoint import dumps_json  # strict JSON: NaN and infinities as null
 
-        (out / "results.json").write_text(dumps_json(results, indent=2, default=str))
-        (out / "results.md").write_text(render(results))
-        plot_routes(results, out)
-        plot_budgets(results, out)
+        self.results["total_wall_s"] = time.perf_counter() - self.started
+        (self.out / "results.json").write_text(dumps_json(self.results, indent=2, default=str))
+        (self.out / "results.md").write_text(render(self.results))
+        plot_routes(self.results, self.out)
+        plot_budgets(self.results, self.out)
 
-    click.echo(f"machine: {machine}; train {len(splits['train'])}, test {len(test)} problems")
-    hand = {}
-    for prompt in HAND_WRITTEN:
-        hand[prompt] = score(test, [prompt] * len(test), _label(prompt))
-        results["hand_written"][prompt] = float(hand[prompt].correct.mean())
-        click.echo(f"hand-written {_label(prompt)}: {_pct(hand[prompt].correct.mean())}")
-    best_hand = max(HAND_WRITTEN, key=lambda p: hand[p].correct.mean())
-    results["best_hand_written"] = best_hand
-    few_shot = None  # the few-shot reference: compared with, but not a "hand-written instruction"
-    if reference_shots:
-        name = reference_name(reference_shots)
-        few_shot = score(test, [few_shot_reference(splits["train"], reference_shots)] * len(test), name)
-        results["few_shot_reference"] = {"name": name, "accuracy": float(few_shot.correct.mean())}
-        click.echo(f"{name}: {_pct(few_shot.correct.mean())}")
-    write()
+    def score_references(self, reference_shots: int):
+        """The hand-written prompts and (`reference_shots` > 0) the few-shot reference on the test problems."""
+        from rlprompt_math.exemplars import few_shot_reference, reference_name
 
-    trained = {}
-    for seed in [int(s) for s in seeds.split(",") if s.strip()]:
-        item = _train_one(engine, splits, base, seed, out / f"seed{seed}", reuse)
-        prompts = item["prompts_of"](test)
-        scored = score(test, prompts, f"seed {seed}")
-        trained[seed] = item
-        finals = item["summary"].get("finalists")
-        results["seeds"].append({
-            "seed": seed, "prompt": str(prompts[0]), "accuracy": float(scored.correct.mean()),
-            "p_vs_best_hand_written": p_value(scored, hand[best_hand]),
-            "p_vs_no_prompt": p_value(scored, hand[""]),
-            "p_vs_few_shot": p_value(scored, few_shot) if few_shot is not None else None,
-            "val_accuracy": item["summary"]["best_val_accuracy"], "oracle_pairs": item["summary"]["oracle_pairs"],
-            "train_wall_s": item["wall_s"], "chosen_from": "finalist" if finals and finals["chosen"].get("kept")
-            else "greedy policy"})
-        click.echo(f"seed {seed}: {str(prompts[0])!r} {_pct(scored.correct.mean())}")
-        results["routes"].append(_route_row("REINFORCE", seed, item, prompts, scored, hand[best_hand], None))
-        write()
-        for key in route_keys:
-            name, overrides = ROUTES[key]
-            settings = {**base, **overrides}
-            if overrides["agent"] == "random":  # REINFORCE's oracle pairs (its run on this seed, at `base`)
-                settings = equal_budget(settings, base)
-            else:
-                settings.update(steps=route_steps, batch_size=route_batch_size)
-            route = _train_one(engine, splits, settings, seed, out / f"{key}-s{seed}", reuse)
-            route_prompts = route["prompts_of"](test)
-            route_scored = score(test, route_prompts, f"{name}, seed {seed}")
-            results["routes"].append(_route_row(name, seed, route, route_prompts, route_scored, hand[best_hand],
-                                                scored))
-            click.echo(f"{name}, seed {seed}: {_pct(route_scored.correct.mean())}")
-            write()
-
-    budget_steps = sorted({int(b) for b in budgets.split(",") if b.strip()} | ({steps} if budgets else set()))
-    for seed in [int(s) for s in seeds.split(",") if s.strip()]:
-        for budget in budget_steps:
-            settings = {**base, "steps": budget}
-            reinforce = trained[seed] if budget == steps else _train_one(
-                engine, splits, settings, seed, out / f"budget{budget}-reinforce-s{seed}", reuse)
-            # Random search validates only its finalists: as many as make its oracle pairs REINFORCE's.
-            search = _train_one(engine, splits, equal_budget({**settings, "agent": "random"}, settings),
-                                seed, out / f"budget{budget}-random-s{seed}", reuse)
-            scored = {}
-            for agent, item in (("REINFORCE", reinforce), ("random search", search)):
-                scored[agent] = score(test, item["prompts_of"](test), f"{agent}, {budget} steps, seed {seed}")
-            for agent, item in (("REINFORCE", reinforce), ("random search", search)):
-                other = scored["random search" if agent == "REINFORCE" else "REINFORCE"]
-                stats = scored[agent].summary()
-                results["budgets"].append({
-                    "agent": agent, "seed": seed, "steps": budget, "prompt": str(scored[agent].prompts[0]),
-                    "accuracy": stats["accuracy"], "ci95": stats["ci95"],
-                    "oracle_pairs": item["summary"]["oracle_pairs"], "train_wall_s": item["wall_s"],
-                    "p_vs_best_hand_written": p_value(scored[agent], hand[best_hand]),
-                    "p_vs_other": p_value(scored[agent], other)})
-            click.echo(f"budget {budget} steps, seed {seed}: REINFORCE {_pct(scored['REINFORCE'].correct.mean())}, "
-                       f"random search {_pct(scored['random search'].correct.mean())}")
-            write()
-
-    for kind, kind_problems in hard.items():
-        row = {}
+        test, results = self.test, self.results
+        click.echo(f"machine: {results['machine']}; train {len(self.splits['train'])}, test {len(test)} problems")
         for prompt in HAND_WRITTEN:
-            scored = score(kind_problems, [prompt] * len(kind_problems), _label(prompt))
-            row[_label(prompt)] = float(scored.correct.mean())
-        for seed, item in trained.items():
-            scored = score(kind_problems, item["prompts_of"](kind_problems), f"seed {seed}")
-            row[f"seed {seed}"] = float(scored.correct.mean())
-        results["hard"][kind] = {"n": len(kind_problems), "accuracy": row}
-        write()
+            self.hand[prompt] = self.score(test, [prompt] * len(test), _label(prompt))
+            results["hand_written"][prompt] = float(self.hand[prompt].correct.mean())
+            click.echo(f"hand-written {_label(prompt)}: {_pct(self.hand[prompt].correct.mean())}")
+        self.best_hand = max(HAND_WRITTEN, key=lambda p: self.hand[p].correct.mean())
+        results["best_hand_written"] = self.best_hand
+        if reference_shots:  # compared with, but not a "hand-written instruction"
+            name = reference_name(reference_shots)
+            self.few_shot = self.score(test, [few_shot_reference(self.splits["train"], reference_shots)] * len(test),
+                                       name)
+            results["few_shot_reference"] = {"name": name, "accuracy": float(self.few_shot.correct.mean())}
+            click.echo(f"{name}: {_pct(self.few_shot.correct.mean())}")
+        self.write()
 
-    names = list(VARIANTS) if grid == "all" else [GRID_KEYS[g.strip()] for g in grid.split(",") if g.strip()]
-    for name in names:
-        settings = {**base, **VARIANTS[name], "steps": grid_steps}
-        item = _train_one(engine, splits, settings, 0, out / f"grid-{GRID_DIRS[name]}")
-        prompts = item["prompts_of"](test)
-        scored = score(test, prompts, name)
-        results["grid"].append({"variant": name, "prompt": prompts[0] if len(set(prompts)) == 1
-                                else f"{len(set(prompts))} distinct prompts, e.g. {prompts[0]!r}",
-                                "accuracy": float(scored.correct.mean()),
-                                "p_vs_best_hand_written": p_value(scored, hand[best_hand]),
-                                "oracle_pairs": item["summary"]["oracle_pairs"], "train_wall_s": item["wall_s"]})
-        click.echo(f"{name}: {_pct(scored.correct.mean())}")
-        write()
-    write()
-    click.echo((out / "results.md").read_text())
+    def train_seeds(self, seeds: list[int], route_keys: list[str], route_steps: int, route_batch_size: int):
+        """The headline setting on every seed, and after each, the routes in `route_keys` on the same seed."""
+        test, base, results = self.test, self.base, self.results
+        for seed in seeds:
+            item = _train_one(self.engine, self.splits, base, seed, self.out / f"seed{seed}", self.reuse)
+            prompts = item["prompts_of"](test)
+            scored = self.score(test, prompts, f"seed {seed}")
+            self.trained[seed] = item
+            finals = item["summary"].get("finalists")
+            results["seeds"].append({
+                "seed": seed, "prompt": str(prompts[0]), "accuracy": float(scored.correct.mean()),
+                "p_vs_best_hand_written": self.versus_best_hand(scored),
+                "p_vs_no_prompt": _p_value(scored, self.hand[""]),
+                "p_vs_few_shot": _p_value(scored, self.few_shot) if self.few_shot is not None else None,
+                "val_accuracy": item["summary"]["best_val_accuracy"], "oracle_pairs": item["summary"]["oracle_pairs"],
+                "train_wall_s": item["wall_s"], "chosen_from": "finalist" if finals and finals["chosen"].get("kept")
+                else "greedy policy"})
+            click.echo(f"seed {seed}: {str(prompts[0])!r} {_pct(scored.correct.mean())}")
+            results["routes"].append(_route_row("REINFORCE", seed, item, prompts, scored, self.hand[self.best_hand],
+                                                None))
+            self.write()
+            for key in route_keys:
+                name, overrides = ROUTES[key]
+                settings = {**base, **overrides}
+                if overrides["agent"] == "random":  # REINFORCE's oracle pairs (its run on this seed, at `base`)
+                    settings = equal_budget(settings, base)
+                else:
+                    settings.update(steps=route_steps, batch_size=route_batch_size)
+                route = _train_one(self.engine, self.splits, settings, seed, self.out / f"{key}-s{seed}", self.reuse)
+                route_prompts = route["prompts_of"](test)
+                route_scored = self.score(test, route_prompts, f"{name}, seed {seed}")
+                results["routes"].append(_route_row(name, seed, route, route_prompts, route_scored,
+                                                    self.hand[self.best_hand], scored))
+                click.echo(f"{name}, seed {seed}: {_pct(route_scored.correct.mean())}")
+                self.write()
+
+    def budget_curves(self, seeds: list[int], budget_steps: list[int]):
+        """REINFORCE and random search on every seed at each step budget, on the same oracle pairs (the headline
+        setting's own steps reuse its runs)."""
+        for seed in seeds:
+            for budget in budget_steps:
+                settings = {**self.base, "steps": budget}
+                reinforce = self.trained[seed] if budget == self.base["steps"] else _train_one(
+                    self.engine, self.splits, settings, seed, self.out / f"budget{budget}-reinforce-s{seed}", self.reuse)
+                # Random search validates only its finalists: as many as make its oracle pairs REINFORCE's.
+                search = _train_one(self.engine, self.splits, equal_budget({**settings, "agent": "random"}, settings),
+                                    seed, self.out / f"budget{budget}-random-s{seed}", self.reuse)
+                scored = {}
+                for agent, item in (("REINFORCE", reinforce), ("random search", search)):
+                    scored[agent] = self.score(self.test, item["prompts_of"](self.test),
+                                               f"{agent}, {budget} steps, seed {seed}")
+                for agent, item in (("REINFORCE", reinforce), ("random search", search)):
+                    other = scored["random search" if agent == "REINFORCE" else "REINFORCE"]
+                    stats = scored[agent].summary()
+                    self.results["budgets"].append({
+                        "agent": agent, "seed": seed, "steps": budget, "prompt": str(scored[agent].prompts[0]),
+                        "accuracy": stats["accuracy"], "ci95": stats["ci95"],
+                        "oracle_pairs": item["summary"]["oracle_pairs"], "train_wall_s": item["wall_s"],
+                        "p_vs_best_hand_written": self.versus_best_hand(scored[agent]),
+                        "p_vs_other": _p_value(scored[agent], other)})
+                click.echo(f"budget {budget} steps, seed {seed}: REINFORCE "
+                           f"{_pct(scored['REINFORCE'].correct.mean())}, "
+                           f"random search {_pct(scored['random search'].correct.mean())}")
+                self.write()
+
+    def hard_sets(self):
+        """The hand-written prompts and every seed's learned prompts on the harder held-out kinds."""
+        for kind, kind_problems in self.hard.items():
+            row = {}
+            for prompt in HAND_WRITTEN:
+                scored = self.score(kind_problems, [prompt] * len(kind_problems), _label(prompt))
+                row[_label(prompt)] = float(scored.correct.mean())
+            for seed, item in self.trained.items():
+                scored = self.score(kind_problems, item["prompts_of"](kind_problems), f"seed {seed}")
+                row[f"seed {seed}"] = float(scored.correct.mean())
+            self.results["hard"][kind] = {"n": len(kind_problems), "accuracy": row}
+            self.write()
+
+    def grid(self, names: list[str], grid_steps: int):
+        """Each comparison variant in `names`, trained once (seed 0) for `grid_steps` steps."""
+        for name in names:
+            settings = {**self.base, **VARIANTS[name], "steps": grid_steps}
+            item = _train_one(self.engine, self.splits, settings, 0, self.out / f"grid-{GRID_DIRS[name]}")
+            prompts = item["prompts_of"](self.test)
+            scored = self.score(self.test, prompts, name)
+            self.results["grid"].append({"variant": name, "prompt": prompts[0] if len(set(prompts)) == 1
+                                         else f"{len(set(prompts))} distinct prompts, e.g. {prompts[0]!r}",
+                                         "accuracy": float(scored.correct.mean()),
+                                         "p_vs_best_hand_written": self.versus_best_hand(scored),
+                                         "oracle_pairs": item["summary"]["oracle_pairs"],
+                                         "train_wall_s": item["wall_s"]})
+            click.echo(f"{name}: {_pct(scored.correct.mean())}")
+            self.write()
+
+
+def _p_value(system, reference) -> float:
+    """Exact McNemar p of two systems scored on the same problems (SystemResults)."""
+    from rlprompt_math.evaluation import paired_comparison
+
+    return paired_comparison(system.correct, reference.correct)["mcnemar_p"]
 
 
 def _route_row(system, seed, item, prompts, scored, best_hand, reinforce) -> dict:

@@ -45,18 +45,15 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import time
 
 import click
 import numpy as np
 
+from common import machine  # bench/ is on the path
 from rlprompt_math.checkpoint import dumps_json  # strict JSON: NaN and infinities as null
 from rlprompt_math.config import field_default
-from rlprompt_math.engines.transformers.loading import cpu_description
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 EQUATION = re.compile(r"What is (\d+)\s*([-+*/])\s*(\d+)\?")
 
@@ -108,7 +105,6 @@ def factor_landscape(engine, splits: dict, vocab, mix, decoding, *, questions: i
                      shots: int, shot_counts: list[int], pool_size: int, seed: int, settings: dict,
                      out: str | None) -> dict:
     """The `--factors` measurement (module docstring, 3): prints the tables, writes `out`, returns the summary."""
-    import torch
     from tqdm.auto import tqdm
 
     from rlprompt_math.config import ANSWER_FORMS, REFERENCE_PROMPTS
@@ -201,18 +197,16 @@ def factor_landscape(engine, splits: dict, vocab, mix, decoding, *, questions: i
     hand = {name: {"accuracy": float(c.mean()), "reward": float(r.mean())}
             for name, c, r in zip(references, correct["references"], reward["references"])}
 
-    machine = (f"{cpu_description()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-               f"{str(engine.dtype).removeprefix('torch.')}, {engine.device}")
     # draw_pool does not return how many completions were correct: count those that differ from the fallback
     completions_own = sum(pool.answer(i, "completion") != pool.answer(i, "spaced") for i in range(len(pool)))
-    summary = {"model": engine.name, "machine": machine, "seed": seed, **settings,
+    summary = {"model": engine.name, "machine": machine(engine), "seed": seed, **settings,
                "questions": len(train), "sets_per_level": sets, "shots": shots, "shot_counts": shot_counts,
                "pool": len(pool), "pool_completions_unlike_spaced": completions_own, "prompt_length": prompt_length,
                "pairs": len(unique) * len(train) + completion_pairs, "seconds": seconds,
                "factors": rows, "answer_form_paired": paired, "references": hand}
 
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
-    print(f"\nmodel {engine.name}; machine: {machine}")
+    print(f"\nmodel {engine.name}; machine: {summary['machine']}")
     print(f"{len(train)} training questions (split seed {seed}), greedy, {settings['max_new_tokens']} new tokens; "
           f"pool {len(pool)} training problems (completion form: {completions_own} unlike the spaced form); "
           f"{sets} random prompts per level; {summary['pairs']} pairs ({completion_pairs} for the pool's "
@@ -344,7 +338,7 @@ def main(n_prompts, questions, ceiling_questions, prompt_length, kinds, difficul
             ceiling[f"{prompt!r}{' + forced `A op B = `' if forced else ''}"] = acc
 
     summary = {"model": engine.name, "kinds": kinds, "difficulty": difficulty, "seed": seed,
-               "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+               "machine": machine(engine),
                "landscape": landscape, "format_ceiling": ceiling}
     print(json.dumps(summary, indent=2))
     if out:

@@ -12,16 +12,13 @@ so settings can be chosen here without tuning to the test problems. Prints one l
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import click
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from common import equal_budget, train_one as _train_one  # noqa: E402  (bench/ is on the path)
-from rlprompt_math.checkpoint import dumps_json  # noqa: E402  (strict JSON: NaN and infinities as null)
+from common import base_settings, equal_budget, train_one as _train_one  # bench/ is on the path
+from rlprompt_math.checkpoint import dumps_json  # strict JSON: NaN and infinities as null
 
 VARIANTS = {
     "default": {},
@@ -45,7 +42,7 @@ VARIANTS = {
 @click.option("--dev-size", default=400, show_default=True)
 @click.option("--out", default="runs/learner-variants", show_default=True, type=click.Path(file_okay=False))
 def main(variants, seeds, steps, shots, val_size, dev_size, out):
-    from rlprompt_math.config import DataConfig, RunConfig
+    from rlprompt_math.config import DataConfig
     from rlprompt_math.data import problems_from_config
     from rlprompt_math.engines.transformers import TransformersEngine
     from rlprompt_math.evaluation import paired_comparison, score_system
@@ -61,11 +58,8 @@ def main(variants, seeds, steps, shots, val_size, dev_size, out):
     engine = TransformersEngine.load()
     _, splits, _ = problems_from_config(DataConfig(num_problems=6000), 0)
     dev = splits["validation"][val_size:val_size + dev_size]
-    defaults = RunConfig().to_flat()
-    base = {**{k: defaults[k] for k in ("agent", "policy", "action_vocab", "rewards", "baseline", "entropy_coef",
-                                        "lr", "prompt_length", "max_new_tokens")},
-            "steps": steps, "batch_size": 8, "prompts_per_question": 8, "finalists": 0, "val_size": val_size,
-            "shots": shots}
+    base = base_settings("policy", "prompt_length", "max_new_tokens", steps=steps, batch_size=8, prompts_per_question=8,
+                         finalists=0, val_size=val_size, shots=shots)
     click.echo(f"dev: validation[{val_size}:{val_size + len(dev)}], {len(dev)} questions; dtype {engine.dtype}")
     results = {}
     for seed in [int(s) for s in seeds.split(",") if s.strip()]:

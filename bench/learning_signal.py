@@ -35,16 +35,13 @@ answer and every reward).
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 
 import click
 import numpy as np
 
+from common import machine  # bench/ is on the path
 from rlprompt_math.config import field_default
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _ranks(x) -> np.ndarray:
@@ -150,7 +147,7 @@ def main(n_prompts, questions, prompt_length, max_new_tokens, halvings, seed, th
         for name, values in signals.items():
             rho[name].append(_spearman(values[:, a].mean(1), truth))
     summary = {
-        "model": engine.name, "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "model": engine.name, "machine": machine(engine),
         "prompts": len(prompts), "questions": len(problems), "pairs": len(pairs_p),
         "accuracy_range": [float(correct.mean(1).min()), float(correct.mean(1).max())],
         "seconds_per_pair": t_oracle / len(pairs_p),

@@ -7,14 +7,12 @@ and a 1024 x 1024 matrix multiply in each, the measurements behind `dtype="auto"
 this CPU runs it faster).
 """
 
-import os
-import platform
 import time
 
 import click
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import machine_without_engine  # bench/ is on the path
 
 QUESTIONS = [f"What is {a}+{b}?" for a, b in [(2, 3), (36, 32), (7, 8), (120, 45)]] + [
     f"What is {a}*{b}?" for a, b in [(6, 7), (12, 3), (9, 9), (15, 4)]] + [
@@ -31,7 +29,7 @@ def main(dtype, max_new_tokens, compare_dtypes):
     from rlprompt_math.engines.transformers import TransformersEngine
     from rlprompt_math.engines.transformers.loading import cpu_has_fast_bf16, matmul_peak
 
-    print(f"machine: {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
+    print(f"machine: {machine_without_engine()}, "
           f"threads {torch.get_num_threads()}, cpu capability {torch.backends.cpu.get_cpu_capability()}")
     start = time.perf_counter()
     engine = TransformersEngine.load(None, device="cpu", dtype=dtype)

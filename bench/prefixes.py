@@ -31,7 +31,6 @@ and the in-process `groups` row is given as a ratio to it.
 from __future__ import annotations
 
 import dataclasses
-import os
 import resource
 import time
 
@@ -39,7 +38,7 @@ import click
 import numpy as np
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import machine  # bench/ is on the path
 
 
 def best_of(repeats: int, fn):
@@ -87,7 +86,6 @@ def measure(questions, prompts, shots, dtype, model, repeats, seed, to_the_limit
     from rlprompt_math.config import AlgorithmConfig, RunConfig
     from rlprompt_math.data import generate_problems
     from rlprompt_math.engines.transformers import TransformersEngine
-    from rlprompt_math.engines.transformers.loading import cpu_description
     from rlprompt_math.engines.transformers.prefixes import SHARING_MODES
     from rlprompt_math.exemplars import equation_form
     from rlprompt_math.oracle import decoding_from, score_pairs
@@ -107,7 +105,7 @@ def measure(questions, prompts, shots, dtype, model, repeats, seed, to_the_limit
     decoding = decoding_from(config.oracle)
     if to_the_limit:
         decoding = dataclasses.replace(decoding, stop_at_answer=False)
-    print(f"machine: {cpu_description()}; torch {torch.__version__}; model {base.name}, {base.dtype}; "
+    print(f"machine: {machine(base)}; model {base.name}; "
           f"decoding: greedy, {decoding.max_new_tokens} new tokens, stop at answer {decoding.stop_at_answer}; "
           f"rewards {', '.join(config.oracle.rewards)}")
 

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 import time
 
 import click
 import torch
 
+from common import machine_without_engine  # bench/ is on the path
 from rlprompt_math.agents import AGENTS
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # REINFORCE and every gradient route; Gumbel-softmax on the Refiner (its question-conditioned policy).
 RUNS = {"reinforce": {"agent": "reinforce"},
@@ -49,9 +47,7 @@ def main(device, dtype, steps, random_weights):
         model = os.path.join(scratch, "model")
         weights.save_pretrained(model)
         tokenizer.save_pretrained(model)
-    where = (torch.cuda.get_device_name() if device.startswith("cuda")
-             else f"CPU ({platform.machine()}, {os.cpu_count()} cores)")
-    print(f"device: {where}; torch {torch.__version__}; {steps} steps each; model "
+    print(f"machine: {machine_without_engine()}; device {device}; {steps} steps each; model "
           f"{'random weights, ' + random_weights if random_weights else 'the embedded default'}")
     for label, settings in RUNS.items():
         if device.startswith("cuda"):

@@ -24,14 +24,13 @@ budget (agents/random_search.py: the best sampled prompt by mean training reward
 from __future__ import annotations
 
 import math
-import os
-import platform
 from pathlib import Path
 
 import click
 import numpy as np
 import torch
 
+from common import machine_without_engine  # bench/ is on the path
 from rlprompt_math.checkpoint import dumps_json  # strict JSON: NaN and infinities as null
 from rlprompt_math.config import AlgorithmConfig
 from rlprompt_math.data import Problem
@@ -213,7 +212,7 @@ def main(seeds, steps, landscapes, budgets, out):
             print(f"| {name}{extra} | {acc.mean():.1f} ± {acc.std():.1f} | {' / '.join(f'{a:.1f}' for a in acc)} | "
                   f"{np.mean(ent):.2f} |" if ent else f"| {name}{extra} | {acc.mean():.1f} ± {acc.std():.1f} | "
                   f"{' / '.join(f'{a:.1f}' for a in acc)} | |")
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    print(f"\nmachine: {machine_without_engine()}")
     if out:
         Path(out).write_text(dumps_json(results, indent=1))
 

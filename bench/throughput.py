@@ -18,8 +18,6 @@ Peak resident memory of the process is printed at the end.
 
 from __future__ import annotations
 
-import os
-import platform
 import resource
 import time
 
@@ -27,7 +25,7 @@ import click
 import numpy as np
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import machine_without_engine  # bench/ is on the path
 
 
 def decode_step_ms(engine, batch_sizes, context=60, steps=16) -> dict[int, float]:
@@ -98,7 +96,7 @@ def main(questions, prompts, max_new_tokens, dtype, model, seed, batch_size, dec
     from rlprompt_math.engines.transformers.loading import matmul_peak
     from rlprompt_math.vocab import ActionVocab
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+    print(f"machine: {machine_without_engine()}, "
           f"cpu capability {torch.backends.cpu.get_cpu_capability()}")
     engine = TransformersEngine.load(model, device="cpu", dtype="float32")
     if decode_steps:
