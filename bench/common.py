@@ -83,6 +83,7 @@ def train_one(engine, splits, settings: dict, seed: int, run_dir: Path, reuse: b
     """Train one prompt policy through the one wiring (`rlprompt_math.train`) at `run_config(settings)`; its kept
     prompt and facts. With `reuse`, a finished run already in `run_dir` with the same settings is loaded instead."""
     from rlprompt_math.checkpoint import POLICY_BEST, SUMMARY, load_policy
+    from rlprompt_math.config import saved_config
     from rlprompt_math.policies import policy_prompts
     from rlprompt_math.runlog import RunDir
     from rlprompt_math.train import train
@@ -95,7 +96,10 @@ def train_one(engine, splits, settings: dict, seed: int, run_dir: Path, reuse: b
     def settings_of(flat: dict) -> dict:
         return json.loads(json.dumps({k: v for k, v in flat.items() if k not in where}))
 
-    if reuse and done.exists() and settings_of(RunDir(run_dir).read_config()) == settings_of(config.to_flat()):
+    # A finished run's settings read as `--resume` reads them (`saved_config`: a setting added since takes its value
+    # for older runs), so a new option does not make every earlier run look different.
+    if reuse and done.exists() and settings_of(saved_config(RunDir(run_dir).read_config()).to_flat()) == \
+            settings_of(config.to_flat()):
         summary = json.loads(done.read_text())
         wall_s = summary["wall_s"]
         click.echo(f"reused {run_dir} (trained earlier in {wall_s:.0f} s)")
