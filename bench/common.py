@@ -82,13 +82,14 @@ def equal_budget(search: dict, learner: dict) -> dict:
 def train_one(engine, splits, settings: dict, seed: int, run_dir: Path, reuse: bool = False) -> dict:
     """Train one prompt policy through the one wiring (`rlprompt_math.train`) at `run_config(settings)`; its kept
     prompt and facts. With `reuse`, a finished run already in `run_dir` with the same settings is loaded instead."""
+    from rlprompt_math.agents import check_config
     from rlprompt_math.checkpoint import POLICY_BEST, SUMMARY, load_policy
     from rlprompt_math.config import saved_config
     from rlprompt_math.policies import policy_prompts
     from rlprompt_math.runlog import RunDir
     from rlprompt_math.train import train
 
-    config = run_config(settings, seed, run_dir)
+    config = check_config(run_config(settings, seed, run_dir))  # as a run fills it in (--shots by the agent)
     done = run_dir / SUMMARY
     # Not settings of the run itself; the shared engine decides dtype and device (recorded in place of auto).
     where = ("quiet", "output_dir", "name", "dtype", "device")
