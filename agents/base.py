@@ -25,7 +25,9 @@ policies).
 What an agent can do is said on its class (`trains_by_gradient`, `chooses_exemplars`, `equal_budget`,
 `validates_during_training`), and its own rules on a run's settings in `check_config`; config.py reads none of
 it (it sits below the agents). The oracle pairs a run will spend are planned by `oracle_pairs_planned`, the
-equal-budget rule every bench uses (tests/test_budget.py holds each agent to it).
+equal-budget rule every bench uses (tests/test_budget.py holds each agent to it). Under --max-oracle-pairs the
+loop sends no step (`step_pairs`, with its validation) and no validation or finalist that would take the run
+past the cap: it stops instead, keeps the best so far, and the summary says `stopped: max_oracle_pairs`.
 
 A callback is any callable `callback(agent, metrics)`; early stopping, for one:
 
@@ -126,6 +128,7 @@ class Agent:
         self.prompt_rewards: dict[tuple, list[float]] = {}  # sampled prompts' training rewards (for finalists)
         self.val_distinct_prompts: int | None = None  # distinct greedy prompts at the last validation
         self.history: list[dict] = []
+        self.stopped: str | None = None  # why training ended early, where the loop itself ended it
 
     @classmethod
     def from_config(cls, config, env, *, engine, run=None, val_problems=()) -> "Agent":
@@ -161,15 +164,23 @@ class Agent:
         return algorithm.steps * algorithm.batch_size * algorithm.prompts_per_question
 
     @classmethod
+    def oracle_pairs_plan(cls, config: "RunConfig") -> dict:
+        """The parts of `oracle_pairs_planned`: {"pool", "training", "validations", "val_size"} (a ValueError where
+        the plan cannot be known before the run)."""
+        policy = config.policy
+        shots = cls.default_shots(config) if policy.shots is None else policy.shots
+        pool = policy.exemplar_pool if cls.chooses_exemplars and shots and "completion" in policy.answer_forms else 0
+        return {"pool": pool, "training": cls.training_pairs_planned(config),
+                "validations": cls.validations_planned(config), "val_size": config.val_size}
+
+    @classmethod
     def oracle_pairs_planned(cls, config: "RunConfig") -> int:
         """The oracle pairs a fresh run at `config` spends (--shots not given: the agent's default): the exemplar
         pool's own completions (once), training, and `val_size` per validation. Assumes the splits hold `batch_size`
         training, `exemplar_pool` pool and `val_size` validation problems, and (finalists) that as many distinct
         prompts were sampled: what `train` spends then, to the pair."""
-        policy = config.policy
-        shots = cls.default_shots(config) if policy.shots is None else policy.shots
-        pool = policy.exemplar_pool if cls.chooses_exemplars and shots and "completion" in policy.answer_forms else 0
-        return pool + cls.training_pairs_planned(config) + cls.validations_planned(config) * config.val_size
+        plan = cls.oracle_pairs_plan(config)
+        return plan["pool"] + plan["training"] + plan["validations"] * plan["val_size"]
 
     # ---- what an agent defines ------------------------------------------------------------------------
 
@@ -222,6 +233,23 @@ class Agent:
         policy = self.prompt_policy() if policy is None else policy
         return policy_prompts(policy, self.space, problems, observe=self.env.observe)
 
+    def step_pairs(self) -> int:
+        """The oracle pairs the next `update` sends (the --max-oracle-pairs backstop asks before each step): K
+        prompts on each of the step's questions (REINFORCE's and random search's round)."""
+        return min(self.config.batch_size, len(self.env.problems)) * self.config.prompts_per_question
+
+    def pairs_left(self) -> float:
+        """The oracle pairs the run may still send under --max-oracle-pairs (inf without a cap)."""
+        cap = self.config.max_oracle_pairs
+        return cap - self.oracle_pairs if cap else math.inf
+
+    def affords(self, pairs: int) -> bool:
+        """Whether `pairs` more fit under --max-oracle-pairs; where not, the run is marked stopped by it."""
+        if pairs <= self.pairs_left():
+            return True
+        self.stopped = "max_oracle_pairs"
+        return False
+
     def validation_due(self) -> bool:
         """Validate after this step: every `eval_every` steps (0: never) and at the last step."""
         cfg = self.config
@@ -234,6 +262,8 @@ class Agent:
         cfg = self.config
         if self.step or self.history or not (self.val_problems and cfg.eval_every and self.validates_during_training):
             return
+        if not self.affords(len(self.val_problems)):  # a point of reference only: the loop stops before step 1
+            return
         self.untrained_val = self.validate()
         if self.run is not None:  # metrics.csv and the plot; `history` holds steps only (callbacks see those)
             self.run.log_metrics({"step": -1, "val_accuracy": self.untrained_val, "oracle_pairs": self.oracle_pairs,
@@ -242,7 +272,7 @@ class Agent:
 
     def validate(self) -> float:
         """Greedy accuracy of `prompt_policy()` on the validation questions (the oracle's path; NaN without any)."""
-        if not self.val_problems:
+        if not self.val_problems or not self.affords(len(self.val_problems)):
             return float("nan")
         prompts = self.greedy_prompts(self.val_problems, self.prompt_policy().eval())
         _, infos = self.env.score(self.val_problems, None, prompts=prompts, batch_label="validation")
@@ -262,14 +292,16 @@ class Agent:
         for row, values in zip(prompts, rewards):
             self.prompt_rewards.setdefault(tuple(row), []).extend(values)
 
-    def score_finalists(self) -> tuple[list[dict], dict]:
+    def score_finalists(self) -> tuple[list[dict], dict | None]:
         """Score the `config.finalists` prompts with the best mean training reward on the validation questions
-        (their pairs counted): (every finalist, best training reward first; the best on validation, the first of
-        equals)."""
-        scored = validate_finalists(self.env, self.space, self.val_problems, self.prompt_rewards,
-                                    self.config.finalists)
+        (their pairs counted; under --max-oracle-pairs, as many as fit): (every finalist, best training reward
+        first; the best on validation, the first of equals, or None where none fit)."""
+        count = self.config.finalists
+        if self.val_problems and not self.affords(count * len(self.val_problems)):
+            count = int(self.pairs_left() // len(self.val_problems))
+        scored = validate_finalists(self.env, self.space, self.val_problems, self.prompt_rewards, count)
         self.oracle_pairs += sum(f["pairs"] for f in scored)
-        return scored, max(scored, key=lambda f: f["val_accuracy"])
+        return scored, max(scored, key=lambda f: f["val_accuracy"]) if scored else None
 
     def fixed_prompt(self, actions: list[int]) -> FixedPrompt:
         """A measured action row as a fixed policy. Its shape is the prompt space's (the row is one of the
@@ -352,6 +384,11 @@ class Agent:
                    disable=not progress or self.step >= cfg.steps)
         self.validate_untrained(start)
         while self.step < cfg.steps:
+            # --max-oracle-pairs: a step (with its validation) that would pass the cap is not sent
+            if not self.affords(self.step_pairs() + (len(self.val_problems) if self.validation_due() else 0)):
+                if self.run is not None:
+                    self.save_checkpoint()
+                break
             metrics = self.update()
             if self.validation_due():
                 metrics["val_accuracy"] = self.validate()
@@ -372,5 +409,7 @@ class Agent:
                 break
         bar.close()
         extra = self.finish()
+        stopped = {"stopped": self.stopped} if self.stopped else {}
         return {"steps": self.step, "oracle_pairs": self.oracle_pairs, "best_val_accuracy": self.best_val,
-                "untrained_val_accuracy": self.untrained_val, "wall_s": time.perf_counter() - start, **extra}
+                "untrained_val_accuracy": self.untrained_val, "wall_s": time.perf_counter() - start, **extra,
+                **stopped}

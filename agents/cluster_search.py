@@ -148,6 +148,9 @@ class ClusterSearchAgent(Agent):
     def validation_due(self) -> bool:
         return False
 
+    def step_pairs(self) -> int:
+        return self.searches[self.step % len(self.searches)].step_pairs()  # the cluster whose turn it is
+
     def cluster_policy(self, rows: list) -> ClusterPrompts:
         space = self.space
         return ClusterPrompts(space.prompt_length, len(space.vocab), space.factor_sizes,
@@ -174,9 +177,10 @@ class ClusterSearchAgent(Agent):
                 continue
             search.val_problems = [q for q, cluster in zip(self.val_problems, val_clusters) if cluster == c]
             search.run = None  # it chooses its cluster's prompt; this run saves the cluster policy below
-            spent = search.oracle_pairs
+            search.oracle_pairs = spent = self.oracle_pairs  # the run's count: --max-oracle-pairs caps it
             search.finish()
             self.oracle_pairs += search.oracle_pairs - spent
+            self.stopped = self.stopped or search.stopped
             rows.append(search.policy.actions)
             if not math.isnan(search.best_val):
                 correct += search.best_val * len(search.val_problems)

@@ -76,6 +76,9 @@ class DifferentiableAgent(Agent):
             raise ConfigError(f"--agent {cls.name} trains instruction tokens or embeddings by gradients, not "
                               "exemplar choices: use --shots 0, or --agent reinforce or random for exemplars")
 
+    def step_pairs(self) -> int:
+        return 0  # a step is a gradient; --loss-target own's completions ask the cap themselves
+
     @classmethod
     def training_pairs_planned(cls, config) -> int:
         """None in the steps (a step is a gradient, not a decode); --loss-target own first asks for greedy
@@ -128,7 +131,7 @@ class DifferentiableAgent(Agent):
         targets: dict[str, str] = {}
         for prompt in dict.fromkeys([self.gradient.init_text, *REFERENCE_PROMPTS]):
             todo = [p for p in chosen if p.id not in targets]
-            if not todo:
+            if not todo or not self.affords(len(todo)):  # --max-oracle-pairs: train on the targets found so far
                 break
             _, infos = self.env.score(todo, None, prompts=[prompt] * len(todo), batch_label="own targets")
             self.oracle_pairs += len(todo)
@@ -137,8 +140,9 @@ class DifferentiableAgent(Agent):
                     targets[problem.id] = info["completion"]
         if not targets:
             raise RuntimeError(f"--loss-target own: no greedy completion of {len(chosen)} training questions reached "
-                               "its gold answer under --init-text or the reference prompts, so there is nothing to "
-                               "train on; use --loss-target gold or more --target-questions")
+                               "its gold answer under --init-text or the reference prompts"
+                               + (" that --max-oracle-pairs left room for" if self.stopped else "")
+                               + ", so there is nothing to train on; use --loss-target gold or more --target-questions")
         return targets
 
     # ---- what a route defines -------------------------------------------------------------------

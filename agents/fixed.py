@@ -23,13 +23,15 @@ class FixedPromptAgent(Agent):
         # not 0), and `finish` once more (the engine's greedy cache answers the second).
         return 2
 
-    def __init__(self, env, text: str, *, run=None, val_problems=None, engine=None):
-        super().__init__(env, AlgorithmConfig(steps=0), run=run, val_problems=val_problems, engine=engine)
+    def __init__(self, env, text: str, *, run=None, val_problems=None, engine=None, max_oracle_pairs: int = 0):
+        super().__init__(env, AlgorithmConfig(steps=0, max_oracle_pairs=max_oracle_pairs), run=run,
+                         val_problems=val_problems, engine=engine)
         self.policy = FixedPrompt(text, env.prompt_length, len(env.vocab))
 
     @classmethod
     def from_config(cls, config, env, *, engine, run=None, val_problems=()):
-        return cls(env, config.policy.fixed_prompt, run=run, val_problems=val_problems, engine=engine)
+        return cls(env, config.policy.fixed_prompt, run=run, val_problems=val_problems, engine=engine,
+                   max_oracle_pairs=config.algorithm.max_oracle_pairs)
 
     def finish(self) -> dict:
         self.best_val = self.validate()  # NaN without validation questions

@@ -75,7 +75,8 @@ class RandomSearchAgent(Agent):
         best, self.best_val = list(ranked_prompts(self.prompt_rewards)[0][0]), float("nan")  # NaN: not validated
         if self.val_problems and self.config.finalists:
             _, chosen = self.score_finalists()  # the first of equals: the best training reward
-            best, self.best_val = chosen["actions"], chosen["val_accuracy"]
+            if chosen is not None:  # None: --max-oracle-pairs left room for no finalist
+                best, self.best_val = chosen["actions"], chosen["val_accuracy"]
         self.policy = self.fixed_prompt(best)
         for name in (POLICY_BEST, POLICY_LAST):
             self.save_prompt(name)

@@ -234,6 +234,8 @@ class ReinforceAgent(Agent):
                 and not self.policy.uses_observation):
             return None
         scored, best = self.score_finalists()
+        if best is None:  # --max-oracle-pairs left room for none
+            return None
         if best["val_accuracy"] > self.best_val:
             self.best_val = best["val_accuracy"]
             self.save_prompt(POLICY_BEST, self.fixed_prompt(best["actions"]), val_accuracy=self.best_val)

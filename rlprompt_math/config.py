@@ -70,11 +70,12 @@ RANGES = {
     "gumbel_lr": ((">", 0),), "gumbel_tau": ((">", 0),), "gumbel_tau_end": ((">", 0),),
     "moving_average_decay": ((">=", 0), ("<=", 1)), "max_grad_norm": ((">", 0),),
     "sample_temperature": ((">", 0),), "entropy_coef": ((">=", 0),), "pointer_scale": ((">=", 0),),
-    "clusters": ((">=", 0),),
+    "clusters": ((">=", 0),), "max_oracle_pairs": ((">=", 0),),
 }
 RANGE_HINTS = {"eval_every": "0: validate only at the end", "lr": "0: a frozen policy",
                "shots": "0: instruction words only", "reference_shots": "0: no few-shot reference",
-               "finalists": "0: off", "sample_top_k": "0: all", "clusters": "0: one per kind"}
+               "finalists": "0: off", "sample_top_k": "0: all", "clusters": "0: one per kind",
+               "max_oracle_pairs": "0: no cap"}
 
 
 def _in_range(value, bounds) -> bool:
@@ -346,6 +347,11 @@ class AlgorithmConfig:
     clusters: int = 0
     """--agent cluster: k-means clusters of the training questions, each with its own random search (0: one per
     kind where the training problems name their kinds, the generator's or --kind-field's; else 4)."""
+    max_oracle_pairs: int = 0
+    """A hard cap on the oracle pairs a run spends, training and validation (exemplar pool completions included;
+    the final comparison not): a run whose plan exceeds it is refused before the model loads, and an agent never
+    sends a step, validation or finalist that would take the run past it (it stops, keeping the best so far;
+    summary.json says `stopped`). 0: no cap."""
     seed: int = opt(0, cli=False)
     """Seeds question sampling and prompt sampling (set from RunConfig.seed by the wiring)."""
 

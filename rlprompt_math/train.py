@@ -181,9 +181,10 @@ def build(config: RunConfig, *, engine: Engine | None = None, splits: dict[str, 
     `engine` and `splits` may be given to share them between runs (the headline script); otherwise the
     config's engine and data settings load them. A config with `resume` set continues that run.
     """
-    from .agents import AGENTS, check_config
+    from .agents import AGENTS, check_config, describe_plan
 
     check_config(config)  # every setting in range, the agent's rules too, before anything is read, loaded or written
+    log(f"oracle pairs planned: {describe_plan(config)}")
     resume_step = None
     if config.resume:
         run_path = Path(config.resume)
@@ -387,6 +388,10 @@ def train(config: RunConfig, *, engine: Engine | None = None, splits: dict[str, 
     """Build, train, save (summary.json, learning curve) and, unless `no_final_eval`, evaluate a run."""
     built = build(config, engine=engine, splits=splits, log=log)
     summary = built.agent.train(progress=not config.quiet)
+    if summary.get("stopped") == "max_oracle_pairs":
+        log(f"stopped at step {summary['steps']} of {config.algorithm.steps}: the next step, validation or finalist "
+            f"would have taken the run past --max-oracle-pairs {config.algorithm.max_oracle_pairs:,} "
+            f"({summary['oracle_pairs']:,} spent); the best so far is kept")
     built.run.plot_learning_curve()
     built.run.close()
     log(f"trained: {summary['steps']} steps, {summary['oracle_pairs']} oracle pairs, "

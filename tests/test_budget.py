@@ -1,16 +1,22 @@
 """The equal-budget rule: what a run spends in oracle pairs is planned once (`agents.oracle_pairs_planned`), and
 the pairs runs actually send to the oracle are counted against it, so benches that compare learners "at the same
-budget" compare them at the same pairs."""
+budget" compare them at the same pairs. The hard cap, --max-oracle-pairs: a plan over it is refused before
+anything loads, and a run whose real pairs would pass it stops short of it."""
 
 import copy
+import json
+import math
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import OWN_TARGETS, route_run
+
 import rlprompt_math.train as training
-from rlprompt_math.agents import AGENTS, RandomSearchAgent, check_config, oracle_pairs_planned
-from rlprompt_math.config import RunConfig
+from rlprompt_math.agents import AGENTS, RandomSearchAgent, check_config, describe_plan, oracle_pairs_planned
+from rlprompt_math.checkpoint import POLICY_BEST, SUMMARY
+from rlprompt_math.config import ConfigError, RunConfig
 from rlprompt_math.data import Problem
 from rlprompt_math.exemplars import ExemplarPool
 from rlprompt_math.prompt_space import PromptSpace
@@ -140,8 +146,76 @@ def test_a_run_spends_what_its_plan_says(agent, tiny_engine, generate_rows, tmp_
     elif hasattr(AGENTS[agent], "finalists_for"):
         config.algorithm.finalists = AGENTS[agent].finalists_for(oracle_pairs_planned(reinforce), config)
     planned = oracle_pairs_planned(config)
-    built = training.build(config, engine=tiny_engine, log=lambda _: None)
+    config.algorithm.max_oracle_pairs = planned  # a cap the plan meets exactly: the run is not cut short
+    lines = []
+    built = training.build(config, engine=tiny_engine, log=lines.append)
     summary = built.agent.train(progress=False)
-    assert sum(generate_rows) == summary["oracle_pairs"] == planned
+    assert sum(generate_rows) == summary["oracle_pairs"] == planned and "stopped" not in summary
+    assert lines[0] == f"oracle pairs planned: {describe_plan(config)}"  # the header, before the problems' line
+    assert lines[0].startswith(f"oracle pairs planned: {planned:,} (") and f"at most {planned:,}" in lines[0]
     if AGENTS[agent].equal_budget:
         assert planned == oracle_pairs_planned(reinforce) == 4 + 3 * 2 * 2 + (3 + 1) * 3  # pool, steps, validations
+
+
+# ---- the hard cap: --max-oracle-pairs -------------------------------------------------------------------
+
+
+def test_a_plan_over_the_cap_is_refused_before_anything_loads(tmp_path, monkeypatch):
+    settings = {"steps": 30, "eval_every": 10, "batch_size": 8, "prompts_per_question": 8, "val_size": 100,
+                "output_dir": str(tmp_path / "runs"), "model": str(tmp_path / "no-model-here")}
+    planned = oracle_pairs_planned(RunConfig.from_flat(settings))
+    assert planned == 32 + 30 * 8 * 8 + 4 * 100  # the default exemplar pool, the steps, 4 validations
+    for step in ("problems_from_config", "load_engine"):  # a refusal reaches neither
+        monkeypatch.setattr(training, step, lambda *a, **k: pytest.fail("the refused run went on to load"))
+    with pytest.raises(ConfigError) as refused:
+        training.build(RunConfig.from_flat({**settings, "max_oracle_pairs": 2000}), log=lambda _: None)
+    message = str(refused.value)
+    assert "\n" not in message and "--max-oracle-pairs 2,000" in message
+    assert "2,352 (32 pool + 1,920 training + 4 validations x 100)" in message and "--steps" in message
+    assert not (tmp_path / "runs").exists()
+    check_config(RunConfig.from_flat({**settings, "max_oracle_pairs": planned}))  # the plan itself fits
+
+
+@pytest.mark.parametrize("cap", [20, 30])
+@pytest.mark.parametrize("name", EQUAL_BUDGET)
+def test_an_agent_never_sends_pairs_past_the_cap(name, cap):
+    """The backstop in the loop, for an agent built directly (`from_config`: no plan check, as a Python user or a
+    bench builds one) with a cap below its plan (49 pairs for REINFORCE, 34 for the searches): it stops before
+    the step, validation or finalist that would pass the cap, and still keeps a prompt."""
+    config = _config(name, steps=4, eval_every=2, batch_size=3, prompts_per_question=2, val_size=5, finalists=2)
+    assert oracle_pairs_planned(config) > cap
+    config.algorithm.max_oracle_pairs = cap
+    env = CountingEnv()
+    val = [Problem(f"v{i}", f"v{i}", "0") for i in range(config.val_size)]
+    agent = AGENTS[name].from_config(config, env, engine=None, val_problems=val)
+    summary = agent.train(progress=False)
+    assert env.pairs == summary["oracle_pairs"] <= cap and summary["stopped"] == "max_oracle_pairs"
+    # (steps, pairs): REINFORCE validates untrained (5), then steps of 6 pairs, steps 2 and 4 with a validation (5),
+    # and its finalists 5 each (at 20: one after step 1; at 30: none after step 3); the searches spend 6 a step and 5
+    # a finalist (at 30: all 4 steps and one of the 2 finalists)
+    expected = {20: (1, 16), 30: (3, 28)} if name == "reinforce" else {20: (3, 18), 30: (4, 29)}
+    assert (summary["steps"], summary["oracle_pairs"]) == expected[cap]
+    assert agent.greedy_prompts(val[:1])  # a prompt is kept
+
+
+def test_a_run_whose_pairs_are_known_only_as_it_runs_stops_at_the_cap(tiny_engine, answerable, generate_rows,
+                                                                      tmp_path):
+    """--loss-target own asks for completions until it has targets, so no plan knows its pairs (the header says
+    so) and nothing refuses it beforehand; the cap holds it. Untrained validation 3 pairs, the init text's
+    completions 40 (the next reference prompt's 30 would pass the cap: training goes on with the 10 targets
+    found), step 2's validation 3: 46; step 4's validation would make 49."""
+    problems, _ = answerable
+    splits = {"train": problems, "validation": problems[:3], "test": problems[:4]}
+    config = RunConfig.from_flat({**route_run("pez", **OWN_TARGETS), "max_oracle_pairs": 46, "no_final_eval": True,
+                                  "output_dir": str(tmp_path), "name": "capped"})
+    lines = []
+    result = training.train(config, engine=tiny_engine, splits=splits, log=lines.append)
+    summary = result.summary
+    assert lines[0].startswith("oracle pairs planned: not known before the run (--loss-target own")
+    assert sum(generate_rows) == summary["oracle_pairs"] == 46
+    assert summary["stopped"] == "max_oracle_pairs" and summary["steps"] == 3
+    assert len(result.built.agent.own_targets) == 10
+    assert any(line.startswith("stopped at step 3 of 4") and "--max-oracle-pairs 46" in line for line in lines)
+    saved = json.loads((result.run_dir / SUMMARY).read_text())
+    assert saved["stopped"] == "max_oracle_pairs" and saved["oracle_pairs"] <= 46
+    assert math.isfinite(saved["best_val_accuracy"]) and (result.run_dir / POLICY_BEST).exists()  # the best so far
