@@ -121,6 +121,11 @@ CASES = [
     ("eval-every-negative", [*T, "--eval-every", "-1"], ["--eval-every", ">= 0"], True),
     ("pointer-scale-negative", [*T, "--pointer-scale", "-1"], ["--pointer-scale", ">= 0"], True),
     ("clusters-negative", [*T, "--agent", "cluster", "--clusters", "-1"], ["--clusters", ">= 0", "one per kind"], True),
+    ("max-oracle-pairs-negative", [*T, "--max-oracle-pairs", "-1"], ["--max-oracle-pairs", ">= 0", "got -1",
+                                                                   "0: no cap"], True),
+    # T plans 8 pairs (4 training + 2 validations x 2); a model that is not there shows nothing was loaded
+    ("plan-over-max-oracle-pairs", [*T, "--max-oracle-pairs", "5", "--model", "{root}/no-model"],
+     ["--max-oracle-pairs 5", "plans 8 (4 training + 2 validations x 2)", "--steps"], True),
     ("knn-without-exemplar-slots", [*T, "--agent", "knn", "--shots", "0"], ["--agent knn", "--shots must be >= 1"],
      True),
     ("kind-field-missing-column", [*T, *NO_EVAL, "--dataset", "{root}/plain.csv", "--kind-field", "topic"],
