@@ -11,6 +11,7 @@ the accuracies mean nothing. This is the CUDA check of issue 14 (the routes run 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
@@ -62,10 +63,9 @@ def main(device, dtype, steps, random_weights):
             print(f"  {label:15s}: FAILED {type(error).__name__}: {error}")
             continue
         summary = result.summary
-        lines = open(os.path.join(scratch, config.name, METRICS)).read().splitlines()
-        header = lines[0].split(",")
-        rows = [dict(zip(header, line.split(","))) for line in lines[1:]]
-        per_step = [float(r["seconds_per_step"]) for r in rows if r.get("seconds_per_step")]
+        with open(os.path.join(scratch, config.name, METRICS), newline="") as handle:  # sample prompts hold commas
+            rows = list(csv.DictReader(handle))
+        per_step = [float(r["step_s"]) for r in rows if r.get("step_s")]
         memory = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.startswith("cuda") else ""
         print(f"  {label:15s}: {summary['wall_s'] / steps:.2f} s/step over the run"
               + (f" (last step {per_step[-1]:.2f} s)" if per_step else "")
