@@ -1,14 +1,25 @@
 """The loop every agent shares (agents/base.py): callbacks, resume after a crash (every agent and route), state files,
-the registry."""
+the registry, identical seeds."""
+
+import json
 
 
 import pytest
 import torch
-from conftest import EXEMPLAR_RUN, FAST_RUN, OWN_TARGETS, ROUTES, BanditEnv, metrics_rows, route_run
+from conftest import EXEMPLAR_RUN, FAST_RUN, OWN_TARGETS, ROUTES, BanditEnv, metrics_rows, route_run, timeless
 
 import rlprompt_math.train as training
 from rlprompt_math.agents import AGENTS, Agent, AlgorithmConfig, RandomSearchAgent, ReinforceAgent
-from rlprompt_math.checkpoint import POLICY_BEST, POLICY_FORMAT, STATE_LAST, load_state, read, save_state
+from rlprompt_math.checkpoint import (
+    POLICY_BEST,
+    POLICY_FORMAT,
+    PROMPT,
+    STATE_LAST,
+    SUMMARY,
+    load_state,
+    read,
+    save_state,
+)
 from rlprompt_math.config import RunConfig
 from rlprompt_math.data import generate_problems
 from rlprompt_math.policies import Unconditioned
@@ -137,3 +148,27 @@ def test_make_agent_builds_the_registered_class(name, tiny_engine):
     agent, _ = training.make_agent(config, env, engine=tiny_engine)
     assert type(agent) is AGENTS[name]
 
+
+
+# ---- identical seeds ------------------------------------------------------------------------------------
+
+
+def _kept(agent: str, seed: int, engine, root) -> dict:
+    """What a two-step run of `agent` keeps, through the one wiring: its kept policy file's bytes, prompt.json and
+    summary.json (times aside). Two kinds of questions: the cluster agent's k-means has two clusters to seed."""
+    settings = {**FAST_RUN, "agent": agent, "seed": seed, "kinds": "arithmetic,word_one_step", "steps": 2, "eval_every": 1, "checkpoint_every": 1,
+                "finalists": 1, "exemplar_pool": 4, "prompt_length": 2, "policy_width": 8, "no_final_eval": True,
+                **ROUTES.get(agent, {}), "output_dir": str(root), "name": f"{agent}-s{seed}-{len(list(root.iterdir()))}"}
+    run = training.train(RunConfig.from_flat(settings), engine=engine, log=lambda _: None).run_dir
+    prompt = json.loads((run / PROMPT).read_text()) if (run / PROMPT).exists() else None  # a soft prompt has none
+    return {"policy": (run / POLICY_BEST).read_bytes(), "prompt": prompt,
+            "summary": timeless(json.loads((run / SUMMARY).read_text()))}
+
+
+@pytest.mark.parametrize("name", list(AGENTS))
+def test_identical_seeds_give_identical_kept_prompts(name, tiny_engine, tmp_path):
+    first, again = (_kept(name, 0, tiny_engine, tmp_path) for _ in range(2))
+    assert first == again
+    if name == "random":  # and the seed is what decides it
+        other = _kept(name, 1, tiny_engine, tmp_path)
+        assert other["prompt"] != first["prompt"] and other["policy"] != first["policy"]
