@@ -169,6 +169,8 @@ def _kept(agent: str, seed: int, engine, root) -> dict:
 def test_identical_seeds_give_identical_kept_prompts(name, tiny_engine, tmp_path):
     first, again = (_kept(name, 0, tiny_engine, tmp_path) for _ in range(2))
     assert first == again
+    if name == "cluster":
+        assert first["summary"]["clusters"] == 2
     if name == "random":  # and the seed is what decides it
         other = _kept(name, 1, tiny_engine, tmp_path)
         assert other["prompt"] != first["prompt"] and other["policy"] != first["policy"]
