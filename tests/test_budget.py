@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import OWN_TARGETS, route_run
+from conftest import OWN_TARGETS, ToyVocab, route_run
 
 import rlprompt_math.train as training
 from rlprompt_math.agents import AGENTS, RandomSearchAgent, check_config, describe_plan, oracle_pairs_planned
@@ -24,19 +24,6 @@ from rlprompt_math.prompt_space import PromptSpace
 EQUAL_BUDGET = [name for name, cls in AGENTS.items() if cls.equal_budget]
 
 
-class NumberVocab:
-    """Actions are numbers; a prompt's instruction is their text."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def __len__(self):
-        return self.n
-
-    def decode(self, actions):
-        return " ".join(map(str, actions))
-
-
 class CountingEnv:
     """An env-like oracle double that counts every (prompt, question) pair it is asked to score. Its prompt space
     has one exemplar slot over a pool of three of its questions (answers bare: no completions to ask for), so
@@ -45,7 +32,7 @@ class CountingEnv:
     clusters' shares of the budget: tests/test_conditioned_baselines.py)."""
 
     def __init__(self, vocab_size=40, length=2, questions=12):
-        self.vocab, self.prompt_length = NumberVocab(vocab_size), length
+        self.vocab, self.prompt_length = ToyVocab(vocab_size), length
         self.problems = [Problem(str(i), f"q{i}", "0") for i in range(questions)]
         self.space = PromptSpace(self.vocab, length, ExemplarPool(self.problems[:3]), shots=1, forms=("bare",))
         self.engine = self
