@@ -17,15 +17,17 @@ from .base import Agent, Callback, NonFiniteError, check_finite
 from .cluster_search import ClusterSearchAgent
 from .fixed import FixedPromptAgent
 from .gumbel import GumbelAgent
+from .halving import HalvingAgent
 from .knn import KnnAgent
 from .pez import PezAgent
 from .random_search import RandomSearchAgent
 from .reinforce import ReinforceAgent
 from .soft_prompt import SoftPromptAgent
+from .tpe import TpeAgent
 
 AGENTS: dict[str, type[Agent]] = {agent.name: agent for agent in (
     ReinforceAgent, RandomSearchAgent, FixedPromptAgent, SoftPromptAgent, PezAgent, GumbelAgent, KnnAgent,
-    ClusterSearchAgent)}
+    ClusterSearchAgent, HalvingAgent, TpeAgent)}
 
 
 def check_config(config: RunConfig) -> RunConfig:
@@ -81,5 +83,5 @@ def _plan_text(agent: type[Agent], config: RunConfig) -> str:
 
 
 __all__ = ["AGENTS", "BASELINES", "Agent", "AlgorithmConfig", "Callback", "ClusterSearchAgent", "FixedPromptAgent",
-           "GumbelAgent", "KnnAgent", "NonFiniteError", "PezAgent", "RandomSearchAgent", "ReinforceAgent",
-           "SoftPromptAgent", "check_config", "check_finite", "describe_plan", "oracle_pairs_planned"]
+           "GumbelAgent", "HalvingAgent", "KnnAgent", "NonFiniteError", "PezAgent", "RandomSearchAgent", "ReinforceAgent",
+           "SoftPromptAgent", "TpeAgent", "check_config", "check_finite", "describe_plan", "oracle_pairs_planned"]

@@ -292,14 +292,16 @@ class Agent:
         for row, values in zip(prompts, rewards):
             self.prompt_rewards.setdefault(tuple(row), []).extend(values)
 
-    def score_finalists(self) -> tuple[list[dict], dict | None]:
-        """Score the `config.finalists` prompts with the best mean training reward on the validation questions
-        (their pairs counted; under --max-oracle-pairs, as many as fit): (every finalist, best training reward
-        first; the best on validation, the first of equals, or None where none fit)."""
+    def score_finalists(self, candidates: dict[tuple, list[float]] | None = None) -> tuple[list[dict], dict | None]:
+        """Score the `config.finalists` prompts with the best mean training reward among `candidates` (default: every
+        prompt in `prompt_rewards`) on the validation questions (their pairs counted; under --max-oracle-pairs, as
+        many as fit): (every finalist, best training reward first; the best on validation, the first of equals, or
+        None where none fit)."""
         count = self.config.finalists
         if self.val_problems and not self.affords(count * len(self.val_problems)):
             count = int(self.pairs_left() // len(self.val_problems))
-        scored = validate_finalists(self.env, self.space, self.val_problems, self.prompt_rewards, count)
+        candidates = self.prompt_rewards if candidates is None else candidates
+        scored = validate_finalists(self.env, self.space, self.val_problems, candidates, count)
         self.oracle_pairs += sum(f["pairs"] for f in scored)
         return scored, max(scored, key=lambda f: f["val_accuracy"]) if scored else None
 

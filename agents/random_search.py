@@ -65,16 +65,23 @@ class RandomSearchAgent(Agent):
     def validation_due(self) -> bool:
         return False
 
+    def candidates(self) -> dict[tuple, list[float]]:
+        """The measured prompts the kept one is chosen among (with their training rewards): every one scored."""
+        return self.prompt_rewards
+
     def prompt_policy(self) -> FixedPrompt:
-        """The chosen prompt once training is over; before, the best mean training reward so far."""
+        """The chosen prompt once training is over; before, the candidate with the best mean training reward so far
+        (the empty prompt before any is scored)."""
         if self.policy is not None:
             return self.policy
-        return self.fixed_prompt(list(ranked_prompts(self.prompt_rewards)[0][0]))
+        ranked = ranked_prompts(self.candidates())
+        return self.fixed_prompt(list(ranked[0][0]) if ranked else [0] * len(self.space))
 
     def finish(self) -> dict:
-        best, self.best_val = list(ranked_prompts(self.prompt_rewards)[0][0]), float("nan")  # NaN: not validated
+        candidates = self.candidates()
+        best, self.best_val = list(ranked_prompts(candidates)[0][0]), float("nan")  # NaN: not validated
         if self.val_problems and self.config.finalists:
-            _, chosen = self.score_finalists()  # the first of equals: the best training reward
+            _, chosen = self.score_finalists(candidates)  # the first of equals: the best training reward
             if chosen is not None:  # None: --max-oracle-pairs left room for no finalist
                 best, self.best_val = chosen["actions"], chosen["val_accuracy"]
         self.policy = self.fixed_prompt(best)

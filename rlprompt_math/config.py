@@ -425,7 +425,9 @@ class RunConfig:
     soft-prompt: prompt embeddings trained by gradient (EmbedGrad); pez: a discrete prompt by projected
     gradients; gumbel: the policy (--policy unconditioned or refiner) trained by straight-through Gumbel-softmax;
     knn: each question shown its nearest pool problems, the form and words by random search, same oracle budget;
-    cluster: k-means on question features (--clusters), random search per cluster, same oracle budget."""
+    cluster: k-means on question features (--clusters), random search per cluster, same oracle budget;
+    halving: successive halving over random prompts, same oracle budget; tpe: Optuna's TPE over the prompt's
+    factors, MIPROv2's schedule (minibatch trials, a full evaluation every --eval-every steps)."""
     seed: int = 0
     """Seeds problem sampling, prompt sampling and the split."""
     val_size: int = 100

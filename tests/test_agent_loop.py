@@ -79,6 +79,12 @@ def test_a_callback_can_stop_training(tmp_path):
 RESUMES = [  # a run's settings, the step whose update Ctrl-C stops, the step of the checkpoint it resumes from
     pytest.param({**FAST_RUN, "agent": "random", "steps": 5, "checkpoint_every": 2, "finalists": 2}, 3, 2, (),
                  id="random"),
+    # Successive halving: the crash falls in a later rung than the checkpoint (its survivors and queue are state).
+    pytest.param({**FAST_RUN, "agent": "halving", "steps": 6, "checkpoint_every": 2, "finalists": 2}, 5, 4, (),
+                 id="halving"),
+    # TPE: the trials told so far are state (a new study is told them again), and the fully evaluated candidates.
+    pytest.param({**FAST_RUN, "agent": "tpe", "steps": 6, "checkpoint_every": 2, "eval_every": 2, "finalists": 1,
+                  "prompts_per_question": 2}, 5, 4, (), id="tpe"),
     # A question-conditioned policy, and a learned baseline whose value head is state too.
     pytest.param({**FAST_RUN, "agent": "reinforce", "policy": "refiner", "policy_width": 16, "prompt_length": 2,
                   "shots": 0, "baseline": "learned", "rewards": ["partial"], "steps": 6, "batch_size": 3,
@@ -134,7 +140,7 @@ def test_a_state_file_loads_only_into_its_agent(tmp_path):
 
 def test_the_registry_has_one_agent_class_per_agent_name():
     assert list(AGENTS) == ["reinforce", "random", "fixed", "soft-prompt", "pez", "gumbel", "knn",
-                            "cluster"]  # --agent's values
+                            "cluster", "halving", "tpe"]  # --agent's values
     for name, cls in AGENTS.items():
         assert issubclass(cls, Agent) and cls.name == name
         assert cls.from_config.__func__ is not Agent.from_config.__func__, name  # each knows how to build itself
@@ -171,6 +177,6 @@ def test_identical_seeds_give_identical_kept_prompts(name, tiny_engine, tmp_path
     assert first == again
     if name == "cluster":
         assert first["summary"]["clusters"] == 2
-    if name == "random":  # and the seed is what decides it
+    if name in ("random", "halving", "tpe"):  # and the seed is what decides it
         other = _kept(name, 1, tiny_engine, tmp_path)
         assert other["prompt"] != first["prompt"] and other["policy"] != first["policy"]

@@ -87,7 +87,7 @@ def test_learners_on_an_equal_budget_send_the_oracle_the_same_pairs(settings):
         summary = agent.train(progress=False)
         assert env.pairs == summary["oracle_pairs"] == oracle_pairs_planned(config), name
         counted[name] = env.pairs
-    assert set(EQUAL_BUDGET) >= {"reinforce", "random", "knn", "cluster"}
+    assert set(EQUAL_BUDGET) >= {"reinforce", "random", "knn", "cluster", "halving", "tpe"}
     assert len(set(counted.values())) == 1, counted
 
 
@@ -121,13 +121,14 @@ FAST = {"steps": 3, "eval_every": 2, "batch_size": 2, "prompts_per_question": 2,
         "max_new_tokens": 4, "num_problems": 80, "prompt_length": 2, "no_final_eval": True, "quiet": True}
 
 
-@pytest.mark.parametrize("agent", ["reinforce", "random", "fixed", "pez", "knn", "cluster"])
+@pytest.mark.parametrize("agent", ["reinforce", "random", "fixed", "pez", "knn", "cluster", "halving", "tpe"])
 def test_a_run_spends_what_its_plan_says(agent, tiny_engine, generate_rows, tmp_path):
     """Through the one wiring, exemplar pool completions (reinforce, random, knn, cluster: 2 slots by default, the
     completion form among the answer forms) and finalists included; REINFORCE keeps a finalist, the agents that
-    tune their budget by their finalists (random search, knn, cluster) get its pairs."""
+    tune their budget by their finalists (random search, knn, cluster, halving) get its pairs."""
     reinforce = RunConfig.from_flat({**FAST, "finalists": 1, "output_dir": str(tmp_path), "name": "reinforce"})
-    config = RunConfig.from_flat({**FAST, "agent": agent, "output_dir": str(tmp_path), "name": agent})
+    # REINFORCE's settings (TPE spends its plan at them, its finalists full evaluations at the end)
+    config = RunConfig.from_flat({**FAST, "finalists": 1, "agent": agent, "output_dir": str(tmp_path), "name": agent})
     if agent == "reinforce":
         config = reinforce
     elif hasattr(AGENTS[agent], "finalists_for"):
@@ -177,10 +178,10 @@ def test_an_agent_never_sends_pairs_past_the_cap(name, cap):
     agent = AGENTS[name].from_config(config, env, engine=None, val_problems=val)
     summary = agent.train(progress=False)
     assert env.pairs == summary["oracle_pairs"] <= cap and summary["stopped"] == "max_oracle_pairs"
-    # (steps, pairs): REINFORCE validates untrained (5), then steps of 6 pairs, steps 2 and 4 with a validation (5),
-    # and its finalists 5 each (at 20: one after step 1; at 30: none after step 3); the searches spend 6 a step and 5
-    # a finalist (at 30: all 4 steps and one of the 2 finalists)
-    expected = {20: (1, 16), 30: (3, 28)} if name == "reinforce" else {20: (3, 18), 30: (4, 29)}
+    # (steps, pairs): REINFORCE (and TPE, on its schedule) validates untrained (5), then steps of 6 pairs, steps 2 and
+    # 4 with a validation (5), and its finalists 5 each (at 20: one after step 1; at 30: none after step 3); the
+    # searches spend 6 a step and 5 a finalist (at 30: all 4 steps and one of the 2 finalists)
+    expected = {20: (1, 16), 30: (3, 28)} if name in ("reinforce", "tpe") else {20: (3, 18), 30: (4, 29)}
     assert (summary["steps"], summary["oracle_pairs"]) == expected[cap]
     assert agent.greedy_prompts(val[:1])  # a prompt is kept
 
