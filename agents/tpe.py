@@ -19,6 +19,7 @@ exactly.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -106,7 +107,7 @@ class TpeAgent(Agent):
         accuracy = super().validate()
         # A trial's score only: the untrained empty prompt is a point of reference, never kept (as for every agent);
         # NaN: not scored (no validation questions, or --max-oracle-pairs).
-        if waiting and accuracy == accuracy:
+        if waiting and not math.isnan(accuracy):
             self.full_evals[self.current] = accuracy
         return accuracy
 
