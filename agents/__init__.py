@@ -83,5 +83,5 @@ def _plan_text(agent: type[Agent], config: RunConfig) -> str:
 
 
 __all__ = ["AGENTS", "BASELINES", "Agent", "AlgorithmConfig", "Callback", "ClusterSearchAgent", "FixedPromptAgent",
-           "GumbelAgent", "HalvingAgent", "KnnAgent", "NonFiniteError", "PezAgent", "RandomSearchAgent", "ReinforceAgent",
-           "SoftPromptAgent", "TpeAgent", "check_config", "check_finite", "describe_plan", "oracle_pairs_planned"]
+           "GumbelAgent", "HalvingAgent", "KnnAgent", "NonFiniteError", "PezAgent", "RandomSearchAgent",
+           "ReinforceAgent", "SoftPromptAgent", "TpeAgent", "check_config", "check_finite", "describe_plan", "oracle_pairs_planned"]
