@@ -10,7 +10,9 @@ Each step:
      for shared prompts, the reward of a prompt is its mean over the M questions;
   5. loss = -mean(advantage * log pi(prompt | question)) - beta(step) * mean(entropy)
      (+ the value head's squared error for the learned baseline);
-  6. clip the gradient norm and step; stop with a clear message on any non-finite number.
+  6. clip the gradient norm and step; stop with a clear message on any non-finite number;
+  7. with `update_epochs` > 1, update again on the same samples and rewards with PPO's clipped ratio
+     (`reuse_rewards`): more learning from each oracle pair, the policy kept near the one that sampled.
 The loop around the steps is every agent's (base.py): every `eval_every` steps the greedy prompts are
 scored on validation questions, and the best policy so far is kept. With `finalists` > 0
 (unconditioned policies), the sampled prompts with the best mean training reward are also scored on
@@ -202,6 +204,8 @@ class ReinforceAgent(Agent):
                 check_finite(f"gradient of {name}", parameter.grad, where)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm))
         self.optimizer.step()
+        for epoch in range(1, cfg.update_epochs):  # the same rewards again, PPO's clipped ratio
+            self.reuse_rewards(obs_rep, actions, log_prob.detach(), adv.detach(), coef, f"{where}, epoch {epoch}")
         if self.value_head is not None:
             value_loss = ((values - rewards.reshape(-1)) ** 2).mean()
             check_finite("value loss", value_loss, where)
@@ -212,6 +216,20 @@ class ReinforceAgent(Agent):
         return {**self.step_metrics(rewards_np, infos),
                 "entropy": float(entropy.detach().mean()) / max(len(self.policy.slot_sizes), 1), **slot_entropy,
                 "entropy_coef": coef, "loss": float(loss.detach()), "grad_norm": grad_norm}
+
+    def reuse_rewards(self, obs, actions, sampled_log_prob, adv, coef: float, where: str) -> None:
+        """One more update on a step's samples (--update-epochs): PPO's clipped surrogate, the ratio of the policy now
+        to the policy that sampled them, so a prompt's probability moves at most `clip_ratio` past where it was."""
+        log_prob, entropy = self.policy.log_prob(obs, actions)
+        ratio = torch.exp(log_prob - sampled_log_prob)
+        clip = self.config.clip_ratio
+        surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+        loss = -surrogate.mean() - coef * entropy.mean()
+        check_finite("loss", loss, where)
+        self.optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
 
     def entropy_by_slot_kind(self, obs: torch.Tensor, actions: torch.Tensor) -> dict:
         """Mean entropy per slot (nats) of the exemplar slots, the answer form and the instruction words, before

@@ -70,7 +70,8 @@ RANGES = {
     "gumbel_lr": ((">", 0),), "gumbel_tau": ((">", 0),), "gumbel_tau_end": ((">", 0),),
     "moving_average_decay": ((">=", 0), ("<=", 1)), "max_grad_norm": ((">", 0),),
     "sample_temperature": ((">", 0),), "entropy_coef": ((">=", 0),), "pointer_scale": ((">=", 0),),
-    "clusters": ((">=", 0),), "max_oracle_pairs": ((">=", 0),),
+    "clusters": ((">=", 0),), "max_oracle_pairs": ((">=", 0),), "update_epochs": ((">=", 1),),
+    "clip_ratio": ((">", 0),),
 }
 RANGE_HINTS = {"eval_every": "0: validate only at the end", "lr": "0: a frozen policy",
                "shots": "0: instruction words only", "reference_shots": "0: no few-shot reference",
@@ -330,6 +331,12 @@ class AlgorithmConfig:
     """How the entropy coefficient decays over training (linear, cosine: to 0 at the last step)."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
+    update_epochs: int = 1
+    """Policy updates per batch of oracle rewards (REINFORCE): the first is the REINFORCE step; each further one
+    reuses the same samples with PPO's clipped probability ratio (--clip-ratio), since updates are free and
+    oracle pairs are not. 1: plain REINFORCE."""
+    clip_ratio: float = 0.2
+    """PPO's clip on the ratio of the updated to the sampling policy's probability, for --update-epochs > 1."""
     sample_temperature: float = 1.0
     """Temperature of the policy's prompt sampling while training (log-probabilities are always taken at 1).
     Not the LLM's: it decodes greedily."""

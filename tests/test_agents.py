@@ -42,6 +42,39 @@ def test_finalists_keep_a_measured_prompt_over_an_unsampled_greedy_one():
     assert "finalists" not in no_finalists
 
 
+def test_update_epochs_learn_more_from_the_same_pairs_and_clip_the_ratio():
+    """--update-epochs reuses a step's rewards: after one step on the same samples, 4 epochs put more probability on
+    the best sampled prompt than 1 (the same oracle pairs); the further epochs' surrogate is PPO's, so a prompt whose
+    ratio is already past 1 + clip_ratio gets no more push from its advantage (at lr 0 nothing moves at all)."""
+    def one_step(epochs, lr=0.3):
+        env = BanditEnv(vocab_size=6, target=(3, 5), questions=32)
+        policy = Unconditioned(2, 6)
+        agent = ReinforceAgent(env, policy, AlgorithmConfig(steps=1, lr=lr, batch_size=4, prompts_per_question=8,
+                                                            entropy_coef=0.0, update_epochs=epochs, seed=3))
+        agent.train(progress=False)
+        best = max(agent.prompt_rewards, key=lambda a: np.mean(agent.prompt_rewards[a]))
+        log_prob, _ = policy.log_prob(torch.zeros(1, 4), torch.tensor([best]))
+        return agent, float(log_prob.detach()), policy.slot_logits.detach().clone()
+
+    once, more = one_step(1), one_step(4)
+    assert once[0].oracle_pairs == more[0].oracle_pairs == 4 * 8
+    assert more[1] > once[1] + 0.2  # 0.34 nats more
+    frozen = one_step(4, lr=0.0)
+    assert torch.equal(frozen[2], torch.zeros_like(frozen[2]))
+    # the clipped surrogate: a sample whose ratio is past 1 + clip_ratio (positive advantage) pushes no more
+    agent = once[0]
+    actions = torch.tensor([list(a) for a in agent.prompt_rewards])
+    obs, adv = torch.zeros(len(actions), 4), torch.ones(len(actions))
+    agent.optimizer = torch.optim.SGD(agent.policy.parameters(), lr=0.0)  # gradients only, nothing moves
+    with torch.no_grad():
+        now, _ = agent.policy.log_prob(obs, actions)
+    pushes = {}
+    for name, sampled in {"ratio 1": now, "ratio e": now - 1.0}.items():
+        agent.reuse_rewards(obs, actions, sampled, adv, 0.0, "test")
+        pushes[name] = float(agent.policy.slot_logits.grad.abs().sum())
+    assert pushes["ratio 1"] > 0 and pushes["ratio e"] == 0
+
+
 def _gradient_samples(baseline, n=200):
     """Per-update policy gradients at a fixed policy, on a bandit whose rewards carry a large offset."""
     env = BanditEnv(offset=5.0, noise=0.1)

@@ -242,7 +242,8 @@ ALGORITHM_VALUES = {"steps": 3, "batch_size": 2, "prompts_per_question": 3, "lr"
                     "moving_average_decay": 0.5, "normalize_rewards": True, "entropy_coef": 0.02,
                     "entropy_schedule": "cosine", "max_grad_norm": 0.5, "sample_temperature": 0.7, "sample_top_k": 5,
                     "value_lr": 0.01, "eval_every": 2, "checkpoint_every": 2, "finalists": 2,
-                    "optimizer": "sgd", "clusters": 2, "max_oracle_pairs": 100_000}
+                    "optimizer": "sgd", "clusters": 2, "max_oracle_pairs": 100_000, "update_epochs": 3,
+                    "clip_ratio": 0.3}
 # Checked elsewhere: the engine fields need other models or CUDA, the data-file fields a dataset file
 # (test_data, test_cli), the served engine's a server (test_engine_openai); resume in test_cli; output_dir is
 # the parent of `name` (checked below).

@@ -1,0 +1,259 @@
+"""Learners at equal oracle pairs: REINFORCE against random search, successive halving and TPE, at several budgets.
+
+    python bench/learners_budget.py --seeds 0,1,2,3,4 --steps 8,24,72           # about 500, 1,500 and 5,000 pairs
+    python bench/learners_budget.py --seeds 0,1,2 --steps 4,12,36 --out runs/learners-budget   # what fits an hour
+    python bench/learners_budget.py --report-only --out runs/learners-budget
+
+Issue 32's third goal. On the default task (the generator's two-operand arithmetic, the default run's prompt space:
+2 exemplar slots over a 32-problem pool, the answer form, 8 instruction slots; the default reward), per seed and per
+budget, each learner trains through the one wiring (`common.train_one`) at exactly REINFORCE's oracle pairs
+(`agents.oracle_pairs_planned`, pool, training and validation counted):
+  * reinforce: `--steps S` of 8 prompts x 8 questions, validated (--val-size questions) untrained and every S/3
+    steps; the kept prompt its best validated greedy prompt;
+  * random: the same rounds of random prompts, as many finalists as REINFORCE's validations
+    (`RandomSearchAgent.finalists_for`);
+  * halving: the same training pairs spent by successive halving (`--agent halving`), as many finalists;
+  * tpe: MIPROv2's schedule (one trial per step on a minibatch of about 35 questions, a full evaluation every 5
+    trials, the empty prompt first), its trials and minibatch chosen so that its pairs are REINFORCE's (`tpe_settings`;
+    where no minibatch of 30-40 makes them exact, the nearest plan below, and the tables show every learner's pairs).
+Then every kept prompt, the hand-written prompts and the 2-shot reference meet the seed's first --test-size test
+problems (greedy, the grader's correctness). Reported per learner and budget, over seeds: test accuracy (mean, and a
+95% bootstrap interval over the pooled questions), the validation-minus-test gap of the kept prompt (the winner's
+curse), REINFORCE minus the learner with a McNemar test pooled over seeds, and the pairs each learner needs to come
+within 1 point of the best test accuracy any learner reached on that seed. Written to --out/learners.json,
+learners.md and learners.png (test accuracy and the gap against pairs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from common import HAND_WRITTEN, base_settings, label, machine, pct, train_one  # bench/ is on the path
+
+LEARNERS = ("reinforce", "random", "halving", "tpe")
+NAMES = {"reinforce": "REINFORCE", "random": "random search", "halving": "successive halving",
+         "tpe": "TPE (MIPROv2's schedule)"}
+MINIBATCH, FULL_EVAL_EVERY = 35, 5  # MIPROv2's defaults
+
+
+def reinforce_settings(steps: int, val_size: int) -> dict:
+    return base_settings(steps=steps, batch_size=8, prompts_per_question=8, val_size=val_size,
+                         eval_every=max(1, math.ceil(steps / 3)), finalists=0)
+
+
+def tpe_settings(pairs: int, reinforce: dict) -> dict:
+    """MIPROv2's schedule (1 trial a step, a full evaluation every 5 and at the last, the empty prompt first) with
+    the trials and minibatch (30-40 questions, 35 preferred) whose plan comes nearest `pairs` without passing it."""
+    from rlprompt_math.agents import oracle_pairs_planned
+
+    from common import run_config
+
+    best = None
+    for minibatch in sorted(range(30, 41), key=lambda b: abs(b - MINIBATCH)):
+        for trials in range(1, pairs // minibatch + 1):
+            settings = {**reinforce, "agent": "tpe", "steps": trials, "batch_size": minibatch,
+                        "prompts_per_question": 1, "eval_every": FULL_EVAL_EVERY, "finalists": 0}
+            planned = oracle_pairs_planned(run_config(settings))
+            if planned <= pairs and (best is None or planned > best[0]):
+                best = (planned, settings)
+            if planned == pairs:
+                return settings
+    return best[1]
+
+
+def learner_settings(learner: str, reinforce: dict) -> dict:
+    from common import equal_budget
+
+    if learner == "reinforce":
+        return reinforce
+    if learner == "tpe":
+        from rlprompt_math.agents import oracle_pairs_planned
+
+        from common import run_config
+
+        return tpe_settings(oracle_pairs_planned(run_config(reinforce)), reinforce)
+    return equal_budget({**reinforce, "agent": learner}, reinforce)  # finalists for REINFORCE's pairs
+
+
+@click.command()
+@click.option("--seeds", default="0,1,2,3,4", show_default=True)
+@click.option("--steps", default="8,24,72", show_default=True,
+              help="REINFORCE's steps at each budget (8 x 8 pairs a step; with --val-size 50: 744, 1,768 and 4,840 "
+                   "oracle pairs)")
+@click.option("--val-size", default=50, show_default=True)
+@click.option("--test-size", default=200, show_default=True)
+@click.option("--learners", default=",".join(LEARNERS), show_default=True)
+@click.option("--dtype", default="auto", show_default=True)
+@click.option("--reuse", is_flag=True, help="load each run already finished under --out with the same settings")
+@click.option("--report-only", is_flag=True, help="write learners.md and learners.png again from learners.json")
+@click.option("--out", default="runs/learners-budget", show_default=True, type=click.Path(file_okay=False))
+def main(seeds, steps, val_size, test_size, learners, dtype, reuse, report_only, out):
+    out = Path(out)
+    if report_only:
+        write_report(out, json.loads((out / "learners.json").read_text()))
+        return
+    from rlprompt_math.config import DataConfig, EngineConfig, RunConfig
+    from rlprompt_math.data import problems_from_config
+    from rlprompt_math.engines import load_engine
+    from rlprompt_math.evaluation import few_shot_system, score_system
+    from rlprompt_math.oracle import decoding_from
+    from rlprompt_math.rewards import RewardMix
+
+    chosen = [x.strip() for x in learners.split(",") if x.strip()]
+    if "reinforce" not in chosen or set(chosen) - set(LEARNERS):
+        raise click.BadParameter(f"learners of {', '.join(LEARNERS)}, reinforce among them", param_hint="--learners")
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    engine = load_engine(EngineConfig(dtype=dtype))
+    decoding, grader = decoding_from(RunConfig().oracle), RewardMix(["correct"])
+    budgets = [int(s) for s in steps.split(",")]
+    results = {"machine": machine(engine), "model": engine.name, "val_size": val_size, "steps": budgets,
+               "learners": chosen, "seeds": {}}
+    if (out / "learners.json").exists() and reuse:  # seeds finished earlier stay in the report
+        results["seeds"] = json.loads((out / "learners.json").read_text()).get("seeds", {})
+    click.echo(f"machine: {results['machine']}")
+    for seed in [int(s) for s in seeds.split(",") if s.strip()]:
+        _, splits, _ = problems_from_config(DataConfig(), seed)
+        test = splits["test"][:test_size]
+        runs, systems = {}, {}
+        for step_count in budgets:
+            reinforce = reinforce_settings(step_count, val_size)
+            for learner in chosen:
+                settings = learner_settings(learner, reinforce)
+                name = f"{learner}@{step_count}"
+                trained = train_one(engine, splits, settings, seed, out / f"{learner}-{step_count}-s{seed}", reuse)
+                summary = trained["summary"]
+                runs[name] = {"learner": learner, "reinforce_steps": step_count,
+                              "oracle_pairs": summary["oracle_pairs"], "val_accuracy": summary["best_val_accuracy"],
+                              "train_s": trained["wall_s"],
+                              "settings": {k: settings[k] for k in ("steps", "batch_size", "prompts_per_question",
+                                                                   "eval_every", "finalists")},
+                              "curve": _curve(out / f"{learner}-{step_count}-s{seed}")}
+                systems[name] = trained["prompts_of"](test)
+                click.echo(f"seed {seed}, {name}: {summary['oracle_pairs']:,} pairs, validation "
+                           f"{pct(summary['best_val_accuracy'])}, {trained['wall_s']:.0f} s")
+        for prompt in HAND_WRITTEN:
+            systems[label(prompt)] = [prompt] * len(test)
+        for name, prompt in few_shot_system(splits["train"], 2).items():
+            systems[name] = [prompt] * len(test)
+        tests = {}
+        for name, prompts in systems.items():
+            result = score_system(name, engine, grader, test, prompts, decoding)
+            tests[name] = {"correct": result.correct.astype(int).tolist(), "prompt": str(prompts[0])}
+        results["seeds"][str(seed)] = {"n_test": len(test), "runs": runs, "test": tests}
+        (out / "learners.json").write_text(json.dumps(results, indent=1))
+    results["wall_s"] = time.perf_counter() - started
+    (out / "learners.json").write_text(json.dumps(results, indent=1))
+    write_report(out, results)
+
+
+def _curve(run: Path) -> list[dict]:
+    """Validation accuracy against oracle pairs spent, from the run's metrics.csv."""
+    import csv
+
+    with open(run / "metrics.csv") as handle:
+        return [{"oracle_pairs": int(float(r["oracle_pairs"])), "val_accuracy": float(r["val_accuracy"])}
+                for r in csv.DictReader(handle) if r.get("val_accuracy") not in (None, "", "nan")]
+
+
+def _pooled(results: dict, name: str) -> np.ndarray:
+    return np.concatenate([np.array(s["test"][name]["correct"], bool) for s in results["seeds"].values()])
+
+
+def write_report(out: Path, results: dict) -> None:
+    from rlprompt_math.evaluation import bootstrap_ci, mcnemar_p
+
+    seeds = results["seeds"]
+    learners, budgets = results["learners"], results["steps"]
+    first = next(iter(seeds.values()))
+    references = [n for n in first["test"] if n not in first["runs"]]
+    lines = [f"Machine: {results['machine']}. Seeds {', '.join(seeds)}; {first['n_test']} test problems per seed; "
+             f"validation {results['val_size']} questions." + (f" Total {results['wall_s'] / 60:.1f} min."
+                                                             if "wall_s" in results else ""), "",
+             "| REINFORCE steps | learner | oracle pairs (per seed) | test accuracy, mean ± sd over seeds | "
+             "pooled 95% CI | validation minus test (points) | REINFORCE minus it (points; pooled McNemar p) | "
+             "per seed |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    summary = {}
+    for steps in budgets:
+        base = _pooled(results, f"reinforce@{steps}")
+        for learner in learners:
+            name = f"{learner}@{steps}"
+            accs = [float(np.mean(s["test"][name]["correct"])) for s in seeds.values()]
+            gaps = [s["runs"][name]["val_accuracy"] - a for s, a in zip(seeds.values(), accs)]
+            pairs = sorted({s["runs"][name]["oracle_pairs"] for s in seeds.values()})
+            pooled = _pooled(results, name)
+            low, high = bootstrap_ci(pooled)
+            versus = "" if learner == "reinforce" else \
+                f"{100 * (base.mean() - pooled.mean()):+.1f} (p = {mcnemar_p(base, pooled):.2g})"
+            summary[name] = {"mean": float(np.mean(accs)), "sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
+                             "gap": float(np.mean(gaps)), "pairs": pairs}
+            lines.append(f"| {steps} | {NAMES[learner]} | {', '.join(f'{p:,}' for p in pairs)} | "
+                         f"{pct(np.mean(accs))} ± {100 * summary[name]['sd']:.1f} | {pct(low)}-{pct(high)} | "
+                         f"{100 * np.mean(gaps):+.1f} | {versus} | {', '.join(pct(a) for a in accs)} |")
+    lines += ["", "| reference (the same test problems) | test accuracy, mean over seeds | per seed |", "| --- | --- | --- |"]
+    for name in references:
+        accs = [float(np.mean(s["test"][name]["correct"])) for s in seeds.values()]
+        lines.append(f"| {name} | {pct(np.mean(accs))} | {', '.join(pct(a) for a in accs)} |")
+    # pairs to come within 1 point of the best test accuracy any learner reached on the seed
+    lines += ["", "Oracle pairs each learner needed to come within 1 point of the best kept prompt any learner found "
+              "on the seed (test accuracy; '-': at no budget):", "",
+              "| learner | " + " | ".join(f"seed {s}" for s in seeds) + " |", "| --- |" + " --- |" * len(seeds)]
+    for learner in learners:
+        cells = []
+        for seed in seeds.values():
+            best = max(np.mean(seed["test"][f"{x}@{b}"]["correct"]) for x in learners for b in budgets)
+            reached = [seed["runs"][f"{learner}@{b}"]["oracle_pairs"] for b in budgets
+                       if np.mean(seed["test"][f"{learner}@{b}"]["correct"]) >= best - 0.01]
+            cells.append(f"{min(reached):,}" if reached else "-")
+        lines.append(f"| {NAMES[learner]} | " + " | ".join(cells) + " |")
+    lines += ["", "Kept prompts:", ""]
+    for seed, entry in seeds.items():
+        for name in entry["runs"]:
+            lines.append(f"- seed {seed}, {name}: {entry['test'][name]['prompt']!r}")
+    (out / "learners.md").write_text("\n".join(lines) + "\n")
+    _plot(out / "learners.png", results, summary)
+    click.echo("\n".join(lines))
+
+
+def _plot(path: Path, results: dict, summary: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for learner in results["learners"]:
+        rows = [summary[f"{learner}@{b}"] for b in results["steps"]]
+        x = [np.mean(r["pairs"]) for r in rows]
+        left.errorbar(x, [100 * r["mean"] for r in rows], yerr=[100 * r["sd"] for r in rows], marker="o",
+                      capsize=3, label=NAMES[learner])
+        right.plot(x, [100 * r["gap"] for r in rows], marker="o", label=NAMES[learner])
+    seeds = results["seeds"].values()
+    first = next(iter(seeds))
+    for name in [n for n in first["test"] if n not in first["runs"]]:
+        mean = 100 * np.mean([np.mean(s["test"][name]["correct"]) for s in seeds])
+        if name.startswith("2-shot") or mean == max(100 * np.mean([np.mean(s["test"][n]["correct"]) for s in seeds])
+                                                   for n in first["test"] if n not in first["runs"]):
+            left.axhline(mean, ls=":", color="grey")
+            left.text(left.get_xlim()[0], mean, f" {name[:40]}", fontsize=7, va="bottom")
+    left.set(xscale="log", xlabel="oracle pairs (training + validation)", ylabel="test accuracy (%), mean ± sd",
+             title="kept prompt on held-out test")
+    right.axhline(0, color="grey", lw=0.8)
+    right.set(xscale="log", xlabel="oracle pairs", ylabel="validation minus test (points)",
+              title="winner's curse")
+    left.legend(fontsize=8)
+    left.grid(alpha=0.3)
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
