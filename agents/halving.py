@@ -22,12 +22,14 @@ pruned; a synchronous rung over one batch of prompts is what the budget argument
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
-from .finalists import ranked_prompts
+from .finalists import prompt_rewards_from_json, prompt_rewards_to_json, ranked_prompts
 from .random_search import RandomSearchAgent
 
-__all__ = ["HalvingAgent", "halving_schedule"]
+__all__ = ["HalvingAgent", "SuccessiveHalving", "halving_schedule"]
 
 
 def _rung_sizes(first: int, questions: int, rungs: int, keep: int) -> list[tuple[int, int]]:
@@ -63,6 +65,87 @@ def halving_schedule(total: int, questions: int, keep: int = 1) -> list[tuple[in
     return sizes[:-1] + [(survivors, last + extra)]
 
 
+class SuccessiveHalving:
+    """One run of successive halving over `halving_schedule(total, questions, keep)`'s rungs, sent a step at a time
+    (`send`): the candidates of the first rung come from its owner (random prompts for `HalvingAgent`, REINFORCE's
+    best samples for `--halving-steps`), each later rung the better half by mean reward over every question met
+    in this run (`rewards`: only what halving measured). Its state is JSON (`state`, `load`) for checkpoints."""
+
+    def __init__(self, total: int, questions: int, keep: int):
+        self.rungs = halving_schedule(total, questions, keep)
+        self.leftover = total - sum(n * q for n, q in self.rungs)  # the last rung's extra pairs, one per survivor
+        self.rung = -1  # the rung being scored (-1: none started)
+        self.survivors: list[tuple] = []  # the rung's candidates, as action tuples
+        self.queue: list[tuple[int, int]] = []  # the rung's pairs not yet sent: (survivor index, problem index)
+        self.rewards: dict[tuple, list[float]] = {}  # every candidate's rewards in this run
+
+    @property
+    def first_count(self) -> int:
+        """How many candidates the first rung takes."""
+        return self.rungs[0][0] if self.rungs else 0
+
+    def _start_rung(self, rng: np.random.Generator, n_problems: int, first: Callable[[int], list[tuple]]) -> None:
+        """Promote the better half (the first rung: `first(count)`'s candidates) and queue their new questions."""
+        self.rung += 1
+        count, questions = self.rungs[self.rung]
+        if self.rung == 0:
+            self.survivors = list(first(count))
+        else:
+            self.survivors = [actions for actions, _ in self.ranked()[:count]]
+        last = self.rung == len(self.rungs) - 1
+        draw = questions + (1 if last and self.leftover else 0)
+        index = rng.choice(n_problems, size=min(draw, n_problems), replace=False).tolist()
+        # question-major: a step's pairs are few questions under many prompts, as the other agents' steps are
+        self.queue = [(s, q) for q in index[:questions] for s in range(len(self.survivors))]
+        if last and self.leftover:  # the remainder that does not divide: one more question for the best ranked
+            self.queue += [(s, index[-1]) for s in range(min(self.leftover, len(self.survivors)))]
+
+    def send(self, agent, pairs: int, first: Callable[[int], list[tuple]]) -> tuple[np.ndarray, list[dict]]:
+        """Score the schedule's next `pairs` pairs through `agent`'s env (its question stream draws each rung's
+        questions; its `oracle_pairs` counts them): (rewards, infos), fewer where the schedule is spent."""
+        rewards_all, infos_all = [], []
+        while pairs:
+            if not self.queue:
+                if self.rung + 1 >= len(self.rungs):
+                    break  # the schedule is spent (a run with more steps than planned: nothing left to send)
+                self._start_rung(agent.rng, len(agent.env.problems), first)
+            take, self.queue = self.queue[:pairs], self.queue[pairs:]
+            pairs -= len(take)
+            actions = np.array([self.survivors[s] for s, _ in take])
+            questions = [agent.env.problems[q] for _, q in take]
+            rewards, infos = agent.env.score(questions, actions, batch_label=f"step {agent.step}, rung {self.rung}")
+            agent.oracle_pairs += len(questions)
+            for (s, _), reward in zip(take, rewards.tolist()):
+                self.rewards.setdefault(self.survivors[s], []).append(reward)
+            rewards_all.append(rewards)
+            infos_all += infos
+        return (np.concatenate(rewards_all) if rewards_all else np.zeros(0)), infos_all
+
+    def ranked(self) -> list[tuple[tuple, list[float]]]:
+        """The rung's survivors with their rewards, the best mean first (`ranked_prompts`), those scored so far."""
+        return ranked_prompts({s: self.rewards[s] for s in self.survivors if s in self.rewards})
+
+    def state(self) -> dict:
+        return {"rung": self.rung, "survivors": [list(s) for s in self.survivors],
+                "queue": [list(pair) for pair in self.queue], "rewards": prompt_rewards_to_json(self.rewards)}
+
+    def load(self, state: dict) -> None:
+        self.rung = state["rung"]
+        self.survivors = [tuple(s) for s in state["survivors"]]
+        self.queue = [tuple(pair) for pair in state["queue"]]
+        self.rewards = prompt_rewards_from_json(state["rewards"])
+
+
+def distinct_sample(space, rng: np.random.Generator, count: int) -> list[tuple]:
+    """`count` distinct uniformly random prompts of `space` (fewer only where the space holds fewer)."""
+    size = int(np.prod(space.nvec.astype(float)))
+    rows: dict[tuple, None] = {}
+    while len(rows) < min(count, size):
+        for row in space.sample(rng, count - len(rows)):
+            rows.setdefault(tuple(int(a) for a in row))
+    return list(rows)[:count]
+
+
 class HalvingAgent(RandomSearchAgent):
     """Random search's candidates, its budget and its finalists, spent by successive halving; see the module
     docstring."""
@@ -71,78 +154,30 @@ class HalvingAgent(RandomSearchAgent):
 
     def __init__(self, env, config, *, run=None, val_problems=None, engine=None):
         super().__init__(env, config, run=run, val_problems=val_problems, engine=engine)
-        total = config.steps * self.step_pairs()
-        self.rungs = halving_schedule(total, min(config.batch_size, len(env.problems)), config.finalists)
-        self.rung = -1  # the rung being scored (-1: none started)
-        self.survivors: list[tuple] = []  # the rung's candidates, as action tuples
-        self.queue: list[tuple[int, int]] = []  # the rung's pairs not yet sent: (survivor index, problem index)
-        self.leftover = total - sum(n * q for n, q in self.rungs)  # the last rung's extra pairs, one per survivor
+        self.halving = SuccessiveHalving(config.steps * self.step_pairs(), min(config.batch_size, len(env.problems)),
+                                         config.finalists)
 
-    def _start_rung(self) -> None:
-        """Promote the better half (the first rung: sample the candidates) and queue their new questions."""
-        self.rung += 1
-        count, questions = self.rungs[self.rung]
-        if self.rung == 0:
-            self.survivors = self._distinct_sample(count)
-        else:
-            ranked = ranked_prompts({s: self.prompt_rewards[s] for s in self.survivors})
-            self.survivors = [actions for actions, _ in ranked[:count]]
-        problems = self.env.problems
-        last = self.rung == len(self.rungs) - 1
-        draw = questions + (1 if last and self.leftover else 0)
-        index = self.rng.choice(len(problems), size=min(draw, len(problems)), replace=False).tolist()
-        # question-major: a step's pairs are few questions under many prompts, as the other agents' steps are
-        self.queue = [(s, q) for q in index[:questions] for s in range(len(self.survivors))]
-        if last and self.leftover:  # the remainder that does not divide: one more question for the best ranked
-            self.queue += [(s, index[-1]) for s in range(min(self.leftover, len(self.survivors)))]
-
-    def _distinct_sample(self, count: int) -> list[tuple]:
-        """`count` distinct uniformly random prompts (fewer only where the space holds fewer)."""
-        size = int(np.prod(self.space.nvec.astype(float)))
-        rows: dict[tuple, None] = {}
-        while len(rows) < min(count, size):
-            for row in self.space.sample(self.rng, count - len(rows)):
-                rows.setdefault(tuple(int(a) for a in row))
-        return list(rows)[:count]
+    @property
+    def rungs(self) -> list[tuple[int, int]]:
+        return self.halving.rungs
 
     def update(self) -> dict:
-        needed, rewards_all, infos_all = self.step_pairs(), [], []
-        while needed:
-            if not self.queue:
-                if self.rung + 1 >= len(self.rungs):
-                    break  # the schedule is spent (a run with more steps than planned: nothing left to send)
-                self._start_rung()
-            take, self.queue = self.queue[:needed], self.queue[needed:]
-            needed -= len(take)
-            actions = np.array([self.survivors[s] for s, _ in take])
-            pairs = [self.env.problems[q] for _, q in take]
-            rewards, infos = self.env.score(pairs, actions, batch_label=f"step {self.step}, rung {self.rung}")
-            self.oracle_pairs += len(pairs)
-            for (s, _), reward in zip(take, rewards.tolist()):
-                self.record_rewards([list(self.survivors[s])], [[reward]])
-            rewards_all.append(rewards)
-            infos_all += infos
-        if not infos_all:
+        rewards, infos = self.halving.send(self, self.step_pairs(),
+                                           lambda count: distinct_sample(self.space, self.rng, count))
+        if not infos:
             return {"step": self.step, "oracle_pairs": self.oracle_pairs}
-        return self.step_metrics(np.concatenate(rewards_all), infos_all)
+        return self.step_metrics(rewards, infos)
 
     def candidates(self) -> dict[tuple, list[float]]:
         """The rung's survivors (the last rung's, once training is over: the finalists come from them)."""
-        scored = {s: self.prompt_rewards[s] for s in self.survivors if s in self.prompt_rewards}
-        return scored or self.prompt_rewards
+        return dict(self.halving.ranked()) or self.prompt_rewards
 
     def finish(self) -> dict:
         super().finish()
         return {"rungs": [[n, q] for n, q in self.rungs]}
 
     def extra_state(self) -> tuple[dict, dict]:
-        tensors, meta = super().extra_state()
-        meta.update({"rung": self.rung, "survivors": [list(s) for s in self.survivors],
-                     "queue": [list(pair) for pair in self.queue]})
-        return tensors, meta
+        return {}, {"halving": self.halving.state()}
 
     def load_extra_state(self, tensors: dict, meta: dict) -> None:
-        super().load_extra_state(tensors, meta)
-        self.rung = meta["rung"]
-        self.survivors = [tuple(s) for s in meta["survivors"]]
-        self.queue = [tuple(pair) for pair in meta["queue"]]
+        self.halving.load(meta["halving"])

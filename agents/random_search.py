@@ -79,7 +79,8 @@ class RandomSearchAgent(Agent):
 
     def finish(self) -> dict:
         candidates = self.candidates()
-        best, self.best_val = list(ranked_prompts(candidates)[0][0]), float("nan")  # NaN: not validated
+        ranked = ranked_prompts(candidates)  # empty only where --max-oracle-pairs left room for no step
+        best, self.best_val = list(ranked[0][0]) if ranked else [0] * len(self.space), float("nan")  # NaN: not validated
         if self.val_problems and self.config.finalists:
             _, chosen = self.score_finalists(candidates)  # the first of equals: the best training reward
             if chosen is not None:  # None: --max-oracle-pairs left room for no finalist

@@ -13,6 +13,10 @@ Each step:
   6. clip the gradient norm and step; stop with a clear message on any non-finite number;
   7. with `update_epochs` > 1, update again on the same samples and rewards with PPO's clipped ratio
      (`reuse_rewards`): more learning from each oracle pair, the policy kept near the one that sampled.
+With `halving_steps` N (unconditioned policies, with finalists), the last N steps update nothing: they spend
+their pairs on successive halving (`halving.SuccessiveHalving`) over the greedy prompt and the best-rewarded
+samples, on new training questions, and its survivors are the finalists: what is kept has been measured on
+many questions, not one step's 8.
 The loop around the steps is every agent's (base.py): every `eval_every` steps the greedy prompts are
 scored on validation questions, and the best policy so far is kept. With `finalists` > 0
 (unconditioned policies), the sampled prompts with the best mean training reward are also scored on
@@ -44,7 +48,8 @@ from rlprompt_math.config import BASELINES, ENTROPY_SCHEDULES, AlgorithmConfig, 
 from rlprompt_math.policies import PromptPolicy
 
 from .base import Agent, check_finite, policy_for
-from .finalists import prompt_rewards_from_json, prompt_rewards_to_json
+from .finalists import prompt_rewards_from_json, prompt_rewards_to_json, ranked_prompts
+from .halving import SuccessiveHalving
 
 __all__ = ["BASELINES", "ENTROPY_SCHEDULES", "AlgorithmConfig", "ReinforceAgent", "advantages", "entropy_coef_at"]
 
@@ -121,6 +126,14 @@ class ReinforceAgent(Agent):
         if config.policy.shots and config.policy.policy == "autoregressive":
             raise ConfigError("--policy autoregressive writes instruction tokens only: with --shots > 0 use "
                               "--policy unconditioned or refiner")
+        algorithm = config.algorithm
+        if algorithm.halving_steps:
+            if algorithm.halving_steps >= algorithm.steps:
+                raise ConfigError(f"--halving-steps {algorithm.halving_steps} must be fewer than --steps "
+                                  f"{algorithm.steps}: the steps before them train the policy")
+            if config.policy.policy != "unconditioned" or not algorithm.finalists:
+                raise ConfigError("--halving-steps measures one prompt for all questions and hands its survivors to "
+                                  "the finalists: use --policy unconditioned and --finalists >= 1")
 
     @classmethod
     def validations_planned(cls, config) -> int:
@@ -145,6 +158,10 @@ class ReinforceAgent(Agent):
             self.value_head = ValueHead(dim)
             self.value_optimizer = torch.optim.Adam(self.value_head.parameters(), lr=config.value_lr)
         self.baseline_state = BaselineState()
+        # --halving-steps: the last steps measure the greedy and the best samples by successive halving
+        self.halving = (SuccessiveHalving(config.halving_steps * self.step_pairs(),
+                                          min(config.batch_size, len(env.problems)), config.finalists)
+                        if config.halving_steps else None)
 
     @classmethod
     def from_config(cls, config, env, *, engine, run=None, val_problems=()):
@@ -162,8 +179,23 @@ class ReinforceAgent(Agent):
 
     # ---- one update --------------------------------------------------------------------------------
 
+    def halving_candidates(self, count: int) -> list[tuple]:
+        """The first rung of --halving-steps: the greedy prompt, then the distinct sampled prompts by mean training
+        reward, then (where those are fewer than `count`) new samples of the policy."""
+        greedy = tuple(int(a) for a in self.policy.greedy(torch.zeros(1, 1))[0])
+        chosen = dict.fromkeys([greedy, *(actions for actions, _ in ranked_prompts(self.prompt_rewards))])
+        for _ in range(10):  # a policy that has collapsed may not have `count` distinct prompts in it
+            if len(chosen) >= count:
+                break
+            more = self.policy.sample(torch.zeros(count, 1), generator=self.generator)
+            chosen.update(dict.fromkeys(tuple(int(a) for a in row) for row in more.tolist()))
+        return list(chosen)[:count]
+
     def update(self) -> dict:
         cfg, step = self.config, self.step
+        if self.halving is not None and step >= cfg.steps - cfg.halving_steps:  # no policy update: measurement
+            rewards, infos = self.halving.send(self, self.step_pairs(), self.halving_candidates)
+            return self.step_metrics(rewards, infos) if infos else {"step": step, "oracle_pairs": self.oracle_pairs}
         where = f"step {step}"
         problems = self.draw_batch()
         k, m = cfg.prompts_per_question, len(problems)
@@ -241,6 +273,8 @@ class ReinforceAgent(Agent):
                 if (kinds == kind).any()}
 
     def progress_postfix(self, metrics: dict) -> dict:
+        if "entropy" not in metrics:  # a --halving-steps step: measurement, no update
+            return {"reward": f"{metrics.get('reward', float('nan')):.3f}", "halving": True, "oracle": self.oracle_pairs}
         return {"reward": f"{metrics['reward']:.3f}", "acc": f"{metrics['accuracy']:.2f}",
                 "H": f"{metrics['entropy']:.2f}", "oracle": self.oracle_pairs}
 
@@ -251,7 +285,8 @@ class ReinforceAgent(Agent):
         if not (self.config.finalists and self.prompt_rewards and self.val_problems
                 and not self.policy.uses_observation):
             return None
-        scored, best = self.score_finalists()
+        # --halving-steps: its last rung's survivors, ranked by what halving measured; else every sample
+        scored, best = self.score_finalists(dict(self.halving.ranked()) if self.halving is not None else None)
         if best is None:  # --max-oracle-pairs left room for none
             return None
         if best["val_accuracy"] > self.best_val:
@@ -270,6 +305,8 @@ class ReinforceAgent(Agent):
         tensors = {f"policy.{k}": v for k, v in self.policy.state_dict().items()}
         meta = {"baseline_state": asdict(self.baseline_state),
                 "prompt_rewards": prompt_rewards_to_json(self.prompt_rewards)}
+        if self.halving is not None:
+            meta["halving"] = self.halving.state()
         if self.value_head is not None:
             tensors.update({f"value.{k}": v for k, v in self.value_head.state_dict().items()})
             value_tensors, meta["value_optimizer"] = optimizer_tensors(self.value_optimizer)
@@ -280,6 +317,8 @@ class ReinforceAgent(Agent):
         self.policy.load_state_dict({k[len("policy."):]: v for k, v in tensors.items() if k.startswith("policy.")})
         self.baseline_state = BaselineState(**meta["baseline_state"])
         self.prompt_rewards = prompt_rewards_from_json(meta.get("prompt_rewards", []))
+        if self.halving is not None:
+            self.halving.load(meta["halving"])
         if self.value_head is not None:
             self.value_head.load_state_dict({k[len("value."):]: v for k, v in tensors.items() if k.startswith("value.")})
             restore_optimizer(self.value_optimizer,

@@ -28,7 +28,11 @@ VARIANTS = {
     "correct-lr3": {"rewards": ["correct"], "lr": 3.0},
     "zscore": {"normalize_rewards": True},
     "one-word": {"prompt_length": 1},
+    "epochs4": {"update_epochs": 4},  # each batch of rewards used for 4 updates (PPO's clipped ratio)
+    "finalists": {"eval_every": 0, "finalists": 3},  # validate the final greedy and 3 measured samples: same pairs
+    "epochs4-finalists": {"update_epochs": 4, "eval_every": 0, "finalists": 3},
     "random": {"agent": "random"},
+    "halving": {"agent": "halving"},
     "random-one-word": {"agent": "random", "prompt_length": 1},
 }
 
@@ -65,8 +69,8 @@ def main(variants, seeds, steps, shots, val_size, dev_size, out):
     for seed in [int(s) for s in seeds.split(",") if s.strip()]:
         for name in names:
             settings = {**base, **VARIANTS[name]}
-            if settings["agent"] == "random":  # as many validated finalists as make its pairs REINFORCE's
-                settings = equal_budget(settings, {**settings, "agent": "reinforce"})
+            if settings["agent"] != "reinforce":  # as many validated finalists as make its pairs REINFORCE's
+                settings = equal_budget(settings, {**base, "agent": "reinforce"})
             start = time.perf_counter()
             item = _train_one(engine, splits, settings, seed, out / f"{name}-s{seed}")
             prompts = item["prompts_of"](dev)

@@ -71,12 +71,12 @@ RANGES = {
     "moving_average_decay": ((">=", 0), ("<=", 1)), "max_grad_norm": ((">", 0),),
     "sample_temperature": ((">", 0),), "entropy_coef": ((">=", 0),), "pointer_scale": ((">=", 0),),
     "clusters": ((">=", 0),), "max_oracle_pairs": ((">=", 0),), "update_epochs": ((">=", 1),),
-    "clip_ratio": ((">", 0),),
+    "clip_ratio": ((">", 0),), "halving_steps": ((">=", 0),),
 }
 RANGE_HINTS = {"eval_every": "0: validate only at the end", "lr": "0: a frozen policy",
                "shots": "0: instruction words only", "reference_shots": "0: no few-shot reference",
                "finalists": "0: off", "sample_top_k": "0: all", "clusters": "0: one per kind",
-               "max_oracle_pairs": "0: no cap"}
+               "max_oracle_pairs": "0: no cap", "halving_steps": "0: off"}
 
 
 def _in_range(value, bounds) -> bool:
@@ -337,6 +337,10 @@ class AlgorithmConfig:
     oracle pairs are not. 1: plain REINFORCE."""
     clip_ratio: float = 0.2
     """PPO's clip on the ratio of the updated to the sampling policy's probability, for --update-epochs > 1."""
+    halving_steps: int = 0
+    """REINFORCE: the last N of --steps update no policy; they measure its greedy prompt and best sampled prompts by
+    successive halving on new training questions (the same pairs a step), and the survivors are its --finalists,
+    in place of the best-rewarded samples (each measured on one step's questions). 0: off."""
     sample_temperature: float = 1.0
     """Temperature of the policy's prompt sampling while training (log-probabilities are always taken at 1).
     Not the LLM's: it decodes greedily."""

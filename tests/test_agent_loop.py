@@ -82,6 +82,9 @@ RESUMES = [  # a run's settings, the step whose update Ctrl-C stops, the step of
     # Successive halving: the crash falls in a later rung than the checkpoint (its survivors and queue are state).
     pytest.param({**FAST_RUN, "agent": "halving", "steps": 6, "checkpoint_every": 2, "finalists": 2}, 5, 4, (),
                  id="halving"),
+    # REINFORCE's last steps by successive halving: the halving's survivors, queue and rewards are state too.
+    pytest.param({**FAST_RUN, "agent": "reinforce", "steps": 6, "halving_steps": 3, "finalists": 1,
+                  "checkpoint_every": 2, "eval_every": 2}, 5, 4, (), id="reinforce-halving-steps"),
     # TPE: the trials told so far are state (a new study is told them again), and the fully evaluated candidates.
     pytest.param({**FAST_RUN, "agent": "tpe", "steps": 6, "checkpoint_every": 2, "eval_every": 2, "finalists": 1,
                   "prompts_per_question": 2}, 5, 4, (), id="tpe"),

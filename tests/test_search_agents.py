@@ -4,6 +4,7 @@ tests/test_agent_loop.py."""
 
 import numpy as np
 import pytest
+import torch
 from conftest import BanditEnv
 
 from rlprompt_math.agents import HalvingAgent, RandomSearchAgent, TpeAgent
@@ -46,23 +47,22 @@ def test_halving_promotes_the_better_half_and_ends_on_the_best_prompt():
     config = _config(steps=16, finalists=1)  # 256 pairs: 16 x 4, 8 x 8, 4 x 16, 2 x 32 (one more rung: 320)
     agent = HalvingAgent(env, config, val_problems=env.problems[:4])
     assert agent.rungs == [(16, 4), (8, 8), (4, 16), (2, 32)]
-    seen = []
+    halving, seen = agent.halving, []
     for _ in range(config.steps):
         agent.update()
         agent.step += 1
-        seen.append((agent.rung, list(agent.survivors)))
+        seen.append((halving.rung, list(halving.survivors)))
     for rung in range(1, len(agent.rungs)):
         before = next(s for r, s in seen if r == rung - 1)
         after = next(s for r, s in seen if r == rung)
-        means = {s: np.mean(agent.prompt_rewards[s][: sum(q for _, q in agent.rungs[:rung])]) for s in before}
+        means = {s: np.mean(halving.rewards[s][: sum(q for _, q in agent.rungs[:rung])]) for s in before}
         assert set(after) == set(sorted(before, key=means.get, reverse=True)[: len(after)])
     # survivors carry every question they met, the same ones: 4 + 8 + 16 + 32
-    assert [len(agent.prompt_rewards[s]) for s in agent.survivors] == [60, 60]
+    assert [len(halving.rewards[s]) for s in halving.survivors] == [60, 60]
     assert agent.oracle_pairs == config.steps * config.batch_size * config.prompts_per_question
     first = set(seen[0][1])
     agent.finish()
-    assert np.mean(agent.prompt_rewards[tuple(agent.policy.actions)]) == max(
-        np.mean(agent.prompt_rewards[s]) for s in first)
+    assert np.mean(halving.rewards[tuple(agent.policy.actions)]) == max(np.mean(halving.rewards[s]) for s in first)
 
 
 def test_halving_finds_a_better_prompt_than_random_search_on_a_noisy_bandit():
@@ -113,3 +113,32 @@ def test_tpe_proposes_the_good_values_more_often_once_it_has_trials():
     agent.train(progress=False)
     late = np.array([row for row, _ in agent.trials[30:]])
     assert (late == [3, 5]).mean() > 0.25
+
+
+# ---- REINFORCE's last steps by successive halving (--halving-steps) -------------------------------------
+
+
+def test_reinforce_halving_steps_measure_the_greedy_and_best_samples_and_hand_over_the_survivors():
+    """The last --halving-steps update nothing: they send the same pairs a step to successive halving over the greedy
+    prompt and the best-rewarded samples (fresh rewards only), and the finalists are its survivors."""
+    from rlprompt_math.agents import ReinforceAgent
+    from rlprompt_math.policies import Unconditioned
+
+    env = BanditEnv(vocab_size=12, target=(3, 5), noise=0.5, seed=1, questions=200)
+    config = _config(steps=10, halving_steps=4, finalists=2, lr=0.3, seed=1)
+    agent = ReinforceAgent(env, Unconditioned(2, 12), config, val_problems=env.problems[:6])
+    logits = []
+    summary = agent.train(progress=False,
+                          callbacks=[lambda a, m: logits.append(a.policy.slot_logits.detach().clone())])
+    assert all(torch.equal(logits[5], later) for later in logits[6:])  # steps 7-10 moved nothing
+    assert not torch.equal(logits[0], logits[5])  # the steps before did
+    assert agent.oracle_pairs == 10 * 4 * 4 + (1 + 2) * 6  # the same pairs a step; the greedy and 2 finalists
+    halving = agent.halving
+    first = next(iter(halving.rewards))
+    assert first == tuple(agent.policy.greedy(torch.zeros(1, 1))[0].tolist())  # the greedy prompt starts the rung
+    assert halving.rungs == [(8, 4), (4, 8)] and len(halving.rewards) == 8  # 64 pairs: 8 x 4, then 4 x 8
+    sampled = [a for a, _ in sorted(agent.prompt_rewards.items(), key=lambda kv: -np.mean(kv[1]))]
+    assert set(halving.rewards) - {first} <= set(sampled)  # the others are REINFORCE's own samples
+    survivors = [a for a, _ in halving.ranked()]
+    scored = [tuple(f["actions"]) for f in summary["finalists"]["finalists"]]
+    assert scored == survivors[:2] and all(len(halving.rewards[s]) == 4 + 8 for s in survivors)
