@@ -31,6 +31,9 @@ VARIANTS = {
     "epochs4": {"update_epochs": 4},  # each batch of rewards used for 4 updates (PPO's clipped ratio)
     "finalists": {"eval_every": 0, "finalists": 3},  # validate the final greedy and 3 measured samples: same pairs
     "epochs4-finalists": {"update_epochs": 4, "eval_every": 0, "finalists": 3},
+    # the last third of 12 steps measures the greedy and best samples by successive halving; survivors the finalists
+    "halving-steps": {"eval_every": 0, "finalists": 3, "halving_steps": 4},
+    "epochs4-halving-steps": {"update_epochs": 4, "eval_every": 0, "finalists": 3, "halving_steps": 4},
     "random": {"agent": "random"},
     "halving": {"agent": "halving"},
     "random-one-word": {"agent": "random", "prompt_length": 1},
