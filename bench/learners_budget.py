@@ -13,6 +13,9 @@ budget, each learner trains through the one wiring (`common.train_one`) at exact
   * random: the same rounds of random prompts, as many finalists as REINFORCE's validations
     (`RandomSearchAgent.finalists_for`);
   * halving: the same training pairs spent by successive halving (`--agent halving`), as many finalists;
+  * reinforce-halving, reinforce-epochs (with --learners): REINFORCE whose last third of steps measure its greedy
+    and best samples by successive halving (`--halving-steps`, the survivors its finalists, validated only then),
+    and REINFORCE updating 4 times per batch of rewards (`--update-epochs 4`), at the same pairs;
   * tpe: MIPROv2's schedule (one trial per step on a minibatch of about 35 questions, a full evaluation every 5
     trials, the empty prompt first), its trials and minibatch chosen so that its pairs are REINFORCE's (`tpe_settings`;
     where no minibatch of 30-40 makes them exact, the nearest plan below, and the tables show every learner's pairs).
@@ -36,9 +39,11 @@ import numpy as np
 
 from common import HAND_WRITTEN, base_settings, label, machine, pct, train_one  # bench/ is on the path
 
-LEARNERS = ("reinforce", "random", "halving", "tpe")
+LEARNERS = ("reinforce", "random", "halving", "tpe", "reinforce-halving", "reinforce-epochs")
 NAMES = {"reinforce": "REINFORCE", "random": "random search", "halving": "successive halving",
-         "tpe": "TPE (MIPROv2's schedule)"}
+         "tpe": "TPE (MIPROv2's schedule)",
+         "reinforce-halving": "REINFORCE, last third by halving (--halving-steps)",
+         "reinforce-epochs": "REINFORCE, 4 updates per batch (--update-epochs 4)"}
 MINIBATCH, FULL_EVAL_EVERY = 35, 5  # MIPROv2's defaults
 
 
@@ -72,6 +77,16 @@ def learner_settings(learner: str, reinforce: dict) -> dict:
 
     if learner == "reinforce":
         return reinforce
+    if learner == "reinforce-epochs":
+        return {**reinforce, "update_epochs": 4}
+    if learner == "reinforce-halving":  # the freed validations go to the finalists: the same pairs
+        from rlprompt_math.agents import oracle_pairs_planned
+
+        from common import run_config
+
+        settings = {**reinforce, "eval_every": 0, "halving_steps": max(1, reinforce["steps"] // 3), "finalists": 1}
+        spare = oracle_pairs_planned(run_config(reinforce)) - oracle_pairs_planned(run_config(settings))
+        return {**settings, "finalists": 1 + spare // reinforce["val_size"]}
     if learner == "tpe":
         from rlprompt_math.agents import oracle_pairs_planned
 
@@ -88,15 +103,20 @@ def learner_settings(learner: str, reinforce: dict) -> dict:
                    "oracle pairs)")
 @click.option("--val-size", default=50, show_default=True)
 @click.option("--test-size", default=200, show_default=True)
-@click.option("--learners", default=",".join(LEARNERS), show_default=True)
+@click.option("--learners", default=",".join(LEARNERS[:4]), show_default=True, help=", ".join(LEARNERS))
 @click.option("--dtype", default="auto", show_default=True)
 @click.option("--reuse", is_flag=True, help="load each run already finished under --out with the same settings")
 @click.option("--report-only", is_flag=True, help="write learners.md and learners.png again from learners.json")
+@click.option("--against", default="reinforce", show_default=True,
+              help="the learner every other is paired against in the report (one of --learners)")
 @click.option("--out", default="runs/learners-budget", show_default=True, type=click.Path(file_okay=False))
-def main(seeds, steps, val_size, test_size, learners, dtype, reuse, report_only, out):
+def main(seeds, steps, val_size, test_size, learners, dtype, reuse, report_only, against, out):
     out = Path(out)
     if report_only:
-        write_report(out, json.loads((out / "learners.json").read_text()))
+        results = json.loads((out / "learners.json").read_text())
+        if learners != ",".join(LEARNERS[:4]):  # a subset (or more) of what was trained, in this order
+            results["learners"] = [x.strip() for x in learners.split(",") if x.strip()]
+        write_report(out, {**results, "against": against})
         return
     from rlprompt_math.config import DataConfig, EngineConfig, RunConfig
     from rlprompt_math.data import problems_from_config
@@ -114,7 +134,7 @@ def main(seeds, steps, val_size, test_size, learners, dtype, reuse, report_only,
     decoding, grader = decoding_from(RunConfig().oracle), RewardMix(["correct"])
     budgets = [int(s) for s in steps.split(",")]
     results = {"machine": machine(engine), "model": engine.name, "val_size": val_size, "steps": budgets,
-               "learners": chosen, "seeds": {}}
+               "learners": chosen, "against": against, "seeds": {}}
     if (out / "learners.json").exists() and reuse:  # seeds finished earlier stay in the report
         results["seeds"] = json.loads((out / "learners.json").read_text()).get("seeds", {})
     click.echo(f"machine: {results['machine']}")
@@ -170,18 +190,18 @@ def write_report(out: Path, results: dict) -> None:
     from rlprompt_math.evaluation import bootstrap_ci, mcnemar_p
 
     seeds = results["seeds"]
-    learners, budgets = results["learners"], results["steps"]
+    learners, budgets, against = results["learners"], results["steps"], results.get("against", "reinforce")
     first = next(iter(seeds.values()))
     references = [n for n in first["test"] if n not in first["runs"]]
     lines = [f"Machine: {results['machine']}. Seeds {', '.join(seeds)}; {first['n_test']} test problems per seed; "
              f"validation {results['val_size']} questions." + (f" Total {results['wall_s'] / 60:.1f} min."
                                                              if "wall_s" in results else ""), "",
              "| REINFORCE steps | learner | oracle pairs (per seed) | test accuracy, mean ± sd over seeds | "
-             "pooled 95% CI | validation minus test (points) | REINFORCE minus it (points; pooled McNemar p) | "
+             f"pooled 95% CI | validation minus test (points) | {NAMES[against]} minus it (points; pooled McNemar p) | "
              "per seed |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     summary = {}
     for steps in budgets:
-        base = _pooled(results, f"reinforce@{steps}")
+        base = _pooled(results, f"{against}@{steps}")
         for learner in learners:
             name = f"{learner}@{steps}"
             accs = [float(np.mean(s["test"][name]["correct"])) for s in seeds.values()]
@@ -189,7 +209,7 @@ def write_report(out: Path, results: dict) -> None:
             pairs = sorted({s["runs"][name]["oracle_pairs"] for s in seeds.values()})
             pooled = _pooled(results, name)
             low, high = bootstrap_ci(pooled)
-            versus = "" if learner == "reinforce" else \
+            versus = "" if learner == against else \
                 f"{100 * (base.mean() - pooled.mean()):+.1f} (p = {mcnemar_p(base, pooled):.2g})"
             summary[name] = {"mean": float(np.mean(accs)), "sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
                              "gap": float(np.mean(gaps)), "pairs": pairs}
