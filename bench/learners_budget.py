@@ -193,7 +193,10 @@ def write_report(out: Path, results: dict) -> None:
     learners, budgets, against = results["learners"], results["steps"], results.get("against", "reinforce")
     first = next(iter(seeds.values()))
     references = [n for n in first["test"] if n not in first["runs"]]
-    lines = [f"Machine: {results['machine']}. Seeds {', '.join(seeds)}; {first['n_test']} test problems per seed; "
+    sizes = sorted({s["n_test"] for s in seeds.values()})
+    tested = f"{sizes[0]}" if len(sizes) == 1 else ", ".join(str(s["n_test"]) for s in seeds.values())
+    lines = [f"Machine: {results['machine']}. Seeds {', '.join(seeds)}; {tested} test problems per seed (the first "
+             "--test-size of each seed's test split); "
              f"validation {results['val_size']} questions." + (f" Total {results['wall_s'] / 60:.1f} min."
                                                              if "wall_s" in results else ""), "",
              "| REINFORCE steps | learner | oracle pairs (per seed) | test accuracy, mean ± sd over seeds | "
