@@ -250,7 +250,7 @@ def _plot(path: Path, results: dict, summary: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right, curves, entropy) = plt.subplots(1, 4, figsize=(21, 4))
     for learner in results["learners"]:
         rows = [summary[f"{learner}@{b}"] for b in results["steps"]]
         x = [np.mean(r["pairs"]) for r in rows]
@@ -270,6 +270,35 @@ def _plot(path: Path, results: dict, summary: dict) -> None:
     right.axhline(0, color="grey", lw=0.8)
     right.set(xscale="log", xlabel="oracle pairs", ylabel="validation minus test (points)",
               title="winner's curse")
+    # the largest budget's runs, from their metrics.csv: validation against pairs, REINFORCE's entropy per slot kind
+    import csv
+
+    largest = results["steps"][-1]
+    colours = dict(zip(results["learners"], plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for seed in results["seeds"]:
+        for learner in results["learners"]:
+            metrics = path.parent / f"{learner}-{largest}-s{seed}" / "metrics.csv"
+            if not metrics.exists():
+                continue
+            with open(metrics) as handle:
+                rows = list(csv.DictReader(handle))
+            points = [(int(float(r["oracle_pairs"])), 100 * float(r["val_accuracy"])) for r in rows
+                      if r.get("val_accuracy") not in (None, "", "nan")]
+            if points:
+                curves.plot(*zip(*points), marker=".", color=colours[learner], alpha=0.7,
+                            label=NAMES[learner] if seed == next(iter(results["seeds"])) else None)
+            if learner == "reinforce":
+                for key, style in (("entropy_exemplars", "-"), ("entropy_form", "--"), ("entropy_words", ":")):
+                    steps = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+                    if steps:
+                        entropy.plot(*zip(*steps), style, color="C0",
+                                     label=key.replace("entropy_", "") if seed == next(iter(results["seeds"])) else None)
+    curves.set(xlabel="oracle pairs spent", ylabel="validation accuracy (%)",
+               title=f"validations during the runs at {largest} REINFORCE steps (every seed)")
+    entropy.set(xlabel="step", ylabel="nats per slot", title=f"REINFORCE's policy entropy at {largest} steps (every seed)")
+    for axis in (curves, entropy):
+        axis.legend(fontsize=7)
+        axis.grid(alpha=0.3)
     left.legend(fontsize=8)
     left.grid(alpha=0.3)
     right.grid(alpha=0.3)
