@@ -153,8 +153,7 @@ def main(seeds, steps, val_size, test_size, learners, dtype, reuse, report_only,
                               "oracle_pairs": summary["oracle_pairs"], "val_accuracy": summary["best_val_accuracy"],
                               "train_s": trained["wall_s"],
                               "settings": {k: settings[k] for k in ("steps", "batch_size", "prompts_per_question",
-                                                                   "eval_every", "finalists")},
-                              "curve": _curve(out / f"{learner}-{step_count}-s{seed}")}
+                                                                   "eval_every", "finalists")}}
                 systems[name] = trained["prompts_of"](test)
                 click.echo(f"seed {seed}, {name}: {summary['oracle_pairs']:,} pairs, validation "
                            f"{pct(summary['best_val_accuracy'])}, {trained['wall_s']:.0f} s")
@@ -171,15 +170,6 @@ def main(seeds, steps, val_size, test_size, learners, dtype, reuse, report_only,
     results["wall_s"] = time.perf_counter() - started
     (out / "learners.json").write_text(json.dumps(results, indent=1))
     write_report(out, results)
-
-
-def _curve(run: Path) -> list[dict]:
-    """Validation accuracy against oracle pairs spent, from the run's metrics.csv."""
-    import csv
-
-    with open(run / "metrics.csv") as handle:
-        return [{"oracle_pairs": int(float(r["oracle_pairs"])), "val_accuracy": float(r["val_accuracy"])}
-                for r in csv.DictReader(handle) if r.get("val_accuracy") not in (None, "", "nan")]
 
 
 def _pooled(results: dict, name: str) -> np.ndarray:
