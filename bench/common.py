@@ -79,6 +79,52 @@ def equal_budget(search: dict, learner: dict) -> dict:
     return {**search, "finalists": RandomSearchAgent.finalists_for(pairs, run_config({**search, "finalists": 0}))}
 
 
+MINIBATCH, FULL_EVAL_EVERY = 35, 5  # MIPROv2's defaults
+
+
+def tpe_settings(pairs: int, reinforce: dict) -> dict:
+    """MIPROv2's schedule (1 trial a step, a full evaluation every 5 and at the last, the empty prompt first) with
+    the trials and minibatch (30-40 questions, 35 preferred) whose plan comes nearest `pairs` without passing it."""
+    from rlprompt_math.agents import oracle_pairs_planned
+
+    best = None
+    for minibatch in sorted(range(30, 41), key=lambda b: abs(b - MINIBATCH)):
+        for trials in range(1, pairs // minibatch + 1):
+            settings = {**reinforce, "agent": "tpe", "steps": trials, "batch_size": minibatch,
+                        "prompts_per_question": 1, "eval_every": FULL_EVAL_EVERY, "finalists": 0}
+            planned = oracle_pairs_planned(run_config(settings))
+            if planned <= pairs and (best is None or planned > best[0]):
+                best = (planned, settings)
+            if planned == pairs:
+                return settings
+    return best[1]
+
+
+def halving_steps_settings(reinforce: dict, halving_steps: int) -> dict:
+    """REINFORCE at `reinforce`'s settings whose last `halving_steps` measure by successive halving
+    (--halving-steps), validated only at the end: the validations freed go to finalists, so the pairs are the same."""
+    from rlprompt_math.agents import oracle_pairs_planned
+
+    settings = {**reinforce, "eval_every": 0, "halving_steps": halving_steps, "finalists": 1}
+    spare = oracle_pairs_planned(run_config(reinforce)) - oracle_pairs_planned(run_config(settings))
+    return {**settings, "finalists": 1 + spare // reinforce["val_size"]}
+
+
+def learner_settings(learner: str, reinforce: dict) -> dict:
+    """The settings at which `learner` spends the oracle pairs of a REINFORCE run at `reinforce`'s settings."""
+    from rlprompt_math.agents import oracle_pairs_planned
+
+    if learner == "reinforce":
+        return reinforce
+    if learner == "reinforce-epochs":
+        return {**reinforce, "update_epochs": 4}
+    if learner == "reinforce-halving":  # the last third of the steps
+        return halving_steps_settings(reinforce, max(1, reinforce["steps"] // 3))
+    if learner == "tpe":
+        return tpe_settings(oracle_pairs_planned(run_config(reinforce)), reinforce)
+    return equal_budget({**reinforce, "agent": learner}, reinforce)  # finalists for REINFORCE's pairs
+
+
 def train_one(engine, splits, settings: dict, seed: int, run_dir: Path, reuse: bool = False) -> dict:
     """Train one prompt policy through the one wiring (`rlprompt_math.train`) at `run_config(settings)`; its kept
     prompt and facts. With `reuse`, a finished run already in `run_dir` with the same settings is loaded instead."""

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import click
 
-from common import base_settings, equal_budget, train_one as _train_one  # bench/ is on the path
+from common import base_settings, equal_budget, halving_steps_settings, learner_settings, train_one as _train_one
 from rlprompt_math.checkpoint import dumps_json  # strict JSON: NaN and infinities as null
 
+# A variant: settings over the base REINFORCE run's, or a function of them (where the pairs must come out equal).
 VARIANTS = {
     "default": {},
     "lr0.3": {"lr": 0.3},
@@ -31,11 +32,18 @@ VARIANTS = {
     "epochs4": {"update_epochs": 4},  # each batch of rewards used for 4 updates (PPO's clipped ratio)
     "finalists": {"eval_every": 0, "finalists": 3},  # validate the final greedy and 3 measured samples: same pairs
     "epochs4-finalists": {"update_epochs": 4, "eval_every": 0, "finalists": 3},
-    # the last third of 12 steps measures the greedy and best samples by successive halving; survivors the finalists
-    "halving-steps": {"eval_every": 0, "finalists": 3, "halving_steps": 4},
-    "epochs4-halving-steps": {"update_epochs": 4, "eval_every": 0, "finalists": 3, "halving_steps": 4},
+    # the last third of the steps measures the greedy and best samples by successive halving; survivors the finalists
+    "halving-steps": lambda base: halving_steps_settings(base, max(1, base["steps"] // 3)),
+    "halving-half": lambda base: halving_steps_settings(base, max(1, base["steps"] // 2)),
+    "epochs4-halving-steps": lambda base: halving_steps_settings({**base, "update_epochs": 4}, max(1, base["steps"] // 3)),
+    # the same pairs a step, each prompt measured on more questions (TPE measures each trial on 35)
+    "halving-steps-b16k4": lambda base: halving_steps_settings({**base, "batch_size": 16, "prompts_per_question": 4},
+                                                               max(1, base["steps"] // 3)),
+    "halving-steps-b32k2": lambda base: halving_steps_settings({**base, "batch_size": 32, "prompts_per_question": 2},
+                                                               max(1, base["steps"] // 3)),
     "random": {"agent": "random"},
     "halving": {"agent": "halving"},
+    "tpe": lambda base: learner_settings("tpe", base),  # MIPROv2's schedule at the base run's pairs
     "random-one-word": {"agent": "random", "prompt_length": 1},
 }
 
@@ -71,8 +79,9 @@ def main(variants, seeds, steps, shots, val_size, dev_size, out):
     results = {}
     for seed in [int(s) for s in seeds.split(",") if s.strip()]:
         for name in names:
-            settings = {**base, **VARIANTS[name]}
-            if settings["agent"] != "reinforce":  # as many validated finalists as make its pairs REINFORCE's
+            variant = VARIANTS[name]
+            settings = variant(base) if callable(variant) else {**base, **variant}
+            if settings["agent"] not in ("reinforce", "tpe"):  # as many validated finalists as make its pairs REINFORCE's
                 settings = equal_budget(settings, {**base, "agent": "reinforce"})
             start = time.perf_counter()
             item = _train_one(engine, splits, settings, seed, out / f"{name}-s{seed}")

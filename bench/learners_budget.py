@@ -17,13 +17,15 @@ budget, each learner trains through the one wiring (`common.train_one`) at exact
     and best samples by successive halving (`--halving-steps`, the survivors its finalists, validated only then),
     and REINFORCE updating 4 times per batch of rewards (`--update-epochs 4`), at the same pairs;
   * tpe: MIPROv2's schedule (one trial per step on a minibatch of about 35 questions, a full evaluation every 5
-    trials, the empty prompt first), its trials and minibatch chosen so that its pairs are REINFORCE's (`tpe_settings`;
+    trials, the empty prompt first), its trials and minibatch chosen so that its pairs are REINFORCE's (`common.tpe_settings`;
     where no minibatch of 30-40 makes them exact, the nearest plan below, and the tables show every learner's pairs).
 Then every kept prompt, the hand-written prompts and the 2-shot reference meet the seed's first --test-size test
 problems (greedy, the grader's correctness). Reported per learner and budget, over seeds: test accuracy (mean, and a
 95% bootstrap interval over the pooled questions), the validation-minus-test gap of the kept prompt (the winner's
 curse), REINFORCE minus the learner with a McNemar test pooled over seeds, and the pairs each learner needs to come
-within 1 point of the best test accuracy any learner reached on that seed. Written to --out/learners.json,
+within 1 point of the best test accuracy any learner reached on that seed; then whether the learners differ at all
+over seeds (a permutation test per budget) and whether validation ranks the kept prompts' test accuracy within a seed
+(`noise_lines`). Written to --out/learners.json,
 learners.md and learners.png (test accuracy and the gap against pairs).
 """
 
@@ -37,63 +39,18 @@ from pathlib import Path
 import click
 import numpy as np
 
-from common import HAND_WRITTEN, base_settings, label, machine, pct, train_one  # bench/ is on the path
+from common import HAND_WRITTEN, base_settings, label, learner_settings, machine, pct, train_one  # bench/ on the path
 
 LEARNERS = ("reinforce", "random", "halving", "tpe", "reinforce-halving", "reinforce-epochs")
 NAMES = {"reinforce": "REINFORCE", "random": "random search", "halving": "successive halving",
          "tpe": "TPE (MIPROv2's schedule)",
          "reinforce-halving": "REINFORCE, last third by halving (--halving-steps)",
          "reinforce-epochs": "REINFORCE, 4 updates per batch (--update-epochs 4)"}
-MINIBATCH, FULL_EVAL_EVERY = 35, 5  # MIPROv2's defaults
 
 
 def reinforce_settings(steps: int, val_size: int) -> dict:
     return base_settings(steps=steps, batch_size=8, prompts_per_question=8, val_size=val_size,
                          eval_every=max(1, math.ceil(steps / 3)), finalists=0)
-
-
-def tpe_settings(pairs: int, reinforce: dict) -> dict:
-    """MIPROv2's schedule (1 trial a step, a full evaluation every 5 and at the last, the empty prompt first) with
-    the trials and minibatch (30-40 questions, 35 preferred) whose plan comes nearest `pairs` without passing it."""
-    from rlprompt_math.agents import oracle_pairs_planned
-
-    from common import run_config
-
-    best = None
-    for minibatch in sorted(range(30, 41), key=lambda b: abs(b - MINIBATCH)):
-        for trials in range(1, pairs // minibatch + 1):
-            settings = {**reinforce, "agent": "tpe", "steps": trials, "batch_size": minibatch,
-                        "prompts_per_question": 1, "eval_every": FULL_EVAL_EVERY, "finalists": 0}
-            planned = oracle_pairs_planned(run_config(settings))
-            if planned <= pairs and (best is None or planned > best[0]):
-                best = (planned, settings)
-            if planned == pairs:
-                return settings
-    return best[1]
-
-
-def learner_settings(learner: str, reinforce: dict) -> dict:
-    from common import equal_budget
-
-    if learner == "reinforce":
-        return reinforce
-    if learner == "reinforce-epochs":
-        return {**reinforce, "update_epochs": 4}
-    if learner == "reinforce-halving":  # the freed validations go to the finalists: the same pairs
-        from rlprompt_math.agents import oracle_pairs_planned
-
-        from common import run_config
-
-        settings = {**reinforce, "eval_every": 0, "halving_steps": max(1, reinforce["steps"] // 3), "finalists": 1}
-        spare = oracle_pairs_planned(run_config(reinforce)) - oracle_pairs_planned(run_config(settings))
-        return {**settings, "finalists": 1 + spare // reinforce["val_size"]}
-    if learner == "tpe":
-        from rlprompt_math.agents import oracle_pairs_planned
-
-        from common import run_config
-
-        return tpe_settings(oracle_pairs_planned(run_config(reinforce)), reinforce)
-    return equal_budget({**reinforce, "agent": learner}, reinforce)  # finalists for REINFORCE's pairs
 
 
 @click.command()
@@ -213,6 +170,7 @@ def write_report(out: Path, results: dict) -> None:
     for name in references:
         accs = [float(np.mean(s["test"][name]["correct"])) for s in seeds.values()]
         lines.append(f"| {name} | {pct(np.mean(accs))} | {', '.join(pct(a) for a in accs)} |")
+    lines += ["", *noise_lines(results)]
     # pairs to come within 1 point of the best test accuracy any learner reached on the seed
     lines += ["", "Oracle pairs each learner needed to come within 1 point of the best kept prompt any learner found "
               "on the seed (test accuracy; '-': at no budget):", "",
@@ -232,6 +190,51 @@ def write_report(out: Path, results: dict) -> None:
     (out / "learners.md").write_text("\n".join(lines) + "\n")
     _plot(out / "learners.png", results, summary)
     click.echo("\n".join(lines))
+
+
+def learner_effect_p(accuracy: np.ndarray, draws: int = 20000, seed: int = 0) -> float:
+    """Permutation p of "the learners differ" from `accuracy` [seeds, learners]: the spread (variance) of the
+    learners' means over seeds against its spread when each seed's accuracies are shuffled among the learners."""
+    rng = np.random.default_rng(seed)
+    observed = accuracy.mean(0).var()
+    shuffled = rng.permuted(np.broadcast_to(accuracy, (draws, *accuracy.shape)), axis=2).mean(1).var(1)
+    return float((1 + np.sum(shuffled >= observed - 1e-12)) / (draws + 1))
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks with ties given their mean rank (validation accuracies on 50 questions tie often)."""
+    values, inverse = np.unique(x, return_inverse=True)
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x))
+    return np.array([ranks[inverse == inverse[i]].mean() for i in range(len(x))])
+
+
+def noise_lines(results: dict) -> list[str]:
+    """How far the learners' ranking can be read: whether the learners differ at all at each budget (a permutation
+    test over seeds), and whether the validation accuracy that kept each prompt ranks the kept prompts' test
+    accuracies within a seed."""
+    seeds, learners, budgets = results["seeds"], results["learners"], results["steps"]
+    lines = ["How far the ranking can be read. Learners differ at a budget (permutation test: the spread of the "
+             "learners' means against its spread with each seed's accuracies shuffled among the learners):"]
+    for steps in budgets:
+        accuracy = np.array([[np.mean(s["test"][f"{x}@{steps}"]["correct"]) for x in learners] for s in seeds.values()])
+        lines.append(f"- {steps} steps: learners' means {100 * accuracy.mean(0).min():.1f}%-"
+                     f"{100 * accuracy.mean(0).max():.1f}%, standard error of one learner's mean "
+                     f"{100 * accuracy.std(0, ddof=1).mean() / np.sqrt(len(seeds)):.1f} points, "
+                     f"p = {learner_effect_p(accuracy):.2g}")
+    lines += ["", "Within a seed, the kept prompts' validation accuracy against their test accuracy (Spearman over every "
+              "learner and budget), and their test accuracies' spread against one prompt's binomial sd on the seed's "
+              "test problems:"]
+    for seed, entry in seeds.items():
+        names = list(entry["runs"])
+        val = np.array([entry["runs"][n]["val_accuracy"] for n in names])
+        test = np.array([np.mean(entry["test"][n]["correct"]) for n in names])
+        ranks = [_average_ranks(x) for x in (val, test)]
+        p = test.mean()
+        lines.append(f"- seed {seed}: Spearman {np.corrcoef(*ranks)[0, 1]:+.2f}; test sd {100 * test.std(ddof=1):.1f} "
+                     f"points against {100 * np.sqrt(p * (1 - p) / entry['n_test']):.1f}")
+    return lines
 
 
 def _plot(path: Path, results: dict, summary: dict) -> None:
