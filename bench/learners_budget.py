@@ -223,6 +223,15 @@ def noise_lines(results: dict) -> list[str]:
                      f"{100 * accuracy.mean(0).max():.1f}%, standard error of one learner's mean "
                      f"{100 * accuracy.std(0, ddof=1).mean() / np.sqrt(len(seeds)):.1f} points, "
                      f"p = {learner_effect_p(accuracy):.2g}")
+    against = results.get("against", "reinforce")
+    differences = [np.std([np.mean(s["test"][f"{against}@{steps}"]["correct"]) - np.mean(s["test"][f"{x}@{steps}"]["correct"])
+                           for s in seeds.values()], ddof=1) for steps in budgets for x in learners if x != against]
+    if len(seeds) > 1 and differences:
+        sd = float(np.mean(differences))
+        lines.append(f"- the per-seed difference between {NAMES[against]} and another learner varies over seeds with "
+                     f"sd {100 * sd:.1f} points ({100 * min(differences):.1f}-{100 * max(differences):.1f}): a true "
+                     f"2-point difference needs about {math.ceil(((1.96 + 0.84) * sd / 0.02) ** 2)} seeds to reach p < 0.05 "
+                     "four times in five (paired over seeds)")
     lines += ["", "Within a seed, the kept prompts' validation accuracy against their test accuracy (Spearman over every "
               "learner and budget), and their test accuracies' spread against one prompt's binomial sd on the seed's "
               "test problems:"]
