@@ -35,7 +35,8 @@ VARIANTS = {
     # the last third of the steps measures the greedy and best samples by successive halving; survivors the finalists
     "halving-steps": lambda base: halving_steps_settings(base, max(1, base["steps"] // 3)),
     "halving-half": lambda base: halving_steps_settings(base, max(1, base["steps"] // 2)),
-    "epochs4-halving-steps": lambda base: halving_steps_settings({**base, "update_epochs": 4}, max(1, base["steps"] // 3)),
+    "epochs4-halving-steps": lambda base: halving_steps_settings({**base, "update_epochs": 4},
+                                                                 max(1, base["steps"] // 3)),
     # the same pairs a step, each prompt measured on more questions (TPE measures each trial on 35)
     "halving-steps-b16k4": lambda base: halving_steps_settings({**base, "batch_size": 16, "prompts_per_question": 4},
                                                                max(1, base["steps"] // 3)),
@@ -81,7 +82,7 @@ def main(variants, seeds, steps, shots, val_size, dev_size, out):
         for name in names:
             variant = VARIANTS[name]
             settings = variant(base) if callable(variant) else {**base, **variant}
-            if settings["agent"] not in ("reinforce", "tpe"):  # as many validated finalists as make its pairs REINFORCE's
+            if settings["agent"] not in ("reinforce", "tpe"):  # finalists for REINFORCE's pairs (TPE's are set above)
                 settings = equal_budget(settings, {**base, "agent": "reinforce"})
             start = time.perf_counter()
             item = _train_one(engine, splits, settings, seed, out / f"{name}-s{seed}")

@@ -17,8 +17,9 @@ budget, each learner trains through the one wiring (`common.train_one`) at exact
     and best samples by successive halving (`--halving-steps`, the survivors its finalists, validated only then),
     and REINFORCE updating 4 times per batch of rewards (`--update-epochs 4`), at the same pairs;
   * tpe: MIPROv2's schedule (one trial per step on a minibatch of about 35 questions, a full evaluation every 5
-    trials, the empty prompt first), its trials and minibatch chosen so that its pairs are REINFORCE's (`common.tpe_settings`;
-    where no minibatch of 30-40 makes them exact, the nearest plan below, and the tables show every learner's pairs).
+    trials, the empty prompt first), its trials and minibatch chosen so that its pairs are REINFORCE's
+    (`common.tpe_settings`; where no minibatch of 30-40 makes them exact, the nearest plan below, and the tables
+    show every learner's pairs).
 Then every kept prompt, the hand-written prompts and the 2-shot reference meet the seed's first --test-size test
 problems (greedy, the grader's correctness). Reported per learner and budget, over seeds: test accuracy (mean, and a
 95% bootstrap interval over the pooled questions), the validation-minus-test gap of the kept prompt (the winner's
@@ -224,17 +225,20 @@ def noise_lines(results: dict) -> list[str]:
                      f"{100 * accuracy.std(0, ddof=1).mean() / np.sqrt(len(seeds)):.1f} points, "
                      f"p = {learner_effect_p(accuracy):.2g}")
     against = results.get("against", "reinforce")
-    differences = [np.std([np.mean(s["test"][f"{against}@{steps}"]["correct"]) - np.mean(s["test"][f"{x}@{steps}"]["correct"])
+    def accuracy_of(entry: dict, name: str) -> float:
+        return float(np.mean(entry["test"][name]["correct"]))
+
+    differences = [np.std([accuracy_of(s, f"{against}@{steps}") - accuracy_of(s, f"{x}@{steps}")
                            for s in seeds.values()], ddof=1) for steps in budgets for x in learners if x != against]
     if len(seeds) > 1 and differences:
         sd = float(np.mean(differences))
         lines.append(f"- the per-seed difference between {NAMES[against]} and another learner varies over seeds with "
                      f"sd {100 * sd:.1f} points ({100 * min(differences):.1f}-{100 * max(differences):.1f}): a true "
-                     f"2-point difference needs about {math.ceil(((1.96 + 0.84) * sd / 0.02) ** 2)} seeds to reach p < 0.05 "
-                     "four times in five (paired over seeds)")
-    lines += ["", "Within a seed, the kept prompts' validation accuracy against their test accuracy (Spearman over every "
-              "learner and budget), and their test accuracies' spread against one prompt's binomial sd on the seed's "
-              "test problems:"]
+                     f"2-point difference needs about {math.ceil(((1.96 + 0.84) * sd / 0.02) ** 2)} seeds to reach "
+                     "p < 0.05 four times in five (paired over seeds)")
+    lines += ["", "Within a seed, the kept prompts' validation accuracy against their test accuracy (Spearman over "
+              "every learner and budget), and their test accuracies' spread against one prompt's binomial sd on the "
+              "seed's test problems:"]
     for seed, entry in seeds.items():
         names = list(entry["runs"])
         val = np.array([entry["runs"][n]["val_accuracy"] for n in names])
