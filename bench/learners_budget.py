@@ -202,34 +202,37 @@ def learner_effect_p(accuracy: np.ndarray, draws: int = 20000, seed: int = 0) ->
     return float((1 + np.sum(shuffled >= observed - 1e-12)) / (draws + 1))
 
 
+def _accuracy(entry: dict, name: str) -> float:
+    """A system's test accuracy on one seed's entry of learners.json."""
+    return float(np.mean(entry["test"][name]["correct"]))
+
+
 def _average_ranks(x: np.ndarray) -> np.ndarray:
     """Ranks with ties given their mean rank (validation accuracies on 50 questions tie often)."""
-    values, inverse = np.unique(x, return_inverse=True)
     order = np.argsort(x, kind="stable")
     ranks = np.empty(len(x))
     ranks[order] = np.arange(len(x))
-    return np.array([ranks[inverse == inverse[i]].mean() for i in range(len(x))])
+    return np.array([ranks[x == value].mean() for value in x])
 
 
 def noise_lines(results: dict) -> list[str]:
     """How far the learners' ranking can be read: whether the learners differ at all at each budget (a permutation
-    test over seeds), and whether the validation accuracy that kept each prompt ranks the kept prompts' test
-    accuracies within a seed."""
+    test over seeds), how much the difference between two learners varies over seeds, and whether the validation
+    accuracy that kept each prompt ranks the kept prompts' test accuracies within a seed."""
     seeds, learners, budgets = results["seeds"], results["learners"], results["steps"]
+    against = results.get("against", "reinforce")
     lines = ["How far the ranking can be read. Learners differ at a budget (permutation test: the spread of the "
              "learners' means against its spread with each seed's accuracies shuffled among the learners):"]
+    differences = []  # sd over seeds of the per-seed difference between `against` and each other learner
     for steps in budgets:
-        accuracy = np.array([[np.mean(s["test"][f"{x}@{steps}"]["correct"]) for x in learners] for s in seeds.values()])
+        accuracy = np.array([[_accuracy(s, f"{x}@{steps}") for x in learners] for s in seeds.values()])
         lines.append(f"- {steps} steps: learners' means {100 * accuracy.mean(0).min():.1f}%-"
                      f"{100 * accuracy.mean(0).max():.1f}%, standard error of one learner's mean "
                      f"{100 * accuracy.std(0, ddof=1).mean() / np.sqrt(len(seeds)):.1f} points, "
                      f"p = {learner_effect_p(accuracy):.2g}")
-    against = results.get("against", "reinforce")
-    def accuracy_of(entry: dict, name: str) -> float:
-        return float(np.mean(entry["test"][name]["correct"]))
-
-    differences = [np.std([accuracy_of(s, f"{against}@{steps}") - accuracy_of(s, f"{x}@{steps}")
-                           for s in seeds.values()], ddof=1) for steps in budgets for x in learners if x != against]
+        column = learners.index(against)
+        differences += [np.std(accuracy[:, column] - accuracy[:, j], ddof=1)
+                        for j in range(len(learners)) if j != column]
     if len(seeds) > 1 and differences:
         sd = float(np.mean(differences))
         lines.append(f"- the per-seed difference between {NAMES[against]} and another learner varies over seeds with "
@@ -242,11 +245,11 @@ def noise_lines(results: dict) -> list[str]:
     for seed, entry in seeds.items():
         names = list(entry["runs"])
         val = np.array([entry["runs"][n]["val_accuracy"] for n in names])
-        test = np.array([np.mean(entry["test"][n]["correct"]) for n in names])
-        ranks = [_average_ranks(x) for x in (val, test)]
+        test = np.array([_accuracy(entry, n) for n in names])
         p = test.mean()
-        lines.append(f"- seed {seed}: Spearman {np.corrcoef(*ranks)[0, 1]:+.2f}; test sd {100 * test.std(ddof=1):.1f} "
-                     f"points against {100 * np.sqrt(p * (1 - p) / entry['n_test']):.1f}")
+        lines.append(f"- seed {seed}: Spearman {np.corrcoef(_average_ranks(val), _average_ranks(test))[0, 1]:+.2f}; "
+                     f"test sd {100 * test.std(ddof=1):.1f} points against "
+                     f"{100 * np.sqrt(p * (1 - p) / entry['n_test']):.1f}")
     return lines
 
 
